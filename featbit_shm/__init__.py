@@ -1,0 +1,29 @@
+"""featbit_shm: FeatBit feature flags for pre-fork Python servers.
+
+A drop-in for the official SDK (``fbclient``): change the import, keep the
+calls. See README.md and MIGRATING.md.
+"""
+
+from __future__ import annotations
+
+from ._core.results import ReasonKind
+from .client import FBClient
+from .common_types import AllFlagStates, EvalDetail, FlagState
+from .config import Config
+from .errors import ConfigError, DataError, FeatbitShmError, SharedMemoryError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllFlagStates",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "EvalDetail",
+    "FBClient",
+    "FeatbitShmError",
+    "FlagState",
+    "ReasonKind",
+    "SharedMemoryError",
+    "__version__",
+]

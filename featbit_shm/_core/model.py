@@ -1,0 +1,205 @@
+"""Evaluable flags and segments, built from the normalised form of :mod:`wire`.
+
+Building happens once per flag version (in the process that evaluates), so
+everything that can be precomputed is: the target map, compiled condition
+tests, rollout modes, experiment bounds and each variation's value converted
+by the flag's ``variationType``. Objects are read-only after construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .operators import Test, compile_condition
+from .results import CONVERTERS, WRONG_TYPE, to_str
+from .rollout import empty_range, experiment_upper, whole_range
+from .user import User
+from .wire import NormFlag, NormSegment
+
+ALWAYS: Final = 0
+NEVER: Final = 1
+RANGE: Final = 2
+
+
+class Variation:
+    """One variation: its id, raw string value and the pre-converted value."""
+
+    __slots__ = ("id", "value", "typed", "reparse")
+
+    def __init__(self, var_id: str, value: str, vtype: str) -> None:
+        self.id = var_id
+        self.value = value
+        convert = CONVERTERS.get(vtype, to_str)
+        typed = convert(value)
+        # A parsed JSON object or list is mutable: re-parse it per call so no
+        # caller can change what the next caller sees (R-32).
+        self.reparse = vtype == "json" and isinstance(typed, (dict, list))
+        self.typed = typed
+
+    def converted(self) -> Any:
+        """The value converted by the flag's variationType, or WRONG_TYPE."""
+        if self.reparse:
+            return CONVERTERS["json"](self.value)
+        return self.typed
+
+    def __repr__(self) -> str:
+        return f"Variation({self.id!r}, {self.value!r})"
+
+
+class Part:
+    """One rollout variation: ``[lo, hi]`` of the bucket range (R-52)."""
+
+    __slots__ = ("variation", "lo", "hi", "mode", "expt_upper")
+
+    def __init__(self, variation: Variation | None, lo: float, hi: float, expt: float) -> None:
+        self.variation = variation
+        self.lo = lo
+        self.hi = hi
+        self.mode = ALWAYS if whole_range(lo, hi) else NEVER if empty_range(lo, hi) else RANGE
+        self.expt_upper = experiment_upper(lo, hi, expt)
+
+
+class Rollout:
+    """A rule's or the fallthrough's rollout with its dispatch settings."""
+
+    __slots__ = ("dispatch_key", "in_expt", "parts", "needs_bucket")
+
+    def __init__(self, dispatch_key: str | None, in_expt: bool, parts: tuple[Part, ...]) -> None:
+        self.dispatch_key = dispatch_key
+        self.in_expt = in_expt
+        self.parts = parts
+        # No bucket is needed when an ALWAYS part comes before any RANGE part.
+        needs = False
+        for p in parts:
+            if p.mode == ALWAYS:
+                break
+            if p.mode == RANGE:
+                needs = True
+                break
+        self.needs_bucket = needs
+
+    def dispatch_input(self, flag_key: str, user: User) -> str:
+        """R-48/R-49: ``flag.key`` + the dispatch attribute ("" when absent)."""
+        if self.dispatch_key is None:
+            return flag_key + user.key
+        return flag_key + (user.value_of(self.dispatch_key) or "")
+
+
+class Rule:
+    __slots__ = ("name", "tests", "rollout")
+
+    def __init__(self, name: str, tests: tuple[Test, ...], rollout: Rollout) -> None:
+        self.name = name
+        self.tests = tests
+        self.rollout = rollout
+
+
+class Flag:
+    """An evaluable flag. ``norm`` keeps the normalised form it came from."""
+
+    __slots__ = (
+        "key",
+        "id",
+        "name",
+        "variation_type",
+        "version",
+        "enabled",
+        "off",
+        "off_id",
+        "expt_all",
+        "variations",
+        "targets",
+        "rules",
+        "fallthrough",
+        "static",
+        "norm",
+    )
+
+    def __init__(self, norm: NormFlag) -> None:
+        self.norm = norm
+        self.key: str = norm["key"]
+        self.id: str = norm["id"]
+        self.name: str = norm["name"]
+        self.variation_type: str = norm["type"]
+        self.version: int = norm["version"]
+        self.enabled: bool = norm["enabled"]
+        self.expt_all: bool = norm["expt_all"]
+        vtype = self.variation_type
+        variations: dict[str, Variation] = {}
+        for var_id, value in norm["variations"]:
+            variations.setdefault(var_id, Variation(var_id, value, vtype))
+        self.variations = variations
+        self.off_id: str = norm["off"]
+        self.off = variations.get(self.off_id)
+        # Targets in stored order; the first target listing a key wins (R-36).
+        # A dangling variation id maps to None: "malformed flag" (R-37).
+        targets: dict[str, Variation | None] = {}
+        for var_id, keys in norm["targets"]:
+            var = variations.get(var_id)
+            for k in keys:
+                targets.setdefault(k, var)
+        self.targets = targets
+        self.rules = tuple(
+            Rule(name, tuple(compile_condition(c) for c in conds), self._rollout(dk, ie, parts))
+            for name, dk, ie, conds, parts in norm["rules"]
+        )
+        dk, ie, parts = norm["fallthrough"]
+        self.fallthrough = self._rollout(dk, ie, parts)
+        # The variation every user gets when the result cannot depend on the
+        # user (flag off, or no targets, no rules and a whole-range
+        # fallthrough), so evaluation can skip the decision steps.
+        self.static: Variation | None = None
+        if not self.enabled:
+            self.static = self.off
+        elif not targets and not self.rules and not self.fallthrough.needs_bucket:
+            first = next((p for p in self.fallthrough.parts if p.mode == ALWAYS), None)
+            self.static = first.variation if first is not None else None
+
+    def _rollout(self, dispatch_key: str | None, in_expt: bool, parts: list[list[Any]]) -> Rollout:
+        return Rollout(
+            dispatch_key,
+            in_expt,
+            tuple(Part(self.variations.get(vid), lo, hi, expt) for vid, lo, hi, expt in parts),
+        )
+
+    def __repr__(self) -> str:
+        return f"Flag({self.key!r}, version={self.version})"
+
+
+class Segment:
+    """An evaluable segment (R-46)."""
+
+    __slots__ = ("id", "version", "included", "excluded", "rules", "norm")
+
+    def __init__(self, norm: NormSegment) -> None:
+        self.norm = norm
+        self.id: str = norm["id"]
+        self.version: int = norm["version"]
+        self.included = frozenset(norm["included"])
+        self.excluded = frozenset(norm["excluded"])
+        self.rules = tuple(tuple(compile_condition(c, in_segment=True) for c in rule) for rule in norm["rules"])
+
+    def matches(self, user: User) -> bool:
+        key = user.key
+        if key in self.excluded:  # exclusion wins over inclusion
+            return False
+        if key in self.included:
+            return True
+        for tests in self.rules:
+            for test in tests:
+                if not test(user, _no_segments):
+                    break
+            else:
+                return True
+        return False
+
+
+def _no_segments(seg_id: str) -> None:
+    return None
+
+
+def is_tombstone(norm: dict[str, Any]) -> bool:
+    return bool(norm.get("archived"))
+
+
+__all__ = ["Flag", "Segment", "Variation", "Part", "Rollout", "Rule", "is_tombstone", "WRONG_TYPE"]

@@ -1,0 +1,105 @@
+"""The evaluation user, built from an fbclient-style dict (R-34, R-35).
+
+Accepted input, the same dict users already pass to ``fbclient``::
+
+    {"key": "u-1", "name": "Ann", "country": "us", "age": 41, "beta": True}
+
+* The key comes from ``key`` (or ``keyId`` / ``keyid``): a non-blank string.
+* ``name`` is optional (default ``""``; fbclient requires it, G-8).
+* Custom values may be ``str``, ``int``, ``float`` or ``bool``; ``None`` means
+  the attribute is absent. Anything else (a dict, a list, a date...) makes the
+  user invalid: evaluation returns the default with a reason instead of
+  silently dropping the attribute (fbclient drops it, G-8).
+* Lookup is exact and case-sensitive (R-35): ``keyId`` is the key, ``name`` is
+  the name, anything else is a custom attribute. Non-string values are turned
+  into strings when read: ``True`` -> ``"true"`` (fbclient gives ``"True"``,
+  G-8), numbers with ``str()``.
+
+The user is validated once per call and not copied: evaluation finishes inside
+the call, and the event path serialises what it needs at once (R-34).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+KEY_FIELDS: Final = ("key", "keyId", "keyid")
+RESERVED: Final = frozenset({"key", "keyId", "keyid", "name"})
+
+
+class InvalidUser(ValueError):
+    """The user dict cannot be evaluated; the message says why."""
+
+
+class User:
+    """A validated user. ``attrs`` is the caller's mapping, read lazily."""
+
+    __slots__ = ("key", "name", "attrs")
+
+    def __init__(self, key: str, name: str, attrs: Mapping[str, Any]) -> None:
+        self.key = key
+        self.name = name
+        self.attrs = attrs
+
+    def value_of(self, prop: str) -> str | None:
+        """R-35 lookup: the attribute as a string, or None when absent."""
+        if prop == "keyId":
+            return self.key
+        if prop == "name":
+            return self.name
+        return attr_string(self.attrs.get(prop))
+
+    def custom_properties(self) -> list[tuple[str, str]]:
+        """Custom attributes as (name, string value) pairs, for events (R-64)."""
+        out = []
+        for k, v in self.attrs.items():
+            if type(k) is str and k not in RESERVED:
+                s = attr_string(v)
+                if s is not None:
+                    out.append((k, s))
+        return out
+
+    def __repr__(self) -> str:
+        return f"User(key={self.key!r})"
+
+
+def attr_string(value: object) -> str | None:
+    """A custom attribute value as the string operators compare."""
+    if value is None or type(value) is str:
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
+
+
+def make_user(obj: object) -> User:
+    """Validate an fbclient-style user dict. Raises :class:`InvalidUser`.
+
+    This runs on every evaluation, so it is written for speed: exact type
+    checks first, the ABC check only for mappings that are not dicts.
+    """
+    if type(obj) is not dict and not isinstance(obj, Mapping):
+        raise InvalidUser(f"user must be a dict, not {type(obj).__name__}")
+    get = obj.get
+    key = get("key")
+    if key is None:
+        key = get("keyId")
+        if key is None:
+            key = get("keyid")
+    if type(key) is not str or not key or key.isspace():
+        raise InvalidUser("user key must be a non-blank string")
+    name = get("name")
+    if name is None:
+        name = ""
+    elif type(name) is not str:
+        raise InvalidUser("user name must be a string")
+    scalars = _SCALARS
+    for v in obj.values():
+        if type(v) not in scalars and not isinstance(v, (str, int, float)):
+            bad = next(k for k, x in obj.items() if x is v)
+            raise InvalidUser(f"user attribute {bad!r} holds a {type(v).__name__}, not str/int/float/bool")
+    return User(key, name, obj)

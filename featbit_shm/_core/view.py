@@ -1,0 +1,82 @@
+"""One coherent, read-only view of a snapshot, compiling flags on first use.
+
+A view answers ``flag(key)`` and ``segment(id)`` for exactly one snapshot
+(one data-set generation), so an evaluation never mixes two generations
+(R-32). It builds an evaluable :class:`~.model.Flag` from the normalised form
+the first time a key is asked for, and reuses the compiled object of the
+previous view when the entity's own version did not change: a new generation
+costs nothing for flags that stayed the same.
+
+Where the normalised entities come from (a :class:`~.dataset.DataSet` in this
+process, or a shared-memory snapshot) is the caller's business: it hands in
+two lookup functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .model import Flag, Segment
+from .wire import NormFlag, NormSegment
+
+FlagLookup = Callable[[str], "NormFlag | None"]
+SegmentLookup = Callable[[str], "NormSegment | None"]
+
+
+class CompiledView:
+    __slots__ = ("generation", "version", "_flag_norm", "_segment_norm", "_keys", "_flags", "_segments", "_old_flags", "_old_segments")
+
+    def __init__(
+        self,
+        generation: int,
+        version: int,
+        flag_norm: FlagLookup,
+        segment_norm: SegmentLookup,
+        keys: Callable[[], Iterable[str]],
+        previous: CompiledView | None = None,
+    ) -> None:
+        self.generation = generation
+        self.version = version
+        self._flag_norm = flag_norm
+        self._segment_norm = segment_norm
+        self._keys = keys
+        self._flags: dict[str, Flag] = {}
+        self._segments: dict[str, Segment | None] = {}
+        self._old_flags = previous._flags if previous is not None else {}
+        self._old_segments = previous._segments if previous is not None else {}
+
+    def flag(self, key: str) -> Flag | None:
+        """The active flag with this key, or None (unknown or archived)."""
+        f = self._flags.get(key)
+        if f is not None:
+            return f
+        norm = self._flag_norm(key)
+        if norm is None or norm.get("archived"):
+            return None
+        old = self._old_flags.get(key)
+        f = old if old is not None and old.version == norm["version"] else Flag(norm)
+        self._flags[key] = f
+        return f
+
+    def segment(self, seg_id: str) -> Segment | None:
+        """The active segment with this id, or None (missing or archived)."""
+        try:
+            return self._segments[seg_id]
+        except KeyError:
+            pass
+        norm = self._segment_norm(seg_id)
+        seg: Segment | None = None
+        if norm is not None and not norm.get("archived"):
+            old = self._old_segments.get(seg_id)
+            seg = old if old is not None and old.version == norm["version"] else Segment(norm)
+        self._segments[seg_id] = seg
+        return seg
+
+    def flag_keys(self) -> Iterable[str]:
+        """Keys of every active flag in this snapshot."""
+        return self._keys()
+
+    def drop_previous(self) -> None:
+        """Forget the previous view's objects once every key was visited."""
+        self._old_flags = {}
+        self._old_segments = {}

@@ -1,0 +1,358 @@
+"""Read FeatBit's wire JSON once and turn it into normalised plain data.
+
+This is the only module that knows FeatBit's camelCase field names and ISO
+dates. It turns each flag and segment of a data-sync message into a small,
+msgpack-friendly structure of lists, strings, numbers and booleans
+("normalised form"); :mod:`featbit_shm._core.model` builds evaluable objects
+from that form, in the sync process and in every worker alike, without ever
+parsing JSON or dates again.
+
+Rules kept here (numbers refer to ``featbit-contract.md``):
+
+* ``updatedAt`` becomes signed int64 Unix milliseconds, **truncated** (R-27;
+  the official SDK rounds, G-11). An integer is taken as milliseconds.
+* Unknown fields are ignored (R-26).
+* A malformed entity is skipped and reported by key while its siblings load
+  (R-15, newer rule). Problems that only matter when a condition is reached
+  (a list operand that is not a JSON array of strings, a regex that does not
+  compile) do not skip the flag: the condition carries the error and that
+  flag evaluates to the default with reason kind Error (R-42).
+* Archived entities become versioned tombstones (R-29).
+
+Normalised flag (a dict; keys are short and stable, the snapshot codec
+stores exactly this)::
+
+    {"key", "id", "name", "type", "version", "enabled", "off", "expt_all",
+     "variations": [[id, value], ...],
+     "targets":    [[variation_id, [user_key, ...]], ...],
+     "rules":      [[name, dispatch_key|None, in_expt, [cond, ...], rollout], ...],
+     "fallthrough": [dispatch_key|None, in_expt, rollout]}
+    rollout   = [[variation_id, lo, hi, expt_rollout], ...]
+    cond      = [property, op|None, operand, error|None]
+
+``operand`` is the parsed list of strings for list and segment conditions and
+the raw string otherwise. Segments::
+
+    {"id", "version", "included": [...], "excluded": [...], "rules": [[cond, ...], ...]}
+
+A tombstone is ``{"key" or "id", "version", "archived": True}``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+SEGMENT_IN: Final = "User is in segment"
+SEGMENT_NOT_IN: Final = "User is not in segment"
+LIST_OPS: Final = frozenset({"IsOneOf", "NotOneOf"})
+
+NormFlag = dict[str, Any]
+NormSegment = dict[str, Any]
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+_ISO = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?"
+)
+
+
+class WireError(ValueError):
+    """One entity (or one whole message) does not follow the wire format."""
+
+
+def parse_version(raw: object) -> int:
+    """``updatedAt`` as int64 Unix milliseconds, truncated (R-27, not G-11).
+
+    A string must be ISO-8601; without a zone it is read as UTC. An integer is
+    taken as milliseconds already (handy for hand-written bootstrap files).
+    """
+    if isinstance(raw, bool):
+        raise WireError("updatedAt is a boolean")
+    if isinstance(raw, int):
+        ms = raw
+    elif isinstance(raw, str):
+        m = _ISO.fullmatch(raw.strip())
+        if m is None:
+            raise WireError(f"updatedAt {raw[:40]!r} is not an ISO-8601 date")
+        y, mo, d, h, mi, s, frac, _z, sign, oh, om = m.groups()
+        try:
+            seconds = calendar.timegm((int(y), int(mo), int(d), int(h), int(mi), int(s), 0, 0, 0))
+        except (ValueError, OverflowError) as exc:  # pragma: no cover - timegm is lenient
+            raise WireError(f"updatedAt {raw[:40]!r}: {exc}") from None
+        if not (1 <= int(mo) <= 12 and 1 <= int(d) <= 31 and int(h) <= 23 and int(mi) <= 59 and int(s) <= 60):
+            raise WireError(f"updatedAt {raw[:40]!r} has an out-of-range field")
+        millis = int((frac or "")[:3].ljust(3, "0"))
+        offset = 0
+        if sign is not None:
+            offset = (int(oh) * 60 + int(om)) * 60
+            if sign == "-":
+                offset = -offset
+        ms = (seconds - offset) * 1000 + millis
+    else:
+        raise WireError(f"updatedAt has type {type(raw).__name__}")
+    if not _INT64_MIN <= ms <= _INT64_MAX:
+        raise WireError("updatedAt is outside the int64 millisecond range")
+    return ms
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _str(obj: Mapping[str, Any], name: str, *, optional: bool = False) -> str:
+    value = obj.get(name)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise WireError(f"{name} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _bool(obj: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    value = obj.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise WireError(f"{name} must be a boolean")
+    return value
+
+
+def _list(obj: Mapping[str, Any], name: str) -> list[Any]:
+    value = obj.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise WireError(f"{name} must be a list")
+    return value
+
+
+def _dict(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise WireError(f"{what} must be an object")
+    return value
+
+
+def _fraction(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WireError(f"{what} must be a number")
+    f = float(value)
+    if not math.isfinite(f) or f < 0:
+        raise WireError(f"{what} must be finite and >= 0")
+    return f
+
+
+def _dispatch_key(obj: Mapping[str, Any]) -> str | None:
+    value = obj.get("dispatchKey")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise WireError("dispatchKey must be a string or null")
+    # R-48: null, empty and whitespace-only all mean "the user key".
+    return value if value.strip() else None
+
+
+def _rollout(obj: Mapping[str, Any], what: str) -> list[list[Any]]:
+    parts: list[list[Any]] = []
+    for i, raw in enumerate(_list(obj, "variations")):
+        part = _dict(raw, f"{what}.variations[{i}]")
+        bounds = part.get("rollout")
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise WireError(f"{what}.variations[{i}].rollout must be [lower, upper]")
+        lo = _fraction(bounds[0], f"{what} rollout lower bound")
+        hi = _fraction(bounds[1], f"{what} rollout upper bound")
+        expt = part.get("exptRollout")
+        expt_f = 0.0 if expt is None else _fraction(expt, f"{what} exptRollout")
+        parts.append([_str(part, "id"), lo, hi, expt_f])
+    return parts
+
+
+def _string_list(raw: str) -> list[str]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise WireError("operand is not a JSON array") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise WireError("operand is not a JSON array of strings")
+    return value
+
+
+def normalize_condition(raw: object, what: str) -> list[Any]:
+    cond = _dict(raw, what)
+    prop = _str(cond, "property", optional=True)
+    op = cond.get("op")
+    if op is not None and not isinstance(op, str):
+        raise WireError(f"{what}.op must be a string or null")
+    value = cond.get("value")
+    if value is not None and not isinstance(value, str):
+        raise WireError(f"{what}.value must be a string or null")
+    error: str | None = None
+    operand: Any = value
+    # R-45: the property alone marks a segment condition; op is ignored.
+    if prop in (SEGMENT_IN, SEGMENT_NOT_IN) or op in LIST_OPS:
+        if value is None:
+            operand = None
+        else:
+            try:
+                operand = _string_list(value)
+            except WireError as exc:
+                operand, error = value, f"{prop or op}: {exc}"
+    return [prop, op, operand, error]
+
+
+# --------------------------------------------------------------------------- entities
+
+
+def normalize_flag(raw: object) -> NormFlag:
+    """One wire flag -> normalised form. Raises :class:`WireError`."""
+    flag = _dict(raw, "flag")
+    key = _str(flag, "key")
+    if not key:
+        raise WireError("key is empty")
+    version = parse_version(flag.get("updatedAt"))
+    if _bool(flag, "isArchived"):
+        return {"key": key, "version": version, "archived": True}
+    variations = []
+    for i, v in enumerate(_list(flag, "variations")):
+        var = _dict(v, f"variations[{i}]")
+        variations.append([_str(var, "id"), _str(var, "value", optional=True)])
+    targets = []
+    for i, t in enumerate(_list(flag, "targetUsers")):
+        target = _dict(t, f"targetUsers[{i}]")
+        keys = _list(target, "keyIds")
+        if not all(isinstance(k, str) for k in keys):
+            raise WireError(f"targetUsers[{i}].keyIds must hold strings")
+        targets.append([_str(target, "variationId"), keys])
+    rules = []
+    for i, r in enumerate(_list(flag, "rules")):
+        rule = _dict(r, f"rules[{i}]")
+        if not isinstance(rule.get("conditions"), list):
+            # R-38: a null or malformed list must not be treated as empty.
+            raise WireError(f"rules[{i}].conditions must be a list")
+        conds = [normalize_condition(c, f"rules[{i}].conditions[{j}]") for j, c in enumerate(rule["conditions"])]
+        rules.append(
+            [
+                _str(rule, "name", optional=True),
+                _dispatch_key(rule),
+                _bool(rule, "includedInExpt"),
+                conds,
+                _rollout(rule, f"rules[{i}]"),
+            ]
+        )
+    fall = _dict(flag.get("fallthrough"), "fallthrough")
+    vtype = flag.get("variationType")
+    return {
+        "key": key,
+        "id": _str(flag, "id", optional=True),
+        "name": _str(flag, "name", optional=True),
+        "type": vtype if isinstance(vtype, str) else "string",
+        "version": version,
+        "enabled": _bool(flag, "isEnabled"),
+        "off": _str(flag, "disabledVariationId", optional=True),
+        "expt_all": _bool(flag, "exptIncludeAllTargets"),
+        "variations": variations,
+        "targets": targets,
+        "rules": rules,
+        "fallthrough": [_dispatch_key(fall), _bool(fall, "includedInExpt"), _rollout(fall, "fallthrough")],
+    }
+
+
+def normalize_segment(raw: object) -> NormSegment:
+    """One wire segment -> normalised form. Raises :class:`WireError`."""
+    seg = _dict(raw, "segment")
+    # R-28: segments are looked up by the canonical lowercase id.
+    seg_id = _str(seg, "id").lower()
+    if not seg_id:
+        raise WireError("id is empty")
+    version = parse_version(seg.get("updatedAt"))
+    if _bool(seg, "isArchived"):
+        return {"id": seg_id, "version": version, "archived": True}
+    included = _list(seg, "included")
+    excluded = _list(seg, "excluded")
+    if not all(isinstance(k, str) for k in included + excluded):
+        raise WireError("included/excluded must hold strings")
+    rules = []
+    for i, r in enumerate(_list(seg, "rules")):
+        rule = _dict(r, f"rules[{i}]")
+        if not isinstance(rule.get("conditions"), list):
+            raise WireError(f"rules[{i}].conditions must be a list")
+        rules.append([normalize_condition(c, f"rules[{i}].conditions[{j}]") for j, c in enumerate(rule["conditions"])])
+    return {"id": seg_id, "version": version, "included": included, "excluded": excluded, "rules": rules}
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entity left out of a message because it was malformed (R-15)."""
+
+    kind: str  # "flag" or "segment"
+    key: str  # its key or id, or "#<index>" when even that was unusable
+    error: str
+
+
+@dataclass(frozen=True)
+class DataSyncMessage:
+    """A parsed ``data-sync`` payload: full replacement or patch (R-8)."""
+
+    event_type: str  # "full" or "patch"
+    flags: list[NormFlag]
+    segments: list[NormSegment]
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _identity(raw: object, name: str, index: int) -> str:
+    if isinstance(raw, Mapping):
+        value = raw.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return f"#{index}"
+
+
+def parse_data_sync(data: object) -> DataSyncMessage:
+    """The ``data`` object of a data-sync message -> :class:`DataSyncMessage`.
+
+    Raises :class:`WireError` only when the envelope itself is unusable (R-11);
+    malformed entities are reported in ``skipped`` and left out (R-15).
+    """
+    body = _dict(data, "data")
+    event_type = body.get("eventType")
+    if event_type not in ("full", "patch"):
+        raise WireError(f"unsupported eventType {event_type!r}")
+    raw_flags = body.get("featureFlags", [])
+    raw_segments = body.get("segments", [])
+    if raw_flags is None:
+        raw_flags = []
+    if raw_segments is None:
+        raw_segments = []
+    if not isinstance(raw_flags, list) or not isinstance(raw_segments, list):
+        raise WireError("featureFlags and segments must be lists")
+    skipped: list[Skipped] = []
+    flags: list[NormFlag] = []
+    for i, raw in enumerate(raw_flags):
+        try:
+            flags.append(normalize_flag(raw))
+        except WireError as exc:
+            skipped.append(Skipped("flag", _identity(raw, "key", i), str(exc)))
+    segments: list[NormSegment] = []
+    for i, raw in enumerate(raw_segments):
+        try:
+            segments.append(normalize_segment(raw))
+        except WireError as exc:
+            skipped.append(Skipped("segment", _identity(raw, "id", i), str(exc)))
+    return DataSyncMessage(event_type, flags, segments, skipped)
+
+
+def parse_envelope(document: object) -> DataSyncMessage:
+    """A whole ``{"messageType": "data-sync", "data": {...}}`` document (R-72)."""
+    envelope = _dict(document, "document")
+    if envelope.get("messageType") != "data-sync":
+        raise WireError("messageType must be 'data-sync'")
+    return parse_data_sync(envelope.get("data"))

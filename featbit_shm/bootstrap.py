@@ -1,0 +1,52 @@
+"""Load data-sync documents from JSON text or a bootstrap file (R-72, R-73).
+
+A bootstrap file is exactly what FeatBit's data-sync endpoint returns::
+
+    curl -H "Authorization: <secret>" <eval-server>/api/public/sdk/server/latest-all > flags.json
+
+An unreadable or malformed *document* is a :class:`~featbit_shm.errors.DataError`
+naming the problem; malformed *entities* inside a good document are skipped
+and listed in :attr:`LoadResult.skipped` while their siblings load (R-15).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from ._core.dataset import DataSet
+from ._core.wire import DataSyncMessage, Skipped, WireError, parse_envelope
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    dataset: DataSet
+    skipped: list[Skipped]
+
+
+def load_document(text: str | bytes, *, require_full: bool = True) -> LoadResult:
+    """Parse a data-sync document into a new data set (a full replacement)."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"not valid JSON: {exc}") from None
+    try:
+        message: DataSyncMessage = parse_envelope(document)
+    except WireError as exc:
+        raise DataError(f"not a data-sync document: {exc}") from None
+    if require_full and message.event_type != "full":
+        raise DataError("a bootstrap document must have eventType 'full'")
+    # R-73: loading always replaces the store, even when eventType is patch.
+    dataset, _changes = DataSet().apply(DataSyncMessage("full", message.flags, message.segments))
+    return LoadResult(dataset, message.skipped)
+
+
+def read_bootstrap_file(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes, or a DataError that names the file and the reason."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise DataError(f"cannot read bootstrap file {os.fspath(path)!r}: {exc.strerror or exc}") from None

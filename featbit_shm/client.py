@@ -1,0 +1,298 @@
+"""``FBClient``: the fbclient-compatible facade.
+
+The client evaluates from a *flag source*: anything with a ``view`` (a
+:class:`~featbit_shm._core.view.CompiledView` of one snapshot) and a
+``ready`` flag. Offline the source is an in-process :class:`MemorySource`
+loaded from a bootstrap file or :meth:`FBClient.initialize_from_external_json`.
+Evaluation is the same whatever the source.
+
+Two guarantees hold for every public method here:
+
+* evaluation never raises: bad keys, bad users, malformed flags and values
+  that do not convert give the default plus a reason kind (R-59, STYLE 6);
+* results follow ``featbit-contract.md``; where fbclient differs (G-n) the
+  difference is listed in MIGRATING.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from ._core.dataset import DataSet
+from ._core.evaluator import evaluate
+from ._core.results import (
+    REASON_CLIENT_NOT_READY,
+    REASON_FLAG_NOT_FOUND,
+    REASON_WRONG_TYPE,
+    WRONG_TYPE,
+    ReasonKind,
+    to_bool,
+    to_float,
+    to_int,
+    to_json,
+    to_number,
+    to_str,
+)
+from ._core.user import InvalidUser, make_user
+from ._core.view import CompiledView
+from .bootstrap import LoadResult, load_document, read_bootstrap_file
+from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, EvalDetail
+from .config import Config
+from .errors import ConfigError, DataError
+
+log = logging.getLogger("featbit_shm")
+
+T = TypeVar("T")
+
+_NOT_READY = ReasonKind.CLIENT_NOT_READY
+_ERROR = ReasonKind.ERROR
+_WRONG = ReasonKind.WRONG_TYPE
+
+
+class MemorySource:
+    """A flag source held in this process (offline mode, tests)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.dataset = DataSet()
+        self.view = self._view_of(self.dataset, 0, None)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _view_of(dataset: DataSet, generation: int, previous: CompiledView | None) -> CompiledView:
+        def keys() -> list[str]:
+            return [f["key"] for f in dataset.active_flags()]
+
+        return CompiledView(generation, dataset.version, dataset.flag, dataset.segment, keys, previous)
+
+    def publish(self, dataset: DataSet) -> None:
+        """Swap in a new data set; readers switch views atomically (R-13)."""
+        with self._lock:
+            self.dataset = dataset
+            self.view = self._view_of(dataset, self.view.generation + 1, self.view)
+            self.ready = True
+
+
+class FBClient:
+    """Evaluate FeatBit flags; a drop-in for ``fbclient.FBClient``."""
+
+    def __init__(self, config: Config, start_wait: float = 15.0) -> None:
+        if not isinstance(config, Config):
+            raise ConfigError("Config is not valid")
+        self._config = config
+        self._defaults = config.defaults
+        self._closed = False
+        self._source = MemorySource()
+        if not config.offline:
+            raise ConfigError(
+                "online mode needs the featbit-shm sync process, which this version does not ship yet; "
+                "use Config(..., offline=True, bootstrap_file=...)"
+            )
+        self._source.ready = True  # R-71: offline is ready at once, data or not
+        if config.bootstrap_file:
+            result = load_document(read_bootstrap_file(config.bootstrap_file))
+            self._report(result, config.bootstrap_file)
+            self._source.publish(result.dataset)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def initialize(self) -> bool:
+        """True once the client has data to evaluate (offline: at once)."""
+        return self._source.ready
+
+    def is_offline(self) -> bool:
+        return self._config.offline
+
+    def stop(self) -> None:
+        """Stop the client. Idempotent; evaluation keeps serving retained data (R-79)."""
+        self._closed = True
+
+    def __enter__(self) -> FBClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def initialize_from_external_json(self, json_str: str) -> bool:
+        """Replace the offline store with a data-sync document (R-73).
+
+        Returns False (and logs why) when the client is not offline or the
+        document is unusable; the previous data stays. Malformed flags or
+        segments inside a good document are skipped and logged by key.
+        Unlike fbclient (G-3) the document always replaces the store.
+        """
+        if not self._config.offline:
+            return False
+        try:
+            result = load_document(json_str, require_full=False)
+        except DataError as exc:
+            log.error("featbit_shm: bootstrap JSON rejected: %s", exc)
+            return False
+        self._report(result, "external JSON")
+        self._source.publish(result.dataset)
+        return True
+
+    @staticmethod
+    def _report(result: LoadResult, origin: object) -> None:
+        for s in result.skipped:
+            log.warning("featbit_shm: %s: skipped malformed %s %r: %s", origin, s.kind, s.key, s.error)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _detail(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None) -> EvalDetail:
+        """Evaluate one flag; ``convert`` None means "by the flag's variationType"."""
+        source = self._source
+        if not source.ready:
+            return EvalDetail(REASON_CLIENT_NOT_READY, default, key, FLAG_NAME_UNKNOWN, "", _NOT_READY)
+        view = source.view
+        try:
+            flag = view.flag(key)
+        except Exception as exc:  # a flag that cannot even be built  # noqa: BLE001
+            return EvalDetail(f"malformed flag: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+        if flag is None:
+            return EvalDetail(REASON_FLAG_NOT_FOUND, default, key if isinstance(key, str) else FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, "", _ERROR)
+        try:
+            u = make_user(user)
+        except InvalidUser as exc:
+            return EvalDetail(f"invalid user: {exc}", default, key, flag.name, "", _ERROR)
+        kind, var, reason, _rule, _expt = evaluate(flag, u, view.segment)
+        if var is None:
+            return EvalDetail(reason, default, key, flag.name, "", kind)
+        value = var.converted() if convert is None else convert(var.value)
+        if value is WRONG_TYPE:
+            return EvalDetail(REASON_WRONG_TYPE, default, key, flag.name, "", _WRONG)
+        return EvalDetail(reason, value, key, flag.name, var.id, kind)
+
+    def variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
+        """The flag's value for this user, converted by the flag's type, or ``default``.
+
+        Never raises. ``Config.defaults[key]`` is used when ``default`` is None
+        (fbclient lets it override the argument, G-10).
+        """
+        # The hot path, written out: one view read, one dict lookup, one
+        # validation, one evaluation (skipped for user-independent flags).
+        # Everything else is in _detail.
+        source = self._source
+        if default is None and self._defaults:
+            default = self._defaults.get(key)
+        if source.ready and type(key) is str:
+            view = source.view
+            flag = view.flag(key)
+            if flag is not None:
+                try:
+                    u = make_user(user)
+                except InvalidUser:
+                    return default
+                var = flag.static
+                if var is None:
+                    var = evaluate(flag, u, view.segment)[1]
+                    if var is None:
+                        return default
+                value = var.typed if not var.reparse else var.converted()
+                if value is not WRONG_TYPE:
+                    return value
+        return default
+
+    def variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
+        """Value plus reason, reason kind and variation id (R-57). Never raises."""
+        if default is None and self._defaults:
+            default = self._defaults.get(key)
+        try:
+            return self._detail(key, user, default, None)
+        except Exception as exc:
+            log.exception("featbit_shm: unexpected evaluation error")
+            return EvalDetail(f"error in evaluation: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+
+    def is_enabled(self, key: str, user: Mapping[str, Any]) -> bool:
+        """True only when the flag's value is the boolean ``true``."""
+        return self.bool_variation(key, user, False)
+
+    def _typed(self, key: str, user: Any, default: Any, convert: Callable[[str], Any]) -> EvalDetail:
+        try:
+            return self._detail(key, user, default, convert)
+        except Exception as exc:
+            log.exception("featbit_shm: unexpected evaluation error")
+            return EvalDetail(f"error in evaluation: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+
+    # Typed variations (R-58): strict conversion, WrongType + default on failure.
+
+    def bool_variation(self, key: str, user: Mapping[str, Any], default: bool = False) -> bool:
+        return self._typed(key, user, default, to_bool).variation  # type: ignore[no-any-return]
+
+    def bool_variation_detail(self, key: str, user: Mapping[str, Any], default: bool = False) -> EvalDetail:
+        return self._typed(key, user, default, to_bool)
+
+    def int_variation(self, key: str, user: Mapping[str, Any], default: int = 0) -> int:
+        return self._typed(key, user, default, to_int).variation  # type: ignore[no-any-return]
+
+    def int_variation_detail(self, key: str, user: Mapping[str, Any], default: int = 0) -> EvalDetail:
+        return self._typed(key, user, default, to_int)
+
+    def float_variation(self, key: str, user: Mapping[str, Any], default: float = 0.0) -> float:
+        return self._typed(key, user, default, to_float).variation  # type: ignore[no-any-return]
+
+    def float_variation_detail(self, key: str, user: Mapping[str, Any], default: float = 0.0) -> EvalDetail:
+        return self._typed(key, user, default, to_float)
+
+    def number_variation(self, key: str, user: Mapping[str, Any], default: float = 0) -> int | float:
+        """int when the value is integral, else float (fbclient's number rule)."""
+        return self._typed(key, user, default, to_number).variation  # type: ignore[no-any-return]
+
+    def number_variation_detail(self, key: str, user: Mapping[str, Any], default: float = 0) -> EvalDetail:
+        return self._typed(key, user, default, to_number)
+
+    def string_variation(self, key: str, user: Mapping[str, Any], default: str = "") -> str:
+        return self._typed(key, user, default, to_str).variation  # type: ignore[no-any-return]
+
+    def string_variation_detail(self, key: str, user: Mapping[str, Any], default: str = "") -> EvalDetail:
+        return self._typed(key, user, default, to_str)
+
+    def json_variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
+        """The value parsed as JSON (a fresh object per call)."""
+        return self._typed(key, user, default, to_json).variation
+
+    def json_variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
+        return self._typed(key, user, default, to_json)
+
+    # ------------------------------------------------------------------ bulk
+
+    def get_all_latest_flag_variations(self, user: Mapping[str, Any]) -> AllFlagStates:
+        """Every active flag for this user; records no events (R-60, not G-10).
+
+        One bad flag gives an Error detail for that key and the rest still
+        evaluate (not G-6). Values are converted as :meth:`variation` does.
+        """
+        source = self._source
+        if not source.ready:
+            return AllFlagStates(False, REASON_CLIENT_NOT_READY, {})
+        try:
+            u = make_user(user)
+        except InvalidUser as exc:
+            return AllFlagStates(False, f"invalid user: {exc}", {})
+        view = source.view
+        details: dict[str, EvalDetail] = {}
+        for key in view.flag_keys():
+            try:
+                flag = view.flag(key)
+                if flag is None:
+                    continue
+                kind, var, reason, _rule, _expt = evaluate(flag, u, view.segment)
+                if var is None:
+                    details[key] = EvalDetail(reason, None, key, flag.name, "", kind)
+                    continue
+                value = var.converted()
+                if value is WRONG_TYPE:
+                    details[key] = EvalDetail(REASON_WRONG_TYPE, None, key, flag.name, "", _WRONG)
+                else:
+                    details[key] = EvalDetail(reason, value, key, flag.name, var.id, kind)
+            except Exception as exc:  # noqa: BLE001 - one bad flag never fails the rest
+                details[key] = EvalDetail(f"error in evaluation: {exc}", None, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+        return AllFlagStates(True, "OK", details)
+
+    def is_flag_known(self, key: str) -> bool:
+        source = self._source
+        return source.ready and type(key) is str and source.view.flag(key) is not None

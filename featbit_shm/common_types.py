@@ -1,0 +1,124 @@
+"""Result types, shaped like ``fbclient.common_types`` (R-86).
+
+On top of fbclient's fields every detail carries the contract's reason
+``kind`` and the ``variation_id`` (R-57); a fallback has an empty
+``variation_id``. ``AllFlagStates`` never records events (R-60; fbclient
+records one per ``get()``, G-10).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import KeysView, Mapping
+from typing import Any
+
+from ._core.results import ReasonKind
+
+FLAG_KEY_UNKNOWN = "flag key unknown"
+FLAG_NAME_UNKNOWN = "flag name unknown"
+
+
+class EvalDetail:
+    """A flag's value with how it was calculated."""
+
+    __slots__ = ("reason", "variation", "key_name", "name", "kind", "variation_id")
+
+    def __init__(
+        self,
+        reason: str,
+        variation: Any,
+        key_name: str | None = None,
+        name: str | None = None,
+        variation_id: str = "",
+        kind: ReasonKind = ReasonKind.ERROR,
+    ) -> None:
+        self.reason = reason
+        self.variation = variation
+        self.key_name = key_name
+        self.name = name
+        self.variation_id = variation_id
+        self.kind = kind
+
+    @property
+    def is_default(self) -> bool:
+        """True when ``variation`` is the caller's default (no variation was chosen)."""
+        return not self.variation_id
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "variation": self.variation,
+            "keyName": self.key_name,
+            "name": self.name,
+            "kind": self.kind.value,
+            "variationId": self.variation_id,
+        }
+
+    def to_json_str(self) -> str:
+        return json.dumps(self.to_json_dict())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EvalDetail):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"EvalDetail(kind={self.kind.value}, variation={self.variation!r}, "
+            f"variation_id={self.variation_id!r}, reason={self.reason!r}, key_name={self.key_name!r})"
+        )
+
+
+class FlagState:
+    """fbclient's ``FlagState``: success, reason and the detail."""
+
+    __slots__ = ("success", "reason", "data")
+
+    def __init__(self, success: bool, reason: str, data: EvalDetail) -> None:
+        self.success = success
+        self.reason = "OK" if success else reason
+        self.data = data
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"success": self.success, "reason": self.reason, "data": self.data.to_json_dict()}
+
+
+class AllFlagStates:
+    """Every active flag evaluated for one user; raw string values (R-60)."""
+
+    __slots__ = ("success", "reason", "_details")
+
+    def __init__(self, success: bool, reason: str, details: Mapping[str, EvalDetail]) -> None:
+        self.success = success
+        self.reason = "OK" if success else reason
+        self._details = dict(details)
+
+    def keys(self) -> KeysView[str]:
+        return self._details.keys()
+
+    def get(self, key_name: str, default: Any = None) -> EvalDetail:
+        detail = self._details.get(key_name)
+        if detail is None:
+            return EvalDetail("flag not found", default, key_name, FLAG_NAME_UNKNOWN, "", ReasonKind.ERROR)
+        return detail
+
+    def get_variation(self, key_name: str, default: Any = None) -> Any:
+        return self.get(key_name, default).variation
+
+    def __len__(self) -> int:
+        return len(self._details)
+
+    def __contains__(self, key_name: object) -> bool:
+        return key_name in self._details
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "message": self.reason,
+            "data": [d.to_json_dict() for d in self._details.values()],
+        }
+
+    def to_json_str(self) -> str:
+        return json.dumps(self.to_json_dict())
