@@ -212,3 +212,59 @@ def test_compile_regex_gives_pattern_or_malformed_never_other_errors(pattern: st
         compile_regex(pattern)
     except MalformedFlag:
         pass
+
+
+def test_numeric_user_values_of_every_python_type() -> None:
+    assert matches(10**400, "BiggerThan", "1") is False  # beyond float range: not a number
+    assert matches(float("nan"), "BiggerThan", "1") is False
+    assert matches(float("inf"), "BiggerThan", "1") is False
+    assert matches(True, "BiggerThan", "0") is False  # a bool is not a number
+    assert matches(2.5, "LessThan", "3") is True
+    assert matches("٣", "LessThan", "5") is False  # non-ASCII digits are refused
+
+
+# compile_rule inlines simple operators into one generated matcher; it must
+# agree with the per-condition tests everywhere.
+
+OPS = [*ALL_OPS, "Unknown", "LessThan", "BiggerEqualThan"]
+pool = st.sampled_from(["", "a", "A", "ab", "b", "true", "FALSE", "1", "1.5", "10", "-2", "x y", "é"])
+user_values = st.one_of(st.none(), pool, st.integers(-20, 20), st.booleans(), st.floats(allow_nan=True, width=32))
+props = st.sampled_from(["prop", "other", "keyId", "name", " ", "User is in segment"])
+
+
+@st.composite
+def conditions(draw: st.DrawFn) -> dict[str, Any]:
+    import json as _json
+
+    op = draw(st.sampled_from(OPS))
+    if op.endswith("OneOf") and draw(st.booleans()):
+        value: Any = _json.dumps(draw(st.lists(pool, max_size=3)))
+    elif op.endswith("Regex"):
+        value = draw(st.sampled_from(["a", "^a", "b$", "[", "(a+)+"]))
+    else:
+        value = draw(st.one_of(st.none(), pool))
+    return {"property": draw(props), "op": op, "value": value}
+
+
+@given(st.lists(conditions(), max_size=4), st.dictionaries(st.sampled_from(["prop", "other"]), user_values), pool)
+def test_compiled_rule_agrees_with_condition_tests(conds: list[dict[str, Any]], attrs: dict[str, Any], name: str) -> None:
+    from featbit_shm._core.operators import compile_rule
+
+    normalized = [normalize_condition(c, "c") for c in conds]
+    user = make_user({"key": "k1", "name": name, **attrs})
+
+    def expected() -> bool:
+        for n in normalized:
+            if not compile_condition(n)(user, lambda _id: None):
+                return False
+        return True
+
+    try:
+        want: Any = expected()
+    except MalformedFlag:
+        want = MalformedFlag
+    try:
+        got: Any = compile_rule(normalized)(user, lambda _id: None)
+    except MalformedFlag:
+        got = MalformedFlag
+    assert got == want

@@ -75,10 +75,7 @@ def evaluate(flag: Flag, user: User, segment_of: SegmentOf) -> Decision:
                 return _malformed("target names a variation that does not exist")
             return (TARGET_MATCH, var, REASON_TARGET, "", flag.expt_all)
         for rule in flag.rules:
-            for test in rule.tests:
-                if not test(user, segment_of):
-                    break
-            else:
+            if rule.match(user, segment_of):
                 picked = _select(flag, rule.rollout, user)
                 if picked is None:
                     # never fall through to later rules or the fallthrough.

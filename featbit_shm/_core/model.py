@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from .operators import Test, compile_condition
+from .operators import Test, compile_rule
 from .results import CONVERTERS, WRONG_TYPE, to_str
 from .rollout import empty_range, experiment_upper, whole_range
 from .user import User
@@ -86,11 +86,11 @@ class Rollout:
 
 
 class Rule:
-    __slots__ = ("name", "tests", "rollout")
+    __slots__ = ("name", "match", "rollout")
 
-    def __init__(self, name: str, tests: tuple[Test, ...], rollout: Rollout) -> None:
+    def __init__(self, name: str, match: Test, rollout: Rollout) -> None:
         self.name = name
-        self.tests = tests
+        self.match = match  # all conditions of the rule
         self.rollout = rollout
 
 
@@ -140,7 +140,7 @@ class Flag:
                 targets.setdefault(k, var)
         self.targets = targets
         self.rules = tuple(
-            Rule(name, tuple(compile_condition(c) for c in conds), self._rollout(dk, ie, parts))
+            Rule(name, compile_rule(conds), self._rollout(dk, ie, parts))
             for name, dk, ie, conds, parts in norm["rules"]
         )
         dk, ie, parts = norm["fallthrough"]
@@ -177,7 +177,7 @@ class Segment:
         self.version: int = norm["version"]
         self.included = frozenset(norm["included"])
         self.excluded = frozenset(norm["excluded"])
-        self.rules = tuple(tuple(compile_condition(c, in_segment=True) for c in rule) for rule in norm["rules"])
+        self.rules = tuple(compile_rule(rule, in_segment=True) for rule in norm["rules"])
 
     def matches(self, user: User) -> bool:
         key = user.key
@@ -185,11 +185,8 @@ class Segment:
             return False
         if key in self.included:
             return True
-        for tests in self.rules:
-            for test in tests:
-                if not test(user, _no_segments):
-                    break
-            else:
+        for match in self.rules:
+            if match(user, _no_segments):
                 return True
         return False
 

@@ -30,14 +30,14 @@ and subjects longer than :data:`REGEX_MAX_SUBJECT` characters are an error.
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Callable
+from operator import methodcaller
 from typing import Any, Final
 
 from .user import User, attr_string
-from .wire import SEGMENT_IN, SEGMENT_NOT_IN
+from .wire import LIST_OPS, SEGMENT_IN, SEGMENT_NOT_IN
 
 try:  # Python >= 3.11
     import re._parser as _sre_parse
@@ -50,19 +50,24 @@ REGEX_MAX_PATTERN: Final = 512
 SegmentOf = Callable[[str], Any]  # segment id -> Segment or None
 Test = Callable[[User, SegmentOf], bool]
 
-_NUMBER = re.compile(r"[ \t\r\n]*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t\r\n]*")
-
-
 class MalformedFlag(Exception):
     """The flag's data cannot be evaluated; evaluation returns the default."""
 
 
 def parse_number(text: str) -> float | None:
-    """A finite float in .NET ``double.TryParse`` syntax, or None (R-43)."""
-    if _NUMBER.fullmatch(text) is None:
+    """A finite float in .NET ``double.TryParse`` syntax, or None (R-43).
+
+    ``float()`` does the parsing; what it accepts beyond .NET's syntax is
+    refused afterwards: non-finite values (``nan``, ``inf``), digit
+    separators (``1_000``) and non-ASCII digits.
+    """
+    try:
+        value = float(text)
+    except ValueError:
         return None
-    value = float(text)
-    return value if math.isfinite(value) else None
+    if value - value != 0.0 or "_" in text or not text.isascii():  # nan/inf, 1_000, non-ASCII
+        return None
+    return value
 
 
 # --------------------------------------------------------------------------- regex safety
@@ -207,21 +212,6 @@ def compile_regex(pattern: str) -> re.Pattern[str]:
 # --------------------------------------------------------------------------- compiling
 
 
-def _getter(prop: str) -> Callable[[User], str | None] | None:
-    if not prop.strip():
-        return None  # R-35: a blank property name is always absent
-    if prop == "keyId":
-        return lambda u: u.key
-    if prop == "name":
-        return lambda u: u.name
-
-    def custom(u: User) -> str | None:
-        v = u.attrs.get(prop)
-        return v if type(v) is str else attr_string(v)
-
-    return custom
-
-
 def _never(u: User, segment_of: SegmentOf) -> bool:
     return False
 
@@ -262,74 +252,180 @@ def compile_condition(cond: list[Any], *, in_segment: bool = False) -> Test:
         return _segment_test(operand, negate=prop == SEGMENT_NOT_IN)
     if error:
         return _raiser(error)
-    get = _getter(prop)
-    if get is None or operand is None:
-        return _never
+    if not prop.strip() or operand is None:
+        return _never  # R-35: a blank property is absent; R-40: a null operand never matches
     v = operand
     if op in ("LessThan", "LessEqualThan", "BiggerThan", "BiggerEqualThan"):
-        return _numeric(get, op, parse_number(v))
+        return _numeric(prop, op, parse_number(v))
+    if op in ("MatchRegex", "NotMatchRegex"):
+        return _regex(prop, v, negate=op == "NotMatchRegex")
+    pred = _string_predicate(op, v)
+    if pred is None:
+        return _never  # R-41: unknown operators never match
+    return _on_string(prop, pred)
+
+
+def _string_predicate(op: str, v: Any) -> Callable[[str], bool] | None:
+    """The test on the attribute's string value; C-level callables where possible."""
     if op == "Equal":
-        return lambda u, s: get(u) == v
+        return v.__eq__  # type: ignore[no-any-return]
     if op == "NotEqual":
-        return lambda u, s: (x := get(u)) is not None and x != v
+        return v.__ne__  # type: ignore[no-any-return]
     if op == "Contains":
-        return lambda u, s: (x := get(u)) is not None and v in x
+        return methodcaller("__contains__", v)
     if op == "NotContain":
-        return lambda u, s: (x := get(u)) is not None and v not in x
+        return lambda x: v not in x
     if op == "StartsWith":
-        return lambda u, s: (x := get(u)) is not None and x.startswith(v)
+        return methodcaller("startswith", v)
     if op == "EndsWith":
-        return lambda u, s: (x := get(u)) is not None and x.endswith(v)
+        return methodcaller("endswith", v)
     if op == "IsOneOf":
-        members = frozenset(v)
-        return lambda u, s: get(u) in members
+        return frozenset(v).__contains__
     if op == "NotOneOf":
         members = frozenset(v)
-        return lambda u, s: (x := get(u)) is not None and x not in members
+        return lambda x: x not in members
     if op == "IsTrue":
-        return lambda u, s: (x := get(u)) is not None and x.lower() == "true"
+        return lambda x: x.lower() == "true"
     if op == "IsFalse":
-        return lambda u, s: (x := get(u)) is not None and x.lower() == "false"
-    if op in ("MatchRegex", "NotMatchRegex"):
-        return _regex(get, v, negate=op == "NotMatchRegex")
-    return _never  # R-41: unknown operators never match
+        return lambda x: x.lower() == "false"
+    return None
 
 
-def _numeric(get: Callable[[User], str | None], op: str, bound: float | None) -> Test:
-    if bound is None:
-        return _never
-    b: float = bound
+def _on_string(prop: str, pred: Callable[[str], bool]) -> Test:
+    """Apply ``pred`` to the attribute; an absent attribute is False (R-40).
+
+    The attribute fetch is written into each closure (not a getter call):
+    this runs once per condition per evaluation.
+    """
+    if prop == "keyId":
+        return lambda u, s: pred(u.key)
+    if prop == "name":
+        return lambda u, s: pred(u.name)
 
     def test(u: User, s: SegmentOf) -> bool:
-        x = get(u)
-        if x is None:
-            return False
-        n = parse_number(x)
-        if n is None:
-            return False
-        if op == "LessThan":
-            return n < b
-        if op == "LessEqualThan":
-            return n <= b
-        if op == "BiggerThan":
-            return n > b
-        return n >= b
+        x = u.attrs.get(prop)
+        if type(x) is not str:
+            x = attr_string(x)
+            if x is None:
+                return False
+        return pred(x)
 
     return test
 
 
-def _regex(get: Callable[[User], str | None], pattern: str, negate: bool) -> Test:
+def _numeric(prop: str, op: str, bound: float | None) -> Test:
+    if bound is None:
+        return _never  # R-41: an operand that is not a number never matches
+    b: float = bound
+    compare: Callable[[float], bool] = {  # b.__gt__(n) is n < b, and so on
+        "LessThan": b.__gt__,
+        "LessEqualThan": b.__ge__,
+        "BiggerThan": b.__lt__,
+        "BiggerEqualThan": b.__le__,
+    }[op]
+
+    def on_text(x: str) -> bool:
+        n = parse_number(x)
+        return n is not None and compare(n)
+
+    if prop in ("keyId", "name"):
+        return _on_string(prop, on_text)
+
+    def test(u: User, s: SegmentOf) -> bool:
+        raw = u.attrs.get(prop)
+        t = type(raw)
+        if t is str:
+            return on_text(raw)  # type: ignore[arg-type]
+        if t is int or t is float:  # numbers skip the text round trip
+            try:
+                n = float(raw)  # type: ignore[arg-type]
+            except OverflowError:  # an int beyond float range
+                return False
+            return n - n == 0.0 and compare(n)  # n - n is nan for nan and inf
+        return raw is not None and t is not bool and on_text(str(raw))
+
+    return test
+
+
+def _regex(prop: str, pattern: str, negate: bool) -> Test:
     try:
         search = compile_regex(pattern).search
     except MalformedFlag as exc:
         return _raiser(str(exc))
 
-    def test(u: User, s: SegmentOf) -> bool:
-        x = get(u)
-        if x is None:
-            return False
+    def pred(x: str) -> bool:
         if len(x) > REGEX_MAX_SUBJECT:
             raise MalformedFlag(f"regex subject longer than {REGEX_MAX_SUBJECT} characters")
         return (search(x) is None) if negate else (search(x) is not None)
 
-    return test
+    return _on_string(prop, pred)
+
+
+# --------------------------------------------------------------------------- whole rules
+
+# String operators simple enough to inline into a rule's matcher: the
+# expression on ``x`` (the attribute's string value) and ``V`` (the operand).
+_INLINE: Final = {
+    "Equal": "x == {V}",
+    "NotEqual": "x != {V}",
+    "Contains": "{V} in x",
+    "NotContain": "{V} not in x",
+    "StartsWith": "x.startswith({V})",
+    "EndsWith": "x.endswith({V})",
+    "IsOneOf": "x in {V}",
+    "NotOneOf": "x not in {V}",
+    "IsTrue": "x.lower() == 'true'",
+    "IsFalse": "x.lower() == 'false'",
+}
+
+
+def compile_rule(conds: list[list[Any]], *, in_segment: bool = False) -> Test:
+    """All of a rule's conditions as one matcher (R-38: AND, first failure stops).
+
+    A rule runs once per evaluation and each condition used to cost a Python
+    call or two; generating one function per rule with the simple string
+    operators written inline makes a condition cost about a dict lookup and a
+    comparison. Only fixed code is generated: property names and operands are
+    bound as constants in the function's namespace, never pasted into source.
+    Anything not inlined (numbers, regexes, segments, errors) calls its
+    compiled test.
+    """
+    if not conds:
+        return _always
+    namespace: dict[str, Any] = {"_str": attr_string}
+    lines = ["def match(u, s):", "    a = u.attrs"]
+    for i, cond in enumerate(conds):
+        prop, op, operand, error = cond
+        inline = (
+            not error
+            and operand is not None
+            and prop not in (SEGMENT_IN, SEGMENT_NOT_IN)
+            and prop.strip() != ""
+            and op in _INLINE
+        )
+        if not inline:
+            namespace[f"T{i}"] = compile_condition(cond, in_segment=in_segment)
+            lines.append(f"    if not T{i}(u, s): return False")
+            continue
+        namespace[f"V{i}"] = frozenset(operand) if op in LIST_OPS else operand
+        expr = _INLINE[op].format(V=f"V{i}")
+        if prop == "keyId":
+            lines.append("    x = u.key")
+        elif prop == "name":
+            lines.append("    x = u.name")
+        else:
+            namespace[f"P{i}"] = prop
+            lines += [
+                f"    x = a.get(P{i})",
+                "    if type(x) is not str:",
+                "        if x is None: return False",
+                "        x = _str(x)",
+            ]
+        lines.append(f"    if not ({expr}): return False")
+    lines.append("    return True")
+    exec("\n".join(lines), namespace)  # fixed template; operands are bound constants
+    return namespace["match"]  # type: ignore[no-any-return]
+
+
+def _always(u: User, segment_of: SegmentOf) -> bool:
+    return True

@@ -9,7 +9,11 @@ compute the same buckets, so a user lands on the same variation everywhere.
 from __future__ import annotations
 
 import struct
-from hashlib import md5
+
+try:  # CPython's built-in MD5 costs half of OpenSSL's for inputs this small
+    from _md5 import md5
+except ImportError:  # pragma: no cover - builds without it
+    from hashlib import md5
 from typing import Final
 
 _INT32_LE: Final = struct.Struct("<i")
