@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ._core.dataset import DataSet
 from ._core.evaluator import evaluate
@@ -42,6 +42,8 @@ from .bootstrap import LoadResult, load_document, read_bootstrap_file
 from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, EvalDetail
 from .config import Config
 from .errors import ConfigError, DataError
+from .store.names import StoreNames
+from .store.reader import SnapshotReader
 
 log = logging.getLogger("featbit_shm")
 
@@ -52,28 +54,35 @@ _ERROR = ReasonKind.ERROR
 _WRONG = ReasonKind.WRONG_TYPE
 
 
+class FlagSource(Protocol):
+    """Where a client's flags come from: the current view, or None (not ready)."""
+
+    def current(self) -> CompiledView | None: ...
+
+
 class MemorySource:
-    """A flag source held in this process (offline mode, tests)."""
+    """A flag source held in this process (offline data, tests)."""
 
     def __init__(self) -> None:
-        self.ready = False
         self.dataset = DataSet()
-        self.view = self._view_of(self.dataset, 0, None)
+        self.view: CompiledView | None = None
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _view_of(dataset: DataSet, generation: int, previous: CompiledView | None) -> CompiledView:
-        def keys() -> list[str]:
-            return [f["key"] for f in dataset.active_flags()]
-
-        return CompiledView(generation, dataset.version, dataset.flag, dataset.segment, keys, previous)
+    def current(self) -> CompiledView | None:
+        return self.view
 
     def publish(self, dataset: DataSet) -> None:
-        """Swap in a new data set; readers switch views atomically (R-13)."""
+        """Swap in a new data set; evaluations switch views atomically (R-13)."""
         with self._lock:
             self.dataset = dataset
-            self.view = self._view_of(dataset, self.view.generation + 1, self.view)
-            self.ready = True
+            self.view = memory_view(dataset, (self.view.generation + 1) if self.view else 1, self.view)
+
+
+def memory_view(dataset: DataSet, generation: int, previous: CompiledView | None = None) -> CompiledView:
+    def keys() -> list[str]:
+        return [f["key"] for f in dataset.active_flags()]
+
+    return CompiledView(generation, dataset.version, dataset.flag, dataset.segment, keys, previous)
 
 
 class FBClient:
@@ -85,24 +94,37 @@ class FBClient:
         self._config = config
         self._defaults = config.defaults
         self._closed = False
-        self._source = MemorySource()
         if not config.offline:
             raise ConfigError(
                 "online mode needs the featbit-shm sync process, which this version does not ship yet; "
                 "use Config(..., offline=True, bootstrap_file=...)"
             )
-        self._source.ready = True  # R-71: offline is ready at once, data or not
+        self._names = StoreNames.for_env(config.env_secret, config.namespace)
+        self._source: FlagSource
         if config.bootstrap_file:
             result = load_document(read_bootstrap_file(config.bootstrap_file))
             self._report(result, config.bootstrap_file)
-            self._source.publish(result.dataset)
+            self._use_memory(result.dataset)
+        else:
+            # R-71: offline is ready at once. With no data of its own the client
+            # serves the host's shared snapshot when one is published, and an
+            # empty store until then.
+            self._source = SnapshotReader(self._names, fallback=memory_view(DataSet(), 0))
+
+    def _use_memory(self, dataset: DataSet) -> None:
+        """Serve this data from now on (offline data of the client's own)."""
+        source = getattr(self, "_source", None)
+        if not isinstance(source, MemorySource):
+            source = MemorySource()
+        source.publish(dataset)
+        self._source = source
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def initialize(self) -> bool:
         """True once the client has data to evaluate (offline: at once)."""
-        return self._source.ready
+        return self._source.current() is not None
 
     def is_offline(self) -> bool:
         return self._config.offline
@@ -133,7 +155,7 @@ class FBClient:
             log.error("featbit_shm: bootstrap JSON rejected: %s", exc)
             return False
         self._report(result, "external JSON")
-        self._source.publish(result.dataset)
+        self._use_memory(result.dataset)
         return True
 
     @staticmethod
@@ -145,10 +167,9 @@ class FBClient:
 
     def _detail(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None) -> EvalDetail:
         """Evaluate one flag; ``convert`` None means "by the flag's variationType"."""
-        source = self._source
-        if not source.ready:
+        view = self._source.current()
+        if view is None:
             return EvalDetail(REASON_CLIENT_NOT_READY, default, key, FLAG_NAME_UNKNOWN, "", _NOT_READY)
-        view = source.view
         try:
             flag = view.flag(key)
         except Exception as exc:  # a flag that cannot even be built  # noqa: BLE001
@@ -173,29 +194,28 @@ class FBClient:
         Never raises. ``Config.defaults[key]`` is used when ``default`` is None
         (fbclient lets it override the argument, G-10).
         """
-        # The hot path, written out: one view read, one dict lookup, one
-        # validation, one evaluation (skipped for user-independent flags).
+        # The hot path, written out: one generation check, one dict lookup,
+        # one validation, one evaluation (skipped for user-independent flags).
         # Everything else is in _detail.
-        source = self._source
         if default is None and self._defaults:
             default = self._defaults.get(key)
-        if source.ready and type(key) is str:
-            view = source.view
+        try:
+            view = self._source.current()
+            if view is None or type(key) is not str:
+                return default
             flag = view.flag(key)
-            if flag is not None:
-                try:
-                    u = make_user(user)
-                except InvalidUser:
-                    return default
-                var = flag.static
+            if flag is None:
+                return default
+            u = make_user(user)
+            var = flag.static
+            if var is None:
+                var = evaluate(flag, u, view.segment)[1]
                 if var is None:
-                    var = evaluate(flag, u, view.segment)[1]
-                    if var is None:
-                        return default
-                value = var.typed if not var.reparse else var.converted()
-                if value is not WRONG_TYPE:
-                    return value
-        return default
+                    return default
+            value = var.typed if not var.reparse else var.converted()
+            return default if value is WRONG_TYPE else value
+        except Exception:  # noqa: BLE001 - evaluation never raises (STYLE 6)
+            return default
 
     def variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
         """Value plus reason, reason kind and variation id (R-57). Never raises."""
@@ -266,16 +286,19 @@ class FBClient:
         One bad flag gives an Error detail for that key and the rest still
         evaluate (not G-6). Values are converted as :meth:`variation` does.
         """
-        source = self._source
-        if not source.ready:
+        view = self._source.current()
+        if view is None:
             return AllFlagStates(False, REASON_CLIENT_NOT_READY, {})
         try:
             u = make_user(user)
         except InvalidUser as exc:
             return AllFlagStates(False, f"invalid user: {exc}", {})
-        view = source.view
         details: dict[str, EvalDetail] = {}
-        for key in view.flag_keys():
+        try:
+            keys = list(view.flag_keys())
+        except Exception as exc:  # noqa: BLE001 - a damaged snapshot index
+            return AllFlagStates(False, f"error in evaluation: {exc}", {})
+        for key in keys:
             try:
                 flag = view.flag(key)
                 if flag is None:
@@ -294,5 +317,8 @@ class FBClient:
         return AllFlagStates(True, "OK", details)
 
     def is_flag_known(self, key: str) -> bool:
-        source = self._source
-        return source.ready and type(key) is str and source.view.flag(key) is not None
+        view = self._source.current()
+        try:
+            return view is not None and type(key) is str and view.flag(key) is not None
+        except Exception:  # noqa: BLE001
+            return False

@@ -32,14 +32,20 @@ class DataSet:
 
     __slots__ = ("_flags", "_segments", "version")
 
-    def __init__(self, flags: Mapping[str, NormFlag] | None = None, segments: Mapping[str, NormSegment] | None = None):
+    def __init__(
+        self,
+        flags: Mapping[str, NormFlag] | None = None,
+        segments: Mapping[str, NormSegment] | None = None,
+        *,
+        version: int | None = None,
+    ):
         self._flags: dict[str, NormFlag] = dict(flags or {})
         self._segments: dict[str, NormSegment] = dict(segments or {})
-        # the cursor is the max version over every entry, tombstones included.
-        self.version: int = max(
-            (e["version"] for e in (*self._flags.values(), *self._segments.values())),
-            default=0,
-        )
+        # the cursor is the max version over every entry, tombstones
+        # included. apply() passes it in so a patch costs O(patch), not O(store).
+        if version is None:
+            version = max((e["version"] for e in (*self._flags.values(), *self._segments.values())), default=0)
+        self.version: int = version
 
     @property
     def flags(self) -> Mapping[str, NormFlag]:
@@ -77,7 +83,12 @@ class DataSet:
         segments, changed_segments = _merge(self._segments, message.segments, "id")
         if not changed_flags and not changed_segments:
             return self, Changes(False, frozenset(), frozenset())
-        return DataSet(flags, segments), Changes(False, changed_flags, changed_segments)
+        version = max(
+            [self.version]
+            + [flags[k]["version"] for k in changed_flags]
+            + [segments[k]["version"] for k in changed_segments]
+        )
+        return DataSet(flags, segments, version=version), Changes(False, changed_flags, changed_segments)
 
     def __len__(self) -> int:
         return len(self._flags)

@@ -88,12 +88,20 @@ def to_float(raw: str) -> float | _WrongType:
     return WRONG_TYPE if value is None else value
 
 
+_EXACT_FLOAT_INT: Final = 2**53
+
+
 def to_number(raw: str) -> int | float | _WrongType:
-    """fbclient's number rule: an int when the text is integral, else a float."""
+    """fbclient's number rule (R-83): an int when the value is integral
+    (``"33"``, ``"1.0"``, ``"1e3"``), else a float. Integral floats become
+    ints only while a float holds them exactly (|v| <= 2**53)."""
     as_int = to_int(raw)
     if as_int is not WRONG_TYPE:
         return as_int
-    return to_float(raw)
+    value = to_float(raw)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
+        return int(value)
+    return value
 
 
 def to_json(raw: str) -> Any:

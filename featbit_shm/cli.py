@@ -1,0 +1,144 @@
+"""The ``featbit-shm`` command.
+
+    featbit-shm status [--json]      leader, heartbeat, generation, counts, counters
+    featbit-shm dump [--flag KEY]    the current snapshot as JSON
+
+The store is the one a client with the same environment would use: its name
+comes from ``FEATBIT_ENV_SECRET`` (empty when offline) and
+``FEATBIT_NAMESPACE`` (default ``default``), or ``--namespace``. The secret
+itself is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from .store.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, ControlBlock, ControlError, SyncState
+from .store.names import StoreNames
+from .store.reader import map_readonly
+from .store.writer import SnapshotReaderless
+
+
+def _names(args: argparse.Namespace) -> StoreNames:
+    secret = os.environ.get("FEATBIT_ENV_SECRET", "")
+    offline = os.environ.get("FEATBIT_OFFLINE", "").lower() in ("1", "true", "yes")
+    namespace = args.namespace or os.environ.get("FEATBIT_NAMESPACE") or "default"
+    return StoreNames.for_env("" if offline else secret, namespace)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
+    """The store's status as a dict (the keys ``status --json`` prints)."""
+    now = time.time() if now is None else now
+    try:
+        block = ControlBlock(map_readonly(names.control))
+        block.check()
+    except (OSError, ControlError, ValueError) as exc:
+        kind = "absent" if "does not exist" in str(exc) or "No such file" in str(exc) else "invalid"
+        return {"state": kind, "store": names.tag, "error": str(exc)}
+    except Exception as exc:  # posix_ipc.ExistentialError is not an OSError  # noqa: BLE001
+        return {"state": "absent", "store": names.tag, "error": str(exc)}
+    pointer = block.read_pointer()
+    heartbeat = block.heartbeat
+    status: dict[str, Any] = {
+        "store": names.tag,
+        "state": block.state.name,
+        "state_since": block.state_since,
+        "generation": pointer.generation if pointer else None,
+        "data_version": pointer.data_version if pointer else None,
+        "flags": int(block.q[W_FLAGS]),
+        "segments": int(block.q[W_SEGMENTS]),
+        "leader_pid": block.leader_pid,
+        "leader_alive": _pid_alive(block.leader_pid),
+        "heartbeat_age_s": round(now - heartbeat, 3) if heartbeat else None,
+        "snapshot_name": pointer.name if pointer else None,
+        "snapshot_bytes": pointer.length if pointer else None,
+        "last_publish_age_s": round(now - float(block.d[W_LAST_PUBLISH]), 3) if block.d[W_LAST_PUBLISH] else None,
+    }
+    for name in ("publishes", "publish_errors", "reconnects", "events_queued", "events_sent", "events_dropped", "events_failed"):
+        status[name] = block.counter(name)
+    status["events_delivery_stopped"] = bool(block.counter("delivery_stopped"))
+    if pointer is None:
+        status["state"] = "torn"  # the sequence stayed odd: the writer died mid-update
+    return status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = read_status(_names(args))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        width = max(len(k) for k in status)
+        for key, value in status.items():
+            print(f"{key:<{width}}  {value}")
+    return 0 if status["state"] in (SyncState.OK.name, SyncState.INTERRUPTED.name, SyncState.INITIALIZING.name) else 1
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    names = _names(args)
+    try:
+        block = ControlBlock(map_readonly(names.control))
+        block.check()
+        pointer = block.read_pointer()
+        if pointer is None or not pointer.name:
+            print("featbit-shm: nothing is published in this store", file=sys.stderr)
+            return 1
+        image = SnapshotReaderless.verify(pointer.name, pointer.length, pointer.crc)
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
+        print(f"featbit-shm: cannot read store {names.tag}: {exc}", file=sys.stderr)
+        return 1
+    if args.flag:
+        entity = image.flag(args.flag)
+        if entity is None:
+            print(f"featbit-shm: no flag {args.flag!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(entity, indent=2, sort_keys=True))
+        return 0
+    ds = image.to_dataset()
+    print(
+        json.dumps(
+            {
+                "generation": image.generation,
+                "data_version": image.data_version,
+                "flags": dict(sorted(ds.flags.items())),
+                "segments": dict(sorted(ds.segments.items())),
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="featbit-shm", description="FeatBit flags in shared memory")
+    parser.add_argument("--namespace", help="store namespace (default: $FEATBIT_NAMESPACE or 'default')")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("status", help="leader, heartbeat, generation and counters")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("dump", help="print the current snapshot as JSON")
+    p.add_argument("--flag", help="only this flag")
+    p.set_defaults(func=cmd_dump)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""A worker's read-only view of a store.
+
+Hot path (every evaluation): :meth:`SnapshotReader.current` reads the
+control block's 8-byte generation through a memoryview and returns the
+cached :class:`~featbit_shm._core.view.CompiledView` when it did not change:
+no syscall, no lock. Everything else happens only when the generation moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import posix_ipc
+
+from .._core.snapshot import SnapshotError, SnapshotImage
+from .._core.view import CompiledView
+from .control import W_GENERATION, ControlBlock, ControlError, SyncState
+from .names import StoreNames
+
+log = logging.getLogger("featbit_shm.store")
+
+
+def map_readonly(name: str, length: int | None = None) -> mmap.mmap:
+    """Map an existing object read-only. Writing through it raises TypeError."""
+    shm = posix_ipc.SharedMemory(name, 0, read_only=True)
+    try:
+        size = os.fstat(shm.fd).st_size
+        if length is None:
+            length = size
+        if length <= 0 or size < length:
+            raise SnapshotError(f"{name} is {size} bytes, expected {length}")
+        return mmap.mmap(shm.fd, length, prot=mmap.PROT_READ)
+    finally:
+        shm.close_fd()
+
+
+class SnapshotReader:
+    """Serve the newest good snapshot of a store to this process's evaluations.
+
+    ``current()`` returns ``fallback`` (default None: the client then answers
+    "client not ready") while no snapshot was ever read; once one was, it
+    keeps serving the last good generation whatever happens to the writer.
+    """
+
+    def __init__(
+        self,
+        names: StoreNames,
+        *,
+        retry_interval: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+        getpid: Callable[[], int] = os.getpid,
+        fallback: CompiledView | None = None,
+    ) -> None:
+        self.names = names
+        self._retry_interval = retry_interval
+        self._clock = clock
+        self._getpid = getpid
+        self._pid = getpid()
+        self._lock = threading.Lock()
+        self._control: ControlBlock | None = None
+        self._words: memoryview | None = None  # the control block as u64 words
+        self._seen = -1  # generation of the control block last acted on
+        self._view: CompiledView | None = fallback  # served until a snapshot is read
+        self._image: SnapshotImage | None = None
+        self._next_try = 0.0
+        self.refreshes = 0
+        self.failed_refreshes = 0
+
+    # ------------------------------------------------------------------ hot path
+
+    def current(self) -> CompiledView | None:
+        """The view to evaluate with (None: nothing published yet)."""
+        words = self._words
+        if words is not None and words[W_GENERATION] == self._seen:
+            return self._view
+        return self._slow_path()
+
+    # ------------------------------------------------------------------ slow path
+
+    def _slow_path(self) -> CompiledView | None:
+        if self._clock() < self._next_try:
+            return self._view
+        pid = self._getpid()
+        if pid != self._pid:
+            # A fork child: the parent's lock may have been held at fork time.
+            self._lock = threading.Lock()
+            self._pid = pid
+        if not self._lock.acquire(blocking=False):
+            return self._view  # another thread is refreshing; serve what we have
+        try:
+            if self._words is None and not self._attach():
+                self._next_try = self._clock() + self._retry_interval
+                return self._view
+            if not self._refresh():
+                self.failed_refreshes += 1
+                self._next_try = self._clock() + min(self._retry_interval, 0.01)
+            return self._view
+        finally:
+            self._lock.release()
+
+    def _attach(self) -> bool:
+        try:
+            mm = map_readonly(self.names.control)
+            block = ControlBlock(mm)
+            block.check()
+        except (posix_ipc.ExistentialError, SnapshotError, ControlError):
+            return False
+        except (posix_ipc.Error, OSError) as exc:
+            log.warning("featbit_shm: cannot open control block %s: %s", self.names.control, exc)
+            return False
+        self._control = block
+        self._words = block.q
+        return True
+
+    def _refresh(self) -> bool:
+        """Move to the generation the control block points at. True on success."""
+        block = self._control
+        assert block is not None
+        for _ in range(8):
+            pointer = block.read_pointer()
+            if pointer is None:
+                return False  # sequence stuck odd: writer died mid-update
+            if not pointer.name:
+                self._seen = pointer.generation
+                return True  # nothing published yet
+            try:
+                mm = map_readonly(pointer.name, pointer.length)
+                image = SnapshotImage(mm, length=pointer.length, crc=pointer.crc)
+            except (posix_ipc.ExistentialError, SnapshotError):
+                continue  # unlinked or replaced under us: read the pointer again
+            except (posix_ipc.Error, OSError) as exc:
+                log.warning("featbit_shm: cannot map snapshot %s: %s", pointer.name, exc)
+                return False
+            if image.generation != pointer.generation:
+                continue
+            previous = self._view if self._image is not None else None
+            self._image = image
+            self._view = CompiledView(
+                image.generation, image.data_version, image.flag, image.segment, image.flag_keys, previous=previous
+            )
+            self._seen = pointer.generation
+            self.refreshes += 1
+            return True
+        return False
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def control(self) -> ControlBlock | None:
+        """The mapped control block, once attached."""
+        if self._control is None:
+            self.current()
+        return self._control
+
+    @property
+    def generation(self) -> int:
+        view = self.current()
+        return view.generation if view is not None else 0
+
+    def state(self) -> SyncState | None:
+        block = self.control
+        return block.state if block is not None else None

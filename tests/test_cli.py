@@ -1,0 +1,54 @@
+"""featbit-shm status / dump (issue 3 item 4), run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+from featbit_shm._core.dataset import DataSet
+from featbit_shm._core.wire import parse_data_sync
+from featbit_shm.store.names import StoreNames
+from featbit_shm.store.writer import SnapshotWriter
+from featbit_shm.testing import builders as b
+
+STATUS_KEYS = {"state", "generation", "data_version", "flags", "segments", "leader_pid", "heartbeat_age_s", "snapshot_bytes"}
+
+
+def run(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATBIT_")}
+    env["FEATBIT_NAMESPACE"] = namespace
+    return subprocess.run([sys.executable, "-m", "featbit_shm.cli", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_status_json_and_dump_of_a_published_store() -> None:
+    namespace = f"cli-{uuid.uuid4().hex[:8]}"
+    ds, _ = DataSet().apply(parse_data_sync(b.data_sync([b.flag("a", updated_at=5), b.flag("b")], [b.segment("s")])["data"]))
+    with SnapshotWriter(StoreNames.for_env("", namespace)) as writer:
+        gen = writer.publish(ds)
+        done = run(namespace, "status", "--json")
+        assert done.returncode == 0, done.stderr
+        status: dict[str, Any] = json.loads(done.stdout)
+        assert STATUS_KEYS <= set(status)
+        assert (status["state"], status["generation"], status["flags"], status["segments"]) == ("OK", gen, 2, 1)
+        assert status["data_version"] == ds.version
+        assert status["leader_pid"] == os.getpid() and status["leader_alive"] is True
+        assert 0 <= status["heartbeat_age_s"] < 60
+        assert status["snapshot_bytes"] > 0
+        dump = json.loads(run(namespace, "dump").stdout)
+        assert set(dump["flags"]) == {"a", "b"} and set(dump["segments"]) == {"s"}
+        one = json.loads(run(namespace, "dump", "--flag", "a").stdout)
+        assert one["key"] == "a" and one["version"] == 5
+        assert run(namespace, "dump", "--flag", "nope").returncode == 1
+        text = run(namespace, "status")
+        assert "generation" in text.stdout
+
+
+def test_status_of_a_missing_store_says_absent_and_fails() -> None:
+    done = run(f"missing-{uuid.uuid4().hex[:8]}", "status", "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["state"] == "absent"
+    assert run(f"missing-{uuid.uuid4().hex[:8]}", "dump").returncode == 1
