@@ -20,8 +20,8 @@ from typing import Any
 
 from .store.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, ControlBlock, ControlError, SyncState
 from .store.names import StoreNames
-from .store.reader import map_readonly
-from .store.writer import SnapshotReaderless
+from .store.reader import generation_bytes, map_readonly
+from .store.writer import open_image
 
 
 def _names(args: argparse.Namespace) -> StoreNames:
@@ -68,7 +68,8 @@ def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
         "leader_alive": _pid_alive(block.leader_pid),
         "heartbeat_age_s": round(now - heartbeat, 3) if heartbeat else None,
         "snapshot_name": pointer.name if pointer else None,
-        "snapshot_bytes": pointer.length if pointer else None,
+        "snapshot_bytes": generation_bytes(names, pointer.name) if pointer and pointer.name else None,
+        "root_bytes": pointer.length if pointer else None,
         "last_publish_age_s": round(now - float(block.d[W_LAST_PUBLISH]), 3) if block.d[W_LAST_PUBLISH] else None,
     }
     for name in ("publishes", "publish_errors", "reconnects", "events_queued", "events_sent", "events_dropped", "events_failed"):
@@ -99,7 +100,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         if pointer is None or not pointer.name:
             print("featbit-shm: nothing is published in this store", file=sys.stderr)
             return 1
-        image = SnapshotReaderless.verify(pointer.name, pointer.length, pointer.crc)
+        image = open_image(names, pointer.name, pointer.length, pointer.crc)
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
         print(f"featbit-shm: cannot read store {names.tag}: {exc}", file=sys.stderr)
         return 1

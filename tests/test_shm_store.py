@@ -114,17 +114,19 @@ def test_old_generations_are_unlinked_after_grace(names: StoreNames) -> None:
     with SnapshotWriter(names, grace=1.0, keep=10, clock=lambda: now[0]) as writer:
         for i in range(5):
             writer.publish(dataset(b.flag("a", updated_at=i + 1)))
-        assert len(names.existing_snapshots()) == 5
+        assert len(names.existing("g")) == 5  # roots; full rebuilds left one chunk each too
         now[0] = 2.0
         writer.heartbeat()
-        assert names.existing_snapshots() == [writer.current_name]
+        assert names.existing("g") == [writer.current_name]
+        assert len(names.existing("c")) == 1
 
 
 def test_old_generations_are_bounded_in_number(names: StoreNames) -> None:
     with SnapshotWriter(names, grace=3600, keep=2) as writer:
         for i in range(10):
             writer.publish(dataset(b.flag("a", updated_at=i + 1)))
-        assert len(names.existing_snapshots()) == 3  # current + 2 kept
+        assert len(names.existing("g")) == 3  # current + 2 kept
+        assert len(names.existing("c")) == 3
 
 
 def test_full_dev_shm_is_a_clear_error_and_previous_snapshot_stays(names: StoreNames) -> None:
@@ -143,7 +145,8 @@ def test_full_dev_shm_is_a_clear_error_and_previous_snapshot_stays(names: StoreN
         full[0] = True
         with pytest.raises(SharedMemoryError, match=r"needs \d+ bytes, \d+ bytes are free"):
             writer.publish(dataset(b.flag("a", variations=["new", "x"], variation_type="string", updated_at=5)))
-        assert names.existing_snapshots() == [writer.current_name]  # the partial object is gone
+        assert names.existing("g") == [writer.current_name]  # the partial objects are gone
+        assert len(names.existing("c")) == 1
         view = reader.current()
         assert view.generation == gen and view.flag("a").static.value == "old"
         full[0] = False
@@ -159,7 +162,7 @@ def test_secret_never_appears_in_names_or_shared_memory() -> None:
         writer.publish(dataset(b.flag("a")))
         for name in (names.control, writer.current_name, names.lock_path):
             assert secret not in name and "very-secret" not in name
-        for name in (names.control, writer.current_name):
+        for name in (names.control, *names.existing()):
             assert secret.encode() not in bytes(map_readonly(name))
     assert StoreNames.for_env(secret, "ns") != StoreNames.for_env(secret, "other")
     assert StoreNames.for_env(secret, "ns") != StoreNames.for_env(secret + "x", "ns")
@@ -168,7 +171,7 @@ def test_secret_never_appears_in_names_or_shared_memory() -> None:
 def test_objects_are_created_0600_by_default(names: StoreNames) -> None:
     with SnapshotWriter(names) as writer:
         writer.publish(dataset(b.flag("a")))
-        for name in (names.control, writer.current_name):
+        for name in (names.control, *names.existing()):
             assert stat.S_IMODE(os.stat("/dev/shm" + name).st_mode) == 0o600
 
 
@@ -306,7 +309,7 @@ def test_writer_sigkilled_mid_publish_readers_keep_last_good_new_writer_recovers
         assert writer.generation >= last_good
         gen = writer.publish(shm_workers.marked_dataset(writer.generation + 1, 2_000_000_000_000))
         assert reader.current().generation == gen
-        assert len(names.existing_snapshots()) <= 4
+        assert len(names.existing("g")) <= 4
 
 
 def test_writer_killed_between_sequence_writes_is_recovered(names: StoreNames) -> None:
@@ -350,14 +353,14 @@ def test_status_fields_in_control_block(names: StoreNames) -> None:
 
 
 def test_restarted_writer_resumes_from_published_snapshot(names: StoreNames) -> None:
-    from featbit_shm.store.writer import SnapshotReaderless
+    from featbit_shm.store.writer import open_image
 
     first = SnapshotWriter(names)
     gen = first.publish(dataset(b.flag("a", updated_at=5), b.flag("t", archived=True, updated_at=9)))
     first.close()  # crash-like: objects stay
     second = SnapshotWriter(names)
     pointer = second.control.read_pointer()
-    image = SnapshotReaderless.verify(pointer.name, pointer.length, pointer.crc)
+    image = open_image(names, pointer.name, pointer.length, pointer.crc)
     restored = image.to_dataset()
     assert restored.version == 9 and restored.flag("a") is not None and "t" in restored.flags
     assert second.generation == gen

@@ -1,13 +1,20 @@
-"""The snapshot image: one data-set generation as bytes, readable in place.
+"""The snapshot image: one data-set generation, readable in place by any process.
 
-A snapshot is written once, never changed, and read by any number of
-processes straight from a read-only mapping. A reader must be able to find
-and decode ONE flag without decoding the others, and must open a new
-generation in time independent of the number of flags, so the image is a
-small fixed header, two open-addressing hash tables (flags by key, segments
-by id) and a payload of per-entity blobs.
+A snapshot is written once, never changed, and read by many processes
+straight from read-only mappings. A reader must find and decode ONE flag
+without decoding the others, and must open a new generation in time that does
+not grow with the data; a writer must publish a one-flag patch of a
+10,000-flag store without rewriting 5 MB. So a generation is split in two
+kinds of immutable object:
 
-Byte layout (little-endian)::
+* a **root**: a header, the list of live chunks, and two open-addressing hash
+  tables (flags by key, segments by id) whose entries point into chunks;
+* **chunks**: append-only bags of per-entity blobs. A patch writes one new
+  small chunk with the changed entities and a new root that repoints their
+  slots; every other blob stays where it was. Chunk ids are the generation
+  that wrote them, so they are unique across writer restarts.
+
+Root layout (little-endian)::
 
     header, 64 bytes (struct ``_HEADER``)
       0   8  magic              b"FBSHMSNP"
@@ -21,30 +28,29 @@ Byte layout (little-endian)::
      44   4  u32 segments       entries, tombstones included
      48   4  u32 active flags
      52   4  u32 active segments
-     56   8  u64 table end      offset where the payload starts
-    flag table at 64: ``flag slots`` entries of 32 bytes, then the segment table
+     56   4  u32 chunks         live chunks listed below (<= MAX_CHUNKS)
+     60   4  u32 reserved
+     64 512  u64[64]            live chunk ids
+    576      flag table: ``flag slots`` entries of 40 bytes, then the segment table
     entry (struct ``_ENTRY``)
       0   4  u32 key hash       crc32 of the UTF-8 key; probe start = hash & (slots - 1)
       4   4  u32 blob crc32
-      8   8  u64 blob offset
-     16   4  u32 blob length
-     20   2  u16 key length
-     22   2  u16 bits           1 = occupied, 2 = archived (tombstone)
-     24   8  i64 version        the entity's own updatedAt (ms)
-    payload: per entity, the UTF-8 key followed by the msgpack of its
-    normalised form (see :mod:`.wire`).
+      8   8  u64 chunk id
+     16   4  u32 blob offset    within the chunk
+     20   4  u32 blob length
+     24   2  u16 key length
+     26   2  u16 bits           1 = occupied, 2 = archived (tombstone)
+     28   4  --  reserved
+     32   8  i64 version        the entity's own updatedAt (ms)
 
-Integrity: the control block records the image length and the crc32 of
-``image[0:table end]`` (header and tables); each blob carries its own crc32,
-checked when that entity is first decoded. A reader therefore verifies a
-generation in time proportional to the tables, not the data, and still never
-trusts a byte it did not check. Every malformed input raises
-:class:`SnapshotError` (fuzzed in the tests).
+Chunk layout: ``b"FBSHMCHK"``, u64 chunk id, then blobs; a blob is the UTF-8
+key followed by the msgpack of the entity's normalised form (:mod:`.wire`).
 
-Writers build images with :class:`SnapshotBuilder`, which reuses the last
-image: a patch that changes k entities copies the previous image once and
-appends k blobs; a full rebuild happens only when entities disappear, a
-table fills past half, or dead blobs exceed half of the payload.
+Integrity: the control block records the root's length and the crc32 of the
+whole root; each blob carries its own crc32, checked when that entity is
+first decoded. A reader verifies a generation in time proportional to the
+tables, not the data, and never trusts a byte it did not check. Every
+malformed input raises :class:`SnapshotError` (fuzzed in the tests).
 """
 
 from __future__ import annotations
@@ -59,16 +65,21 @@ import msgpack
 from .dataset import Changes, DataSet
 
 MAGIC: Final = b"FBSHMSNP"
-LAYOUT: Final = 1
-_HEADER: Final = struct.Struct("<8sII Q q II II II Q")
-_ENTRY: Final = struct.Struct("<II Q I HH q")
+CHUNK_MAGIC: Final = b"FBSHMCHK"
+LAYOUT: Final = 2
+_HEADER: Final = struct.Struct("<8sII Q q II II II II")
+_ENTRY: Final = struct.Struct("<II Q II HH 4x q")
+_CHUNK_HEADER: Final = struct.Struct("<8sQ")
 HEADER_SIZE: Final = _HEADER.size
 ENTRY_SIZE: Final = _ENTRY.size
+CHUNK_HEADER_SIZE: Final = _CHUNK_HEADER.size
+MAX_CHUNKS: Final = 64
+TABLES: Final = HEADER_SIZE + MAX_CHUNKS * 8
 OCCUPIED: Final = 1
 ARCHIVED: Final = 2
 MAX_SLOTS: Final = 1 << 24
 
-assert HEADER_SIZE == 64 and ENTRY_SIZE == 32
+assert HEADER_SIZE == 64 and ENTRY_SIZE == 40 and CHUNK_HEADER_SIZE == 16
 
 
 class SnapshotError(ValueError):
@@ -79,60 +90,75 @@ def key_hash(key: bytes) -> int:
     return zlib.crc32(key)
 
 
-def tables_crc(image: bytes | bytearray | memoryview) -> int:
-    """crc32 of the header and both tables: what the control block records."""
-    end = _HEADER.unpack_from(image, 0)[11]
-    return zlib.crc32(memoryview(image)[:end])
+def root_crc(root: bytes | bytearray | memoryview) -> int:
+    """crc32 of a whole root: what the control block records."""
+    return zlib.crc32(root)
 
 
-def active_counts(image: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """(active flags, active segments) from an image's header."""
-    fields = _HEADER.unpack_from(image, 0)
+def active_counts(root: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(active flags, active segments) from a root's header."""
+    fields = _HEADER.unpack_from(root, 0)
     return int(fields[9]), int(fields[10])
 
 
+def root_size(fslots: int, sslots: int) -> int:
+    return TABLES + (fslots + sslots) * ENTRY_SIZE
+
+
+def max_entries(slots: int) -> int:
+    """Entries a table of ``slots`` may hold: load factor at most 0.75."""
+    return slots * 3 // 4
+
+
 def _slots_for(count: int) -> int:
+    """Table size for ``count`` entries: load at most 0.7, so a table has room
+    to grow before it reaches :func:`max_entries` and forces a rebuild."""
     slots = 16
-    while slots < count * 2:
+    while count * 10 > slots * 7:
         slots *= 2
     return slots
+
+
+ChunkOf = Callable[[int], Any]  # chunk id -> buffer
 
 
 # --------------------------------------------------------------------------- reading
 
 
 class SnapshotImage:
-    """A validated snapshot over any buffer (bytes, mmap, memoryview).
+    """A validated root over any buffer, with chunks fetched by ``chunk_of``.
 
-    Construction checks the header and the tables' crc; lookups decode one
-    entity and check its blob crc. Nothing here copies the whole image.
+    Construction checks the header and (given ``crc``) the root's crc;
+    lookups decode one entity and check its blob's crc. Nothing here copies
+    the tables or the data.
     """
 
     __slots__ = (
         "_buf",
+        "_chunk_of",
         "generation",
         "data_version",
         "flag_count",
         "segment_count",
         "active_flags",
         "active_segments",
+        "chunks",
         "size",
         "_fslots",
         "_sslots",
         "_stable",
-        "_end",
     )
 
-    def __init__(self, buf: Any, *, length: int | None = None, crc: int | None = None) -> None:
+    def __init__(self, buf: Any, chunk_of: ChunkOf | None = None, *, length: int | None = None, crc: int | None = None) -> None:
         view = memoryview(buf)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
         size = len(view) if length is None else length
         if size > len(view):
-            raise SnapshotError(f"snapshot is {len(view)} bytes, control block says {size}")
-        if size < HEADER_SIZE:
-            raise SnapshotError("snapshot is shorter than its header")
-        magic, layout, header_size, gen, version, fslots, sslots, nf, ns, af, as_, end = _HEADER.unpack_from(view, 0)
+            raise SnapshotError(f"root is {len(view)} bytes, control block says {size}")
+        if size < TABLES:
+            raise SnapshotError("root is shorter than its header")
+        magic, layout, header_size, gen, version, fslots, sslots, nf, ns, af, as_, nchunks, _r = _HEADER.unpack_from(view, 0)
         if magic != MAGIC:
             raise SnapshotError("bad snapshot magic")
         if layout != LAYOUT or header_size != HEADER_SIZE:
@@ -140,13 +166,14 @@ class SnapshotImage:
         for slots in (fslots, sslots):
             if slots < 16 or slots > MAX_SLOTS or slots & (slots - 1):
                 raise SnapshotError("bad table size")
-        if end != HEADER_SIZE + (fslots + sslots) * ENTRY_SIZE or end > size:
-            raise SnapshotError("tables overrun the snapshot")
-        if nf > fslots // 2 or ns > sslots // 2 or af > nf or as_ > ns:
+        if root_size(fslots, sslots) != size:
+            raise SnapshotError("root size does not match its tables")
+        if nf > max_entries(fslots) or ns > max_entries(sslots) or af > nf or as_ > ns or nchunks > MAX_CHUNKS:
             raise SnapshotError("bad entry counts")
-        if crc is not None and zlib.crc32(view[:end]) != crc:
-            raise SnapshotError("snapshot tables crc mismatch")
+        if crc is not None and zlib.crc32(view[:size]) != crc:
+            raise SnapshotError("snapshot root crc mismatch")
         self._buf = view[:size]
+        self._chunk_of = chunk_of
         self.size = size
         self.generation: int = gen
         self.data_version: int = version
@@ -154,10 +181,21 @@ class SnapshotImage:
         self.segment_count: int = ns
         self.active_flags: int = af
         self.active_segments: int = as_
+        self.chunks: tuple[int, ...] = struct.unpack_from(f"<{nchunks}Q", view, HEADER_SIZE)
         self._fslots = fslots
         self._sslots = sslots
-        self._stable = HEADER_SIZE + fslots * ENTRY_SIZE
-        self._end = end
+        self._stable = TABLES + fslots * ENTRY_SIZE
+
+    def _chunk(self, chunk_id: int) -> memoryview:
+        if chunk_id not in self.chunks or self._chunk_of is None:
+            raise SnapshotError(f"chunk {chunk_id} is not live in generation {self.generation}")
+        buf = self._chunk_of(chunk_id)
+        if buf is None:
+            raise SnapshotError(f"chunk {chunk_id} is not available")
+        view = memoryview(buf)
+        if len(view) < CHUNK_HEADER_SIZE or _CHUNK_HEADER.unpack_from(view, 0) != (CHUNK_MAGIC, chunk_id):
+            raise SnapshotError(f"chunk {chunk_id} has a bad header")
+        return view
 
     def _find(self, table: int, slots: int, key: str) -> dict[str, Any] | None:
         raw = key.encode("utf-8")
@@ -167,20 +205,27 @@ class SnapshotImage:
         unpack = _ENTRY.unpack_from
         i = h & mask
         for _ in range(slots):
-            eh, crc, off, length, klen, bits, version = unpack(buf, table + i * ENTRY_SIZE)
+            eh, crc, chunk, off, length, klen, bits, version = unpack(buf, table + i * ENTRY_SIZE)
             if not bits & OCCUPIED:
                 return None
-            if eh == h and klen == len(raw) and buf[off : off + klen] == raw:
-                return self._decode(off, length, klen, crc, bits, version, key)
+            if eh == h and klen == len(raw):
+                blob = self._blob(chunk, off, length, klen, crc, key)
+                if blob[:klen] == raw:
+                    return self._decode(blob, klen, bits, version, key)
             i = (i + 1) & mask
         return None
 
-    def _decode(self, off: int, length: int, klen: int, crc: int, bits: int, version: int, key: str) -> dict[str, Any]:
-        if off < self._end or off + length > self.size or klen > length:
-            raise SnapshotError(f"entry {key!r} points outside the payload")
-        blob = self._buf[off : off + length]
+    def _blob(self, chunk_id: int, off: int, length: int, klen: int, crc: int, key: str) -> memoryview:
+        chunk = self._chunk(chunk_id)
+        if off < CHUNK_HEADER_SIZE or off + length > len(chunk) or klen > length:
+            raise SnapshotError(f"entry {key!r} points outside its chunk")
+        blob = chunk[off : off + length]
         if zlib.crc32(blob) != crc:
             raise SnapshotError(f"entry {key!r} crc mismatch")
+        return blob
+
+    @staticmethod
+    def _decode(blob: memoryview, klen: int, bits: int, version: int, key: str) -> dict[str, Any]:
         try:
             entity = msgpack.unpackb(blob[klen:], raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several types  # noqa: BLE001
@@ -193,26 +238,24 @@ class SnapshotImage:
 
     def flag(self, key: str) -> dict[str, Any] | None:
         """The normalised flag with this key (tombstones included), or None."""
-        return self._find(HEADER_SIZE, self._fslots, key)
+        return self._find(TABLES, self._fslots, key)
 
     def segment(self, seg_id: str) -> dict[str, Any] | None:
         return self._find(self._stable, self._sslots, seg_id)
 
     def _keys(self, table: int, slots: int, *, active_only: bool) -> Iterator[str]:
-        buf = self._buf
-        for i, (_h, _crc, off, _length, klen, bits, _v) in enumerate(
-            _ENTRY.iter_unpack(buf[table : table + slots * ENTRY_SIZE])
+        for i, (_h, crc, chunk, off, length, klen, bits, _v) in enumerate(
+            _ENTRY.iter_unpack(self._buf[table : table + slots * ENTRY_SIZE])
         ):
             if bits & OCCUPIED and not (active_only and bits & ARCHIVED):
-                if off < self._end or off + klen > self.size:
-                    raise SnapshotError(f"slot {i} points outside the payload")
+                blob = self._blob(chunk, off, length, klen, crc, f"slot {i}")
                 try:
-                    yield bytes(buf[off : off + klen]).decode("utf-8")
+                    yield bytes(blob[:klen]).decode("utf-8")
                 except UnicodeDecodeError:
                     raise SnapshotError(f"slot {i} key is not UTF-8") from None
 
     def flag_keys(self, *, active_only: bool = True) -> list[str]:
-        return list(self._keys(HEADER_SIZE, self._fslots, active_only=active_only))
+        return list(self._keys(TABLES, self._fslots, active_only=active_only))
 
     def segment_ids(self, *, active_only: bool = True) -> list[str]:
         return list(self._keys(self._stable, self._sslots, active_only=active_only))
@@ -234,150 +277,191 @@ class SnapshotImage:
 
 # --------------------------------------------------------------------------- writing
 
+Buffer = Any  # a writable buffer: bytearray, or a read-write mmap of a new object
+Allocate = Callable[[str, int, int], Buffer]  # (kind "root"|"chunk", id, size) -> buffer
 
-Buffer = Any  # a writable buffer: bytearray, or a read-write mmap of the new object
-Allocate = Callable[[int], Buffer]
+
+class Built:
+    """What one build produced: the root, and which chunks are live now."""
+
+    __slots__ = ("root", "new_chunks", "live_chunks", "full")
+
+    def __init__(self, root: Buffer, new_chunks: dict[int, Buffer], live_chunks: frozenset[int], full: bool) -> None:
+        self.root = root
+        self.new_chunks = new_chunks
+        self.live_chunks = live_chunks
+        self.full = full
 
 
 class SnapshotBuilder:
-    """Builds images, reusing the previous one when only a few entities changed.
+    """Builds generations; a patch of k entities writes one k-blob chunk.
 
-    :meth:`build_into` asks ``allocate(size)`` for the destination (the
-    writer hands out a mapping of the new shared-memory object) and fills it.
-    Given the :class:`~.dataset.Changes` of a patch, only those entities are
-    encoded: the previous image is copied across in one memcpy, their blobs
-    are appended and their table slots repointed. Without changes, or for a
-    full sync, the image is rebuilt. The builder keeps a reference to the
-    last buffer it filled; the caller must keep that buffer readable until
-    the next build (or call :meth:`reset`).
+    :meth:`build_into` asks ``allocate(kind, id, size)`` for each destination
+    (the writer hands out mappings of new shared-memory objects) and fills
+    them. Given the :class:`~.dataset.Changes` of a patch, only those entities
+    are written: the previous root's tables are copied across in one memcpy
+    and their slots repointed into one new chunk. Chunks stay few like in an
+    LSM tree: when MAX_CHUNKS would be exceeded, the entities of every chunk
+    but the largest are rewritten into the new chunk too. A full sync, a table
+    past three quarters full, or dead blobs outweighing live ones, cause a
+    full rebuild into one chunk. Encoded blobs are cached per entity version,
+    so a rebuild copies rather than re-encodes. The builder keeps the last
+    root; the caller keeps it readable until the next build (or calls
+    :meth:`reset`).
     """
 
     def __init__(self) -> None:
-        self._image: Buffer | None = None
-        self._flags: dict[str, int] = {}  # key -> slot
-        self._segments: dict[str, int] = {}
-        self._garbage = 0
+        self._root: Buffer | None = None
+        self._slot: dict[tuple[int, str], int] = {}  # (table, key) -> slot; table 0 flags, 1 segments
+        self._where: dict[int, set[tuple[int, str]]] = {}  # chunk id -> entries whose blob it holds
+        self._live: dict[int, int] = {}  # chunk id -> live blob bytes
+        self._size: dict[int, int] = {}  # chunk id -> blob bytes written
+        self._blobs: dict[tuple[int, str], tuple[int, bytes, int]] = {}  # entry -> (stamp, blob, key length)
         self._active = [0, 0]
         self.full_builds = 0
         self.incremental_builds = 0
 
-    def build(self, dataset: DataSet, generation: int, changes: Changes | None = None) -> bytearray:
-        """The image as a new bytearray (tests, tools)."""
-        return self.build_into(dataset, generation, changes, bytearray)  # type: ignore[no-any-return]
+    def build(self, dataset: DataSet, generation: int, changes: Changes | None = None) -> tuple[bytearray, dict[int, bytearray]]:
+        """Root and new chunks as bytearrays (tests, tools)."""
+        built = self.build_into(dataset, generation, changes, lambda kind, ident, size: bytearray(size))
+        return built.root, built.new_chunks
 
-    def build_into(self, dataset: DataSet, generation: int, changes: Changes | None, allocate: Allocate) -> Buffer:
-        """Write the image of ``dataset`` as ``generation`` into a buffer from ``allocate``."""
-        if self._image is not None and changes is not None and not changes.full:
-            new = self._incremental(self._image, dataset, generation, changes, allocate)
-            if new is not None:
+    def build_into(self, dataset: DataSet, generation: int, changes: Changes | None, allocate: Allocate) -> Built:
+        """Write ``dataset`` as ``generation``; chunk ids are generation numbers."""
+        if self._root is not None and changes is not None and not changes.full:
+            built = self._incremental(self._root, dataset, generation, changes, allocate)
+            if built is not None:
                 self.incremental_builds += 1
-                self._image = new
-                return new
+                self._root = built.root
+                return built
         self.full_builds += 1
-        image = self._full(dataset, generation)
-        buf = allocate(len(image))
-        buf[: len(image)] = image
-        self._image = buf
-        return buf
+        built = self._full(dataset, generation, allocate)
+        self._root = built.root
+        return built
 
     def reset(self) -> None:
-        """Forget the previous image (the next build is a full one)."""
-        self._image = None
+        """Forget the previous generation (the next build is a full one)."""
+        self._root = None
 
-    @staticmethod
-    def _blob(key: str, entity: Mapping[str, Any]) -> tuple[bytes, int]:
+    def _blob(self, which: int, key: str, entity: Mapping[str, Any]) -> tuple[bytes, int]:
+        """The entity's blob (UTF-8 key + msgpack), from the cache when unchanged."""
+        stamp = int(entity["version"]) * 2 + (1 if entity.get("archived") else 0)
+        cached = self._blobs.get((which, key))
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
         raw = key.encode("utf-8")
         if len(raw) > 0xFFFF:
             raise SnapshotError(f"key {key[:40]!r}... is longer than 65535 bytes")
-        return raw + msgpack.packb(entity, use_bin_type=True), len(raw)
+        blob = raw + msgpack.packb(entity, use_bin_type=True)
+        self._blobs[(which, key)] = (stamp, blob, len(raw))
+        return blob, len(raw)
 
-    def _full(self, dataset: DataSet, generation: int) -> bytearray:
-        flags, segments = dataset.flags, dataset.segments
-        fslots, sslots = _slots_for(len(flags)), _slots_for(len(segments))
-        end = HEADER_SIZE + (fslots + sslots) * ENTRY_SIZE
-        blobs = []
-        size = end
-        for entities in (flags, segments):
-            for key, entity in entities.items():
-                blob, klen = self._blob(key, entity)
-                blobs.append((blob, klen, entity))
-                size += len(blob)
-        image = bytearray(size)
-        self._flags, self._segments, self._garbage, self._active = {}, {}, 0, [0, 0]
-        offset = end
-        i = 0
-        for which, table, slots, entities, index in (
-            (0, HEADER_SIZE, fslots, flags, self._flags),
-            (1, HEADER_SIZE + fslots * ENTRY_SIZE, sslots, segments, self._segments),
-        ):
-            for key in entities:
-                blob, klen, entity = blobs[i]
-                i += 1
-                index[key] = self._place(image, table, slots, -1, blob, klen, entity, offset)
-                offset += len(blob)
-                if not entity.get("archived"):
-                    self._active[which] += 1
-        self._write_header(image, dataset, generation, fslots, sslots, end)
-        return image
+    def _full(self, dataset: DataSet, generation: int, allocate: Allocate) -> Built:
+        tables = (dataset.flags, dataset.segments)
+        fslots, sslots = _slots_for(len(tables[0])), _slots_for(len(tables[1]))
+        self._blobs = {e: self._blobs[e] for e in ((w, k) for w in (0, 1) for k in tables[w]) if e in self._blobs}
+        todo = []
+        chunk_size = CHUNK_HEADER_SIZE
+        for which in (0, 1):
+            for key, entity in tables[which].items():
+                blob, klen = self._blob(which, key, entity)
+                todo.append((which, key, -1, blob, klen, entity))
+                chunk_size += len(blob)
+        size = root_size(fslots, sslots)
+        root = allocate("root", generation, size)
+        root[:size] = bytes(size)  # tables start empty
+        chunk = allocate("chunk", generation, chunk_size)
+        self._slot, self._where, self._active = {}, {}, [0, 0]
+        self._fill(root, fslots, sslots, chunk, generation, todo)
+        self._live = {generation: chunk_size - CHUNK_HEADER_SIZE}
+        self._size = dict(self._live)
+        self._write_header(root, dataset, generation, fslots, sslots)
+        return Built(root, {generation: chunk}, frozenset(self._live), True)
 
-    @staticmethod
-    def _place(image: Buffer, table: int, slots: int, slot: int, blob: bytes, klen: int, entity: Mapping[str, Any], offset: int) -> int:
-        """Write ``blob`` at ``offset`` and point a slot at it; returns the slot."""
-        h = key_hash(blob[:klen])
-        if slot < 0:
-            mask = slots - 1
-            slot = h & mask
-            while _ENTRY.unpack_from(image, table + slot * ENTRY_SIZE)[5] & OCCUPIED:
-                slot = (slot + 1) & mask
-        image[offset : offset + len(blob)] = blob
-        bits = OCCUPIED | (ARCHIVED if entity.get("archived") else 0)
-        _ENTRY.pack_into(image, table + slot * ENTRY_SIZE, h, zlib.crc32(blob), offset, len(blob), klen, bits, int(entity["version"]))
-        return slot
+    def _fill(self, root: Buffer, fslots: int, sslots: int, chunk: Buffer, chunk_id: int, todo: list[Any]) -> None:
+        """Write the blobs into ``chunk`` and point their slots at them."""
+        _CHUNK_HEADER.pack_into(chunk, 0, CHUNK_MAGIC, chunk_id)
+        offset = CHUNK_HEADER_SIZE
+        here = self._where.setdefault(chunk_id, set())
+        for which, key, slot, blob, klen, entity in todo:
+            table, slots = (TABLES, fslots) if which == 0 else (TABLES + fslots * ENTRY_SIZE, sslots)
+            h = key_hash(blob[:klen])
+            if slot < 0:
+                mask = slots - 1
+                slot = h & mask
+                while _ENTRY.unpack_from(root, table + slot * ENTRY_SIZE)[6] & OCCUPIED:
+                    slot = (slot + 1) & mask
+            chunk[offset : offset + len(blob)] = blob
+            bits = OCCUPIED | (ARCHIVED if entity.get("archived") else 0)
+            _ENTRY.pack_into(root, table + slot * ENTRY_SIZE, h, zlib.crc32(blob), chunk_id, offset, len(blob), klen, bits, int(entity["version"]))
+            self._slot[(which, key)] = slot
+            here.add((which, key))
+            offset += len(blob)
+            if not entity.get("archived"):
+                self._active[which] += 1
 
-    def _incremental(self, old: Buffer, dataset: DataSet, generation: int, changes: Changes, allocate: Allocate) -> Buffer | None:
+    def _incremental(self, old: Buffer, dataset: DataSet, generation: int, changes: Changes, allocate: Allocate) -> Built | None:
         header = _HEADER.unpack_from(old, 0)
-        fslots, sslots, end = header[5], header[6], header[11]
-        old_size = len(old)
-        flags, segments = dataset.flags, dataset.segments
-        if len(flags) > fslots // 2 or len(segments) > sslots // 2:
-            return None  # a table would fill past half
-        # Plan first, touching nothing: encode the changed entities and count
-        # what their old blobs leave behind.
-        garbage = self._garbage
+        fslots, sslots = header[5], header[6]
+        tables = (dataset.flags, dataset.segments)
+        if len(tables[0]) > max_entries(fslots) or len(tables[1]) > max_entries(sslots):
+            return None  # a table would fill past three quarters
+        entries = {(0, k) for k in changes.flags} | {(1, k) for k in changes.segments}
+        merged: list[int] = []
+        if len(self._live) + 1 > MAX_CHUNKS:
+            # Fold every chunk but the largest into the new one (they are the
+            # small ones written by patches): chunk count stays bounded.
+            largest = max(self._live, key=lambda c: self._size[c])
+            merged = [c for c in self._live if c != largest]
+            for c in merged:
+                entries |= self._where.get(c, set())
+        # Plan first, touching nothing: encode the entries and take their old
+        # blobs off their chunks' live counts.
+        live = dict(self._live)
         active = list(self._active)
         todo = []
-        for which, table, entities, index, keys in (
-            (0, HEADER_SIZE, flags, self._flags, changes.flags),
-            (1, HEADER_SIZE + fslots * ENTRY_SIZE, segments, self._segments, changes.segments),
-        ):
-            for key in keys:
-                entity = entities.get(key)
-                if entity is None:
-                    return None  # a patch never removes; rebuild to stay safe
-                slot = index.get(key, -1)
-                if slot >= 0:
-                    _h, _c, _o, length, _k, bits, _v = _ENTRY.unpack_from(old, table + slot * ENTRY_SIZE)
-                    garbage += length
-                    active[which] -= 0 if bits & ARCHIVED else 1
-                active[which] += 0 if entity.get("archived") else 1
-                blob, klen = self._blob(key, entity)
-                todo.append((which, table, key, slot, blob, klen, entity))
-        size = old_size + sum(len(t[4]) for t in todo)
-        if garbage * 2 > size - end:
+        moved: dict[int, set[tuple[int, str]]] = {}
+        chunk_size = CHUNK_HEADER_SIZE
+        for which, key in sorted(entries):
+            entity = tables[which].get(key)
+            if entity is None:
+                return None  # a patch never removes; rebuild to stay safe
+            table = TABLES if which == 0 else TABLES + fslots * ENTRY_SIZE
+            slot = self._slot.get((which, key), -1)
+            if slot >= 0:
+                _h, _c, chunk_id, _o, length, _k, bits, _v = _ENTRY.unpack_from(old, table + slot * ENTRY_SIZE)
+                live[chunk_id] -= length
+                moved.setdefault(chunk_id, set()).add((which, key))
+                active[which] -= 0 if bits & ARCHIVED else 1
+            blob, klen = self._blob(which, key, entity)
+            todo.append((which, key, slot, blob, klen, entity))
+            chunk_size += len(blob)
+        live = {c: n for c, n in live.items() if n > 0}
+        written = sum(self._size[c] for c in live) + chunk_size - CHUNK_HEADER_SIZE
+        dead = written - sum(live.values()) - (chunk_size - CHUNK_HEADER_SIZE)
+        if len(live) + 1 > MAX_CHUNKS or dead * 2 > written:
             return None  # dead blobs outweigh live ones: compact
-        image = allocate(size)
-        image[:old_size] = old  # one copy; the old image itself is never written
-        offset = old_size
-        for which, table, key, slot, blob, klen, entity in todo:
-            slots = fslots if which == 0 else sslots
-            (self._flags if which == 0 else self._segments)[key] = self._place(image, table, slots, slot, blob, klen, entity, offset)
-            offset += len(blob)
-        self._garbage, self._active = garbage, active
-        self._write_header(image, dataset, generation, fslots, sslots, end)
-        return image
+        size = root_size(fslots, sslots)
+        root = allocate("root", generation, size)
+        root[:size] = old[:size]  # one copy of the tables; the old root is never written
+        chunk = allocate("chunk", generation, chunk_size)
+        for chunk_id, gone in moved.items():
+            if chunk_id in self._where:
+                self._where[chunk_id] -= gone
+        for chunk_id in set(self._where) - set(live):
+            del self._where[chunk_id]
+        self._active = active
+        self._fill(root, fslots, sslots, chunk, generation, todo)
+        live[generation] = chunk_size - CHUNK_HEADER_SIZE
+        self._size = {c: self._size.get(c, live[c]) for c in live}
+        self._live = live
+        self._write_header(root, dataset, generation, fslots, sslots)
+        return Built(root, {generation: chunk}, frozenset(live), False)
 
-    def _write_header(self, image: Buffer, dataset: DataSet, generation: int, fslots: int, sslots: int, end: int) -> None:
+    def _write_header(self, root: Buffer, dataset: DataSet, generation: int, fslots: int, sslots: int) -> None:
+        chunks = sorted(self._live)
         _HEADER.pack_into(
-            image, 0, MAGIC, LAYOUT, HEADER_SIZE, generation, dataset.version, fslots, sslots,
-            len(dataset.flags), len(dataset.segments), self._active[0], self._active[1], end,
+            root, 0, MAGIC, LAYOUT, HEADER_SIZE, generation, dataset.version, fslots, sslots,
+            len(dataset.flags), len(dataset.segments), self._active[0], self._active[1], len(chunks), 0,
         )  # fmt: skip
+        root[HEADER_SIZE:TABLES] = struct.pack(f"<{len(chunks)}Q", *chunks).ljust(TABLES - HEADER_SIZE, b"\0")

@@ -30,22 +30,27 @@ class StoreNames:
     def control(self) -> str:
         return f"/{PREFIX}{self.tag}.ctl"
 
-    def snapshot(self, generation: int) -> str:
+    def root(self, generation: int) -> str:
+        """The root object of a snapshot generation."""
         return f"/{PREFIX}{self.tag}.g{generation}"
 
-    @property
-    def snapshot_prefix(self) -> str:
-        return f"{PREFIX}{self.tag}.g"
+    def chunk(self, chunk_id: int) -> str:
+        """A chunk of entity blobs (its id is the generation that wrote it)."""
+        return f"/{PREFIX}{self.tag}.c{chunk_id}"
 
     @property
     def lock_path(self) -> str:
         base = os.environ.get("FEATBIT_SHM_RUNTIME_DIR") or os.path.join(os.environ.get("TMPDIR", "/tmp"), "featbit-shm")
         return os.path.join(base, f"{PREFIX}{self.tag}.lock")
 
-    def existing_snapshots(self) -> list[str]:
-        """Snapshot objects of this store now in /dev/shm (Linux), as shm names."""
+    def existing(self, kind: str = "gc") -> list[str]:
+        """This store's snapshot objects now in /dev/shm (Linux), as shm names.
+
+        ``kind`` picks roots (``g``), chunks (``c``) or both (``gc``).
+        """
         try:
             entries = os.listdir(SHM_DIR)
         except OSError:
             return []
-        return sorted("/" + e for e in entries if e.startswith(self.snapshot_prefix))
+        prefixes = tuple(f"{PREFIX}{self.tag}.{k}" for k in kind)
+        return sorted("/" + e for e in entries if e.startswith(prefixes) and e[len(prefixes[0]) :].isdigit())

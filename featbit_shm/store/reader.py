@@ -20,7 +20,7 @@ import posix_ipc
 from .._core.snapshot import SnapshotError, SnapshotImage
 from .._core.view import CompiledView
 from .control import W_GENERATION, ControlBlock, ControlError, SyncState
-from .names import StoreNames
+from .names import SHM_DIR, StoreNames
 
 log = logging.getLogger("featbit_shm.store")
 
@@ -37,6 +37,18 @@ def map_readonly(name: str, length: int | None = None) -> mmap.mmap:
         return mmap.mmap(shm.fd, length, prot=mmap.PROT_READ)
     finally:
         shm.close_fd()
+
+
+def generation_bytes(names: StoreNames, root_name: str) -> int | None:
+    """Bytes in /dev/shm of one generation: its root plus its live chunks."""
+    try:
+        root = map_readonly(root_name)
+        total = len(root)
+        for chunk_id in SnapshotImage(root).chunks:
+            total += os.stat(SHM_DIR + names.chunk(chunk_id)).st_size
+        return total
+    except (posix_ipc.Error, OSError, SnapshotError):
+        return None  # the writer moved on meanwhile
 
 
 class SnapshotReader:
@@ -67,6 +79,7 @@ class SnapshotReader:
         self._seen = -1  # generation of the control block last acted on
         self._view: CompiledView | None = fallback  # served until a snapshot is read
         self._image: SnapshotImage | None = None
+        self._chunks: dict[int, mmap.mmap] = {}
         self._next_try = 0.0
         self.refreshes = 0
         self.failed_refreshes = 0
@@ -129,8 +142,14 @@ class SnapshotReader:
                 self._seen = pointer.generation
                 return True  # nothing published yet
             try:
-                mm = map_readonly(pointer.name, pointer.length)
-                image = SnapshotImage(mm, length=pointer.length, crc=pointer.crc)
+                root = map_readonly(pointer.name, pointer.length)
+                chunks: dict[int, mmap.mmap] = {}
+                image = SnapshotImage(root, chunks.get, length=pointer.length, crc=pointer.crc)
+                # Map every live chunk now (reusing this process's maps of the
+                # chunks that did not change), so no evaluation ever opens one.
+                for chunk_id in image.chunks:
+                    known = self._chunks.get(chunk_id)
+                    chunks[chunk_id] = known if known is not None else map_readonly(self.names.chunk(chunk_id))
             except (posix_ipc.ExistentialError, SnapshotError):
                 continue  # unlinked or replaced under us: read the pointer again
             except (posix_ipc.Error, OSError) as exc:
@@ -140,6 +159,7 @@ class SnapshotReader:
                 continue
             previous = self._view if self._image is not None else None
             self._image = image
+            self._chunks = chunks  # maps of chunks no longer live are dropped here
             self._view = CompiledView(
                 image.generation, image.data_version, image.flag, image.segment, image.flag_keys, previous=previous
             )

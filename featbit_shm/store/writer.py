@@ -16,7 +16,7 @@ from collections.abc import Callable
 import posix_ipc
 
 from .._core.dataset import Changes, DataSet
-from .._core.snapshot import SnapshotBuilder, SnapshotError, SnapshotImage, active_counts, tables_crc
+from .._core.snapshot import SnapshotBuilder, SnapshotError, SnapshotImage, active_counts, root_crc
 from ..errors import SharedMemoryError
 from .control import SIZE, W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, ControlBlock, SyncState
 from .names import SHM_DIR, StoreNames
@@ -94,9 +94,10 @@ class SnapshotWriter:
         self._getpid = getpid
         self._fallocate = fallocate
         self._builder = SnapshotBuilder()
-        self._retired: collections.deque[tuple[str, float]] = collections.deque()
+        self._retired: collections.deque[tuple[tuple[str, ...], float]] = collections.deque()
+        self._live_chunks: set[int] = set()
         self._closed = False
-        self._current_map: mmap.mmap | None = None
+        self._current_root: mmap.mmap | None = None
         self._ctl_shm, self._ctl_map, self.control = self._open_control()
         self.generation = self.control.generation
         self.current_name = ""
@@ -132,22 +133,24 @@ class SnapshotWriter:
         return shm, mm, block
 
     def _adopt_existing(self) -> None:
-        """After a restart: keep the published snapshot if it checks out, and
-        queue every other snapshot object of this store for removal."""
+        """After a restart: keep the published generation if it checks out
+        (readers keep serving it until the next publish), and remove every
+        other snapshot object of this store."""
         pointer = self.control.read_pointer()
-        live = ""
+        keep: set[str] = set()
         if pointer is not None and pointer.name:
             try:
-                SnapshotReaderless.verify(pointer.name, pointer.length, pointer.crc)
-                live = pointer.name
+                image = open_image(self.names, pointer.name, pointer.length, pointer.crc)
+                image.flag_keys()  # every live chunk maps and every key checks
+                keep = {pointer.name, *(self.names.chunk(c) for c in image.chunks)}
+                self.current_name = pointer.name
+                self._live_chunks = set(image.chunks)
             except (SnapshotError, OSError, posix_ipc.Error) as exc:
                 log.warning("featbit_shm: published snapshot %s is unusable (%s); it will be replaced", pointer.name, exc)
-        self.current_name = live
-        now = self._clock()
-        for name in self.names.existing_snapshots():
-            if name != live:
-                self._retired.append((name, now - self._grace))  # stale: remove at once
-        self._unlink_retired(now)
+        stale = tuple(n for n in self.names.existing() if n not in keep)
+        if stale:
+            self._retired.append((stale, self._clock() - self._grace))  # remove at once
+            self._unlink_retired(self._clock())
 
     # ------------------------------------------------------------------ publishing
 
@@ -155,15 +158,16 @@ class SnapshotWriter:
         """Publish ``dataset`` as the next generation; returns it.
 
         Pass the :class:`Changes` of a patch so only those entities are
-        written. On any error the previous generation stays published.
+        written (one small chunk and a new root). On any error the previous
+        generation stays published.
         """
         if self._closed:
             raise SharedMemoryError("writer is closed")
         generation = self.generation + 1
-        name = self.names.snapshot(generation)
-        created: list[mmap.mmap] = []
+        created: list[tuple[str, mmap.mmap]] = []
 
-        def allocate(size: int) -> mmap.mmap:
+        def allocate(kind: str, ident: int, size: int) -> mmap.mmap:
+            name = self.names.root(ident) if kind == "root" else self.names.chunk(ident)
             try:
                 shm = create_object(name, size, mode=self._mode, gid=self._gid, fallocate=self._fallocate)
             except posix_ipc.ExistentialError:
@@ -174,37 +178,44 @@ class SnapshotWriter:
                 mm = mmap.mmap(shm.fd, size, flags=mmap.MAP_SHARED | _POPULATE)
             finally:
                 shm.close_fd()
-            created.append(mm)
+            created.append((name, mm))
             return mm
 
         try:
-            image = self._builder.build_into(dataset, generation, changes, allocate)
-            crc = tables_crc(image)
+            built = self._builder.build_into(dataset, generation, changes, allocate)
+            crc = root_crc(built.root)
         except BaseException:
-            self._builder.reset()  # its last image may be the one we are abandoning
-            for mm in created:
+            self._builder.reset()  # its last root may be one we are abandoning
+            for name, mm in created:
                 mm.close()
-            if created:
                 posix_ipc.unlink_shared_memory(name)
             self.control.add("publish_errors")
             raise
-        # The payload is complete and closed; only now does the control block
-        # point at it (readers can never see a half-written snapshot).
-        self.control.write_pointer(generation, len(image), crc, dataset.version, name, state)
+        for chunk in built.new_chunks.values():
+            chunk.close()  # complete; only readers map chunks from now on
+        root_name = self.names.root(generation)
+        # Every object of the generation is complete; only now does the control
+        # block point at it (readers can never see a half-written snapshot).
+        self.control.write_pointer(generation, len(built.root), crc, dataset.version, root_name, state)
         now = self._wallclock()
-        active_flags, active_segments = active_counts(image)
+        active_flags, active_segments = active_counts(built.root)
         self.control.set_word(W_FLAGS, active_flags)
         self.control.set_word(W_SEGMENTS, active_segments)
         self.control.add("publishes")
         self.control.d[W_LAST_PUBLISH] = now
         self.control.set_state(state, now)
         self.heartbeat(now)
+        # Retire the previous root and the chunks no generation uses any more.
+        dropped = [self.names.chunk(c) for c in self._live_chunks - built.live_chunks]
         if self.current_name:
-            self._retired.append((self.current_name, self._clock()))
-        if self._current_map is not None:
-            self._current_map.close()  # the builder now copies from the new image
-        self._current_map = image
-        self.current_name = name
+            dropped.append(self.current_name)
+        if dropped:
+            self._retired.append((tuple(dropped), self._clock()))
+        if self._current_root is not None:
+            self._current_root.close()  # the builder copies from the new root now
+        self._current_root = built.root
+        self._live_chunks = set(built.live_chunks)
+        self.current_name = root_name
         self.generation = generation
         self._unlink_retired(self._clock())
         return generation
@@ -219,13 +230,16 @@ class SnapshotWriter:
             self._unlink_retired(self._clock())
 
     def _unlink_retired(self, now: float) -> None:
+        """Unlink retired objects after the grace period, and always keep at
+        most ``keep`` retired generations around (bounded /dev/shm use)."""
         retired = self._retired
         while retired and (now - retired[0][1] >= self._grace or len(retired) > self._keep):
-            name, _ = retired.popleft()
-            try:
-                posix_ipc.unlink_shared_memory(name)
-            except posix_ipc.ExistentialError:
-                pass
+            names, _ = retired.popleft()
+            for name in names:
+                try:
+                    posix_ipc.unlink_shared_memory(name)
+                except posix_ipc.ExistentialError:
+                    pass
 
     # ------------------------------------------------------------------ shutdown
 
@@ -237,15 +251,15 @@ class SnapshotWriter:
             return
         self._closed = True
         self._builder.reset()
-        if self._current_map is not None:
-            self._current_map.close()
-            self._current_map = None
+        if self._current_root is not None:
+            self._current_root.close()
+            self._current_root = None
         if unlink:
             self.control.set_state(SyncState.OFF, self._wallclock())
         self.control.release()
         self._ctl_map.close()
         if unlink:
-            for name in [n for n, _ in self._retired] + [self.current_name, *self.names.existing_snapshots()]:
+            for name in [n for group, _ in self._retired for n in group] + self.names.existing():
                 if name:
                     try:
                         posix_ipc.unlink_shared_memory(name)
@@ -264,17 +278,20 @@ class SnapshotWriter:
         self.close(unlink=True)
 
 
-class SnapshotReaderless:
-    """Checks a published snapshot without a full reader (writer restart, CLI)."""
+def open_image(names: StoreNames, root_name: str, length: int, crc: int) -> SnapshotImage:
+    """Map a published generation read-only: its root now, chunks as needed.
 
-    @staticmethod
-    def verify(name: str, length: int, crc: int) -> SnapshotImage:
-        shm = posix_ipc.SharedMemory(name, 0, read_only=True)
-        try:
-            size = os.fstat(shm.fd).st_size
-            if size < length or length <= 0:
-                raise SnapshotError(f"{name} is {size} bytes, expected {length}")
-            mm = mmap.mmap(shm.fd, length, prot=mmap.PROT_READ)
-        finally:
-            shm.close_fd()
-        return SnapshotImage(mm, length=length, crc=crc)
+    For the writer's restart check and the CLI; workers use
+    :class:`~featbit_shm.store.reader.SnapshotReader`, which also caches maps.
+    """
+    from .reader import map_readonly
+
+    root = map_readonly(root_name, length)
+    chunks: dict[int, mmap.mmap] = {}
+
+    def chunk_of(chunk_id: int) -> mmap.mmap:
+        if chunk_id not in chunks:
+            chunks[chunk_id] = map_readonly(names.chunk(chunk_id))
+        return chunks[chunk_id]
+
+    return SnapshotImage(root, chunk_of, length=length, crc=crc)
