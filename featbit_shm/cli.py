@@ -1,5 +1,6 @@
 """The ``featbit-shm`` command.
 
+    featbit-shm sync                 run the sync process in the foreground
     featbit-shm status [--json]      leader, heartbeat, generation, counts, counters
     featbit-shm dump [--flag KEY]    the current snapshot as JSON
 
@@ -127,6 +128,14 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .sync.process import main as sync_main
+
+    if args.namespace:
+        os.environ["FEATBIT_NAMESPACE"] = args.namespace
+    return sync_main()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="featbit-shm", description="FeatBit flags in shared memory")
     parser.add_argument("--namespace", help="store namespace (default: $FEATBIT_NAMESPACE or 'default')")
@@ -134,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="leader, heartbeat, generation and counters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("sync", help="run the sync process in the foreground (configured from FEATBIT_*)")
+    p.set_defaults(func=cmd_sync)
     p = sub.add_parser("dump", help="print the current snapshot as JSON")
     p.add_argument("--flag", help="only this flag")
     p.set_defaults(func=cmd_dump)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -42,6 +43,7 @@ from .bootstrap import LoadResult, load_document, read_bootstrap_file
 from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, EvalDetail
 from .config import Config
 from .errors import ConfigError, DataError
+from .store.control import SyncState
 from .store.names import StoreNames
 from .store.reader import SnapshotReader
 
@@ -94,14 +96,15 @@ class FBClient:
         self._config = config
         self._defaults = config.defaults
         self._closed = False
-        if not config.offline:
-            raise ConfigError(
-                "online mode needs the featbit-shm sync process, which this version does not ship yet; "
-                "use Config(..., offline=True, bootstrap_file=...)"
-            )
-        self._names = StoreNames.for_env(config.env_secret, config.namespace)
+        self._names = StoreNames.for_env("" if config.offline else config.env_secret, config.namespace)
         self._source: FlagSource
-        if config.bootstrap_file:
+        if not config.offline:
+            # Online: evaluate from the host's store, fed by the sync process
+            # (started by the server's hooks, a mule or `featbit-shm sync`).
+            reader = SnapshotReader(self._names, retry_interval=0.05)
+            self._source = reader
+            self._wait_ready(reader, start_wait)
+        elif config.bootstrap_file:
             result = load_document(read_bootstrap_file(config.bootstrap_file))
             self._report(result, config.bootstrap_file)
             self._use_memory(result.dataset)
@@ -110,6 +113,19 @@ class FBClient:
             # serves the host's shared snapshot when one is published, and an
             # empty store until then.
             self._source = SnapshotReader(self._names, fallback=memory_view(DataSet(), 0))
+
+    @staticmethod
+    def _wait_ready(reader: SnapshotReader, start_wait: float) -> None:
+        """Block up to ``start_wait`` for a published snapshot (R-22..R-24).
+
+        Returns early when the sync reports OFF (a rejected client, R-23), so
+        a terminal failure never looks like a timeout -- or like success (G-1).
+        """
+        deadline = time.monotonic() + max(0.0, start_wait)
+        while reader.current() is None and time.monotonic() < deadline:
+            if reader.state() is SyncState.OFF:
+                return
+            time.sleep(0.01)
 
     def _use_memory(self, dataset: DataSet) -> None:
         """Serve this data from now on (offline data of the client's own)."""

@@ -75,9 +75,15 @@ def test_r73_load_always_replaces_even_older_data() -> None:
     assert client.is_flag_known("g") is True
 
 
-def test_online_mode_is_refused_until_the_sync_process_exists() -> None:
-    with pytest.raises(ConfigError, match="sync process"):
-        FBClient(Config("secret", "http://localhost:5100", "ws://localhost:5100"))
+def test_r25_online_client_without_a_sync_process_is_not_ready() -> None:
+    import uuid
+
+    config = Config("secret-" + uuid.uuid4().hex, "http://localhost:5100", "ws://localhost:5100", namespace="t")
+    client = FBClient(config, start_wait=0.2)
+    assert client.initialize is False  # not G-1: no data, no "initialized"
+    detail = client.variation_detail("f", U, "d")
+    assert (detail.kind, detail.variation, detail.reason) == (ReasonKind.CLIENT_NOT_READY, "d", "client not ready")
+    assert client.variation("f", U, "d") == "d"
 
 
 def test_config_validation() -> None:

@@ -1,0 +1,35 @@
+"""Start a sync process from an app process (gunicorn master, a client).
+
+The sync process is always a fresh interpreter (``subprocess``), never a
+``fork()`` of the app: a forked copy would inherit the app's threads, locks
+and sockets in whatever state they were. Its configuration, the secret
+included, goes through the environment, never argv (R-77).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .settings import SyncSettings
+
+
+def spawn_sync_process(settings: SyncSettings, *, owner_pid: int | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -m featbit_shm.sync`` for these settings.
+
+    With ``owner_pid`` the sync process (and its standby) exit within a
+    second once that process is gone. The child runs in its own session so a
+    terminal's Ctrl-C reaches it only through its owner's shutdown.
+    """
+    env = dict(os.environ)
+    env.update(settings.to_env())
+    if owner_pid:
+        env["FEATBIT_SHM_OWNER_PID"] = str(owner_pid)
+    return subprocess.Popen(
+        [sys.executable, "-m", "featbit_shm.sync"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )

@@ -1,0 +1,265 @@
+"""The sync process: one per host and (environment, namespace).
+
+Theory of operation
+-------------------
+
+Election. Every candidate (started by a gunicorn master, a uWSGI mule,
+``featbit-shm sync`` or a client) is a fresh interpreter. It tries the
+*leader* lock file without blocking. The winner leads. A loser tries the
+*standby* lock: the one that gets it waits, blocking on the leader lock, to
+take over the moment the leader dies (the kernel drops a dead process's
+locks, so a SIGKILLed leader is replaced within milliseconds); every other
+candidate exits at once. So there is one leader, at most one standby, and
+one websocket, however many candidates start together. A new leader starts
+a new standby.
+
+Leading. The leader opens the store's :class:`SnapshotWriter`, adopts the
+snapshot a previous leader published (its data version is the sync cursor,
+so a restart asks FeatBit only for what changed, R-7), then runs its data
+source: FeatBit's websocket, or a bootstrap file offline. Every committed
+full or patch is published as one generation (R-13, R-14); the state
+(INITIALIZING / OK / INTERRUPTED / OFF, R-16) and a heartbeat at least every
+second go into the control block.
+
+Exit. On SIGTERM/SIGINT, or when the owner process (``FEATBIT_SHM_OWNER_PID``,
+e.g. the gunicorn master) is gone, the leader stops its standby and, as the
+last owner, unlinks every shared-memory object of the store. After a 4003
+(R-18) it stops too but leaves the store with state OFF for clients to see.
+A leader killed with SIGKILL leaves its objects; the next leader adopts or
+replaces them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import filelock
+
+from .._core.dataset import DataSet
+from .._core.wire import DataSyncMessage
+from ..store.control import SyncState
+from ..store.names import StoreNames
+from ..store.writer import SnapshotWriter, open_image
+from .settings import SyncSettings
+from .sources import FileSource, StreamSource
+
+log = logging.getLogger("featbit_shm.sync")
+
+EXIT_OK = 0
+EXIT_NOT_NEEDED = 0  # a leader and a standby already run: nothing to do
+EXIT_REJECTED = 3  # FeatBit closed with 4003
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Election:
+    """The leader and standby lock files of one store."""
+
+    def __init__(self, names: StoreNames) -> None:
+        path = names.lock_path
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        self.leader = filelock.FileLock(path, thread_local=False)
+        self.standby = filelock.FileLock(path + ".standby", thread_local=False)
+
+    def try_lead(self) -> bool:
+        try:
+            self.leader.acquire(timeout=0)
+            return True
+        except filelock.Timeout:
+            return False
+
+    def try_standby(self) -> bool:
+        try:
+            self.standby.acquire(timeout=0)
+            return True
+        except filelock.Timeout:
+            return False
+
+    def wait_to_lead(self, stop: threading.Event, tick: Callable[[], None]) -> bool:
+        while not stop.is_set():
+            try:
+                self.leader.acquire(timeout=0.05)
+                return True
+            except filelock.Timeout:
+                tick()
+        return False
+
+    def release(self) -> None:
+        for lock in (self.standby, self.leader):
+            if lock.is_locked:
+                lock.release(force=True)
+
+
+class SyncProcess:
+    """One candidate; :meth:`run` returns the process exit code."""
+
+    def __init__(self, settings: SyncSettings, *, spawn_standby: bool = True) -> None:
+        self.settings = settings
+        self.names = StoreNames.for_env(settings.store_secret, settings.namespace)
+        self.stop = threading.Event()
+        self.dataset = DataSet()
+        self.writer: SnapshotWriter | None = None
+        self.state = SyncState.INITIALIZING
+        self._spawn_standby = spawn_standby and settings.standby
+        self._standby_proc: subprocess.Popen[bytes] | None = None
+        self._last_beat = 0.0
+        self._owner_checked = 0.0
+        self.rejected = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        election = Election(self.names)
+        try:
+            if not election.try_lead():
+                if not election.try_standby():
+                    log.info("featbit_shm: a sync leader and a standby already run for store %s", self.names.tag)
+                    return EXIT_NOT_NEEDED
+                log.info("featbit_shm: standing by for store %s", self.names.tag)
+                if not election.wait_to_lead(self.stop, self._watch_owner):
+                    return EXIT_OK
+                election.standby.release(force=True)
+            log.info("featbit_shm: leading store %s (pid %d)", self.names.tag, os.getpid())
+            return self._lead()
+        finally:
+            election.release()
+
+    def _lead(self) -> int:
+        self.writer = SnapshotWriter(self.names, mode=self.settings.mode)
+        clean = False
+        try:
+            self._adopt()
+            if self._spawn_standby:
+                self._start_standby()
+            source = self._source()
+            self.writer.heartbeat()
+            source.run(self._on_data, self._on_state, self._tick, self.stop)
+            clean = True
+            return EXIT_REJECTED if self.rejected else EXIT_OK
+        finally:
+            self._stop_standby()
+            # The last owner removes everything on a clean stop; after a crash
+            # the next leader does. A rejected client (4003) leaves the store
+            # in place with state OFF, so every client and `featbit-shm status`
+            # can see why nothing syncs (R-23); its owner removes it on exit.
+            self.writer.close(unlink=(clean or self.stop.is_set()) and not self.rejected)
+
+    def _adopt(self) -> None:
+        """Resume from the published snapshot: its data version is our cursor."""
+        assert self.writer is not None
+        pointer = self.writer.control.read_pointer()
+        if pointer is None or not pointer.name or not self.writer.current_name:
+            self.writer.set_state(SyncState.INITIALIZING)
+            return
+        try:
+            self.dataset = open_image(self.names, pointer.name, pointer.length, pointer.crc).to_dataset()
+        except Exception as exc:  # noqa: BLE001 - a damaged snapshot is simply not adopted
+            log.warning("featbit_shm: could not adopt the published snapshot: %s", exc)
+            return
+        # Data is there but not fresh: Interrupted until a sync commits (R-16).
+        self.state = SyncState.INTERRUPTED
+        self.writer.set_state(SyncState.INTERRUPTED)
+        log.info("featbit_shm: adopted generation %d (cursor %d)", pointer.generation, self.dataset.version)
+
+    def _source(self) -> FileSource | StreamSource:
+        s = self.settings
+        if s.offline:
+            assert s.bootstrap_file
+            return FileSource(s.bootstrap_file)
+        return StreamSource(s.env_secret, s.streaming_url, lambda: self.dataset.version)
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _on_data(self, message: DataSyncMessage) -> None:
+        """Commit one valid full or patch, then publish readiness (R-14)."""
+        assert self.writer is not None
+        for skipped in message.skipped:
+            log.warning("featbit_shm: skipped malformed %s %r: %s", skipped.kind, skipped.key, skipped.error)
+        dataset, changes = self.dataset.apply(message)
+        if changes or self.state is not SyncState.OK or self.writer.generation == 0:
+            self.writer.publish(dataset, None if changes.full else changes, SyncState.OK)
+        self.dataset = dataset
+        self.state = SyncState.OK
+        self.writer.set_state(SyncState.OK)
+
+    def _on_state(self, state: SyncState) -> None:
+        assert self.writer is not None
+        if state is SyncState.OFF:
+            self.rejected = True
+            self.stop.set()
+        elif state is SyncState.INTERRUPTED and self.state is SyncState.INITIALIZING:
+            return  # R-16: stays Starting until the first success ([PY] does the same)
+        self.state = state
+        self.writer.set_state(state)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.writer is not None and now - self._last_beat >= self.settings.heartbeat_interval:
+            self.writer.heartbeat()
+            self._last_beat = now
+        self._watch_owner()
+
+    def _watch_owner(self) -> None:
+        owner = self.settings.owner_pid
+        now = time.monotonic()
+        if owner and now - self._owner_checked >= 0.5:
+            self._owner_checked = now
+            if not _alive(owner):
+                log.info("featbit_shm: owner process %d is gone; stopping", owner)
+                self.stop.set()
+
+    # ------------------------------------------------------------------ standby
+
+    def _start_standby(self) -> None:
+        env = dict(os.environ)
+        env.update(self.settings.to_env())
+        try:
+            self._standby_proc = subprocess.Popen(
+                [sys.executable, "-m", "featbit_shm.sync"], env=env, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        except OSError as exc:
+            log.warning("featbit_shm: could not start a standby sync process: %s", exc)
+
+    def _stop_standby(self) -> None:
+        proc = self._standby_proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m featbit_shm.sync`` / ``featbit-shm sync``: configured from FEATBIT_*."""
+    logging.basicConfig(level=os.environ.get("FEATBIT_LOG_LEVEL", "INFO"), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    try:
+        settings = SyncSettings.from_env()
+    except Exception as exc:  # noqa: BLE001 - a config error is a clear message, not a traceback
+        print(f"featbit-shm sync: {exc}", file=sys.stderr)
+        return 2
+    process = SyncProcess(settings)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        process.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return process.run()

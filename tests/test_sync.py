@@ -1,0 +1,274 @@
+"""The sync process against the FeatBit stand-in, with real processes (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from featbit_shm import Config, FBClient, ReasonKind
+from featbit_shm.store.control import SyncState
+from featbit_shm.testing import builders as b
+from featbit_shm.testing.server import FeatBitStandIn
+
+from .sync_helpers import SyncFixture, eventually, processes_of, sync_env
+
+log = logging.getLogger(__name__)
+T0 = 1_700_000_000_000
+
+
+def flag(key: str, value: str, version: int, **kw: object) -> dict:  # type: ignore[type-arg]
+    return b.flag(key, variations=[value, "other"], variation_type="string", updated_at=version, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server() -> Iterator[FeatBitStandIn]:
+    with FeatBitStandIn(flags=[flag("a", "a1", T0), flag("b", "b1", T0)], segments=[b.segment("s1", updated_at=T0)]) as s:
+        yield s
+
+
+@pytest.fixture
+def env(server: FeatBitStandIn) -> Iterator[SyncFixture]:
+    with sync_env(server) as fixture:
+        yield fixture
+
+
+def value(fixture_reader, key: str):  # type: ignore[no-untyped-def]
+    view = fixture_reader.current()
+    flag_obj = view.flag(key) if view is not None else None
+    return flag_obj.static.value if flag_obj is not None and flag_obj.static is not None else None
+
+
+def client_for(env: SyncFixture, start_wait: float = 10) -> FBClient:
+    return FBClient(Config(env.server.secret, env.server.event_url, env.server.streaming_url, namespace=env.namespace), start_wait=start_wait)
+
+
+def test_initial_full_sync(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    assert value(reader, "a") == "a1" and value(reader, "b") == "b1"
+    assert reader.current().segment("s1") is not None
+    conn = env.server.connections()[0]
+    assert conn.messages[0] == {"messageType": "data-sync", "data": {"timestamp": 0}}  # R-7
+    client = client_for(env)
+    assert client.initialize is True
+    assert client.variation("a", {"key": "u"}, "d") == "a1"
+
+
+def test_patch_becomes_visible_in_a_reader_process(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    env.server.update_flag(flag("a", "a2", T0 + 1))
+    assert eventually(lambda: value(reader, "a") == "a2")
+    env.server.update_segment(b.segment("s1", included=["u9"], updated_at=T0 + 2))
+    assert eventually(lambda: reader.current().segment("s1") is not None and "u9" in reader.current().segment("s1").included)
+
+
+def test_archived_flag_gives_flag_not_found(env: SyncFixture) -> None:
+    env.spawn()
+    client = client_for(env)
+    assert client.variation("a", {"key": "u"}, "d") == "a1"
+    env.server.update_flag(flag("a", "a1", T0 + 5, archived=True))
+    assert eventually(lambda: client.variation_detail("a", {"key": "u"}, "d").reason == "flag not found")
+    assert client.variation_detail("a", {"key": "u"}, "d").kind is ReasonKind.ERROR
+
+
+def test_out_of_order_patch_versions_keep_the_newest(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    env.server.update_flag(flag("a", "newest", T0 + 30))
+    env.server.update_flag(flag("a", "older", T0 + 20))
+    env.server.update_flag(flag("b", "b-marker", T0 + 40))  # arrives after both
+    assert eventually(lambda: value(reader, "b") == "b-marker")
+    assert value(reader, "a") == "newest"
+
+
+def test_one_malformed_entity_among_good_ones(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    bad = flag("bad", "x", T0 + 10)
+    bad["variations"] = "oops"
+    env.server._broadcast({"eventType": "patch", "featureFlags": [flag("c", "c1", T0 + 10), bad, flag("d", "d1", T0 + 10)], "segments": []})
+    assert eventually(lambda: value(reader, "c") == "c1" and value(reader, "d") == "d1")
+    assert reader.current().flag("bad") is None
+
+
+def test_invalid_json_frame_then_a_good_patch(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    env.server.send_raw("{this is not json")
+    env.server.send_raw(json.dumps({"messageType": "something-new", "data": {}}))
+    env.server.update_flag(flag("a", "after-garbage", T0 + 3))
+    assert eventually(lambda: value(reader, "a") == "after-garbage")  # G-5: the stream goes on
+    assert env.server.connections_accepted == 1
+
+
+def test_drop_then_reconnect_with_cursor_loses_no_update(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    server = env.server
+    server.drop_connections()
+    # While the sync process is away, the data moves on without a push.
+    server.set_data([flag("a", "a-outage", T0 + 50), flag("b", "b1", T0), flag("new", "n1", T0 + 51)], [b.segment("s1", updated_at=T0)])
+    assert eventually(lambda: reader.control.state is SyncState.INTERRUPTED or server.connections_accepted >= 2)
+    assert eventually(lambda: value(reader, "a") == "a-outage" and value(reader, "new") == "n1")
+    second = server.connections()[0]
+    cursor = second.messages[0]["data"]["timestamp"]
+    assert cursor == T0  # R-7: the cursor of the data held, not 0
+    assert eventually(lambda: reader.control.state is SyncState.OK)
+
+
+def test_close_1000_reconnects(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    env.server.close_connections(1000)
+    assert eventually(lambda: env.server.connections_accepted >= 2 and env.server.open_connections == 1)
+    env.server.update_flag(flag("a", "after-1000", T0 + 60))
+    assert eventually(lambda: value(reader, "a") == "after-1000")
+
+
+def test_close_1011_reconnects(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    env.server.close_connections(1011)
+    assert eventually(lambda: env.server.connections_accepted >= 2 and env.server.open_connections == 1)
+
+
+def test_close_4003_stops_state_off_and_waiters_woken(env: SyncFixture) -> None:
+    proc = env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    env.server.close_connections(4003)
+    assert proc.wait(15) == 3  # EXIT_REJECTED
+    assert reader.control.state is SyncState.OFF
+    assert value(reader, "a") == "a1"  # the last good data keeps serving
+    time.sleep(1.0)
+    assert env.server.connections_accepted == 1  # never retried (R-18)
+    assert processes_of(env.namespace) == []
+
+
+def test_rejected_client_is_not_initialized_and_start_wait_returns_early(server: FeatBitStandIn) -> None:
+    """G-1: a client whose sync is rejected is never 'initialized'."""
+    with sync_env(server) as env:
+        from featbit_shm.store.names import StoreNames
+
+        env.names = StoreNames.for_env("X" * 44, env.namespace)  # the store this client uses
+        env.spawn(env_secret="X" * 44)  # an unknown secret: 4003 at once
+        started = time.monotonic()
+        client = FBClient(
+            Config("X" * 44, server.event_url, server.streaming_url, namespace=env.namespace), start_wait=20
+        )
+        waited = time.monotonic() - started
+        assert client.initialize is False
+        assert client.variation_detail("a", {"key": "u"}, "d").kind is ReasonKind.CLIENT_NOT_READY
+        assert waited < 15, f"start_wait was not cut short by the terminal outcome ({waited:.1f} s)"
+        assert server.connections_rejected >= 1 and server.connections_accepted == 0
+        assert client._source.state() is SyncState.OFF  # the store stays, saying why
+
+
+def test_clock_skew_over_30s_is_rejected_with_4003(env: SyncFixture) -> None:
+    """R-3: the token carries the host clock; more than 30 s of skew is a 4003 (documented)."""
+    env.server.clock_offset_ms = 31_000
+    proc = env.spawn()
+    assert proc.wait(15) == 3
+    assert env.server.connections_rejected == 1
+    env.server.clock_offset_ms = 25_000  # within the window: accepted
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+
+
+def test_leader_sigkill_new_leader_within_2s(env: SyncFixture) -> None:
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    assert eventually(lambda: len(processes_of(env.namespace)) == 2)  # leader + standby
+    old = reader.control.leader_pid
+    os.kill(old, signal.SIGKILL)
+    killed = time.monotonic()
+
+    def new_leader_ok() -> bool:
+        block = reader.control
+        return block.leader_pid not in (old, 0) and block.state is SyncState.OK and time.time() - block.heartbeat < 1.0
+
+    assert eventually(new_leader_ok, timeout=15)
+    heal = time.monotonic() - killed
+    log.warning("leader SIGKILL -> new leader OK in %.3f s", heal)
+    print(f"\nleader SIGKILL -> new leader OK in {heal:.3f} s")
+    assert heal < 10  # liveness; the 2 s figure is reported and benchmarked, not asserted on a loaded box
+    env.server.update_flag(flag("a", "after-failover", T0 + 70))
+    assert eventually(lambda: value(reader, "a") == "after-failover")
+    assert env.server.open_connections == 1
+
+
+def test_ten_simultaneous_candidates_one_websocket(env: SyncFixture) -> None:
+    procs = [env.spawn() for _ in range(10)]
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    exited = eventually(lambda: sum(p.poll() is not None for p in procs) >= 8, timeout=30)
+    assert exited
+    time.sleep(1.0)
+    assert env.server.connections_accepted == 1 and env.server.open_connections == 1
+    assert len(processes_of(env.namespace)) == 2  # one leader, one standby
+
+
+def test_owner_gone_leader_exits_and_cleans_up(env: SyncFixture) -> None:
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    env.spawn(owner_pid=owner.pid)
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    owner.kill()
+    owner.wait()
+    gone = time.monotonic()
+    assert eventually(lambda: processes_of(env.namespace) == [], timeout=15)
+    log.warning("owner gone -> sync processes gone in %.2f s", time.monotonic() - gone)
+    assert env.leftovers() == []  # the last owner unlinked every object
+
+
+def test_sigterm_is_a_clean_shutdown(env: SyncFixture) -> None:
+    proc = env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    assert eventually(lambda: len(processes_of(env.namespace)) == 2)
+    proc.terminate()
+    assert proc.wait(15) == 0
+    assert eventually(lambda: processes_of(env.namespace) == [], timeout=15)
+    assert env.leftovers() == []
+    assert value(reader, "a") == "a1"  # a worker's existing mapping stays valid
+
+
+def test_offline_file_source_publishes_and_republishes(tmp_path, server: FeatBitStandIn) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps(b.data_sync([flag("f", "v1", T0)])))
+    with sync_env(server) as env:
+        from featbit_shm.store.names import StoreNames
+        from featbit_shm.store.reader import SnapshotReader
+
+        env.names = StoreNames.for_env("", env.namespace)
+        env.spawn(offline=True, bootstrap_file=str(path))
+        reader = SnapshotReader(env.names, retry_interval=0.02)
+        assert eventually(lambda: value(reader, "f") == "v1")
+        path.write_text("{ broken")
+        time.sleep(0.8)
+        assert value(reader, "f") == "v1"  # a bad file is logged; the previous snapshot stays
+        changed = time.monotonic()
+        path.write_text(json.dumps(b.data_sync([flag("f", "v2", T0 + 1)])))
+        assert eventually(lambda: value(reader, "f") == "v2")
+        log.warning("file change visible in %.2f s", time.monotonic() - changed)
+        assert env.server.connections_accepted == 0  # offline: no network
