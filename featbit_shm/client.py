@@ -213,9 +213,9 @@ class FBClient:
         # The hot path, written out: one generation check, one dict lookup,
         # one validation, one evaluation (skipped for user-independent flags).
         # Everything else is in _detail.
-        if default is None and self._defaults:
-            default = self._defaults.get(key)
         try:
+            if default is None and self._defaults and type(key) is str:
+                default = self._defaults.get(key)
             view = self._source.current()
             if view is None or type(key) is not str:
                 return default
@@ -235,7 +235,7 @@ class FBClient:
 
     def variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
         """Value plus reason, reason kind and variation id (R-57). Never raises."""
-        if default is None and self._defaults:
+        if default is None and self._defaults and type(key) is str:
             default = self._defaults.get(key)
         try:
             return self._detail(key, user, default, None)

@@ -312,3 +312,17 @@ def test_detail_equality_and_repr() -> None:
     d = EvalDetail("flag off", True, "f", "F", "v", ReasonKind.OFF)
     assert d == EvalDetail("flag off", True, "f", "F", "v", ReasonKind.OFF)
     assert "Off" in repr(d)
+
+
+def test_reload_with_same_versions_but_new_content_serves_the_new_content() -> None:
+    client = offline_client(b.flag("f", variations=["true", "false"], updated_at=5))
+    assert client.variation("f", U, None) is True
+    doc = json.dumps(b.data_sync([b.flag("f", variations=["false", "true"], updated_at=5)]))
+    assert client.initialize_from_external_json(doc)
+    assert client.variation("f", U, None) is False
+
+
+def test_variation_never_raises_even_with_unhashable_key_and_config_defaults() -> None:
+    client = offline_client(b.flag("f"), defaults={"f": True})
+    assert client.variation(["not", "hashable"], U, "d") == "d"  # type: ignore[arg-type]
+    assert client.variation_detail(["x"], U, "d").variation == "d"  # type: ignore[arg-type]

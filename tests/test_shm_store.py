@@ -372,3 +372,46 @@ def test_json_dump_of_snapshot_is_possible(names: StoreNames) -> None:
         writer.publish(dataset(b.flag("a")))
         view = SnapshotReader(names).current()
         assert json.dumps(view.flag("a").norm)
+
+
+# --------------------------------------------------------------------------- review regressions
+
+
+def test_reader_follows_a_restarted_writer_to_its_new_control_block(names: StoreNames) -> None:
+    first = SnapshotWriter(names)
+    first.publish(dataset(b.flag("a", variations=["old", "x"], variation_type="string")))
+    reader = SnapshotReader(names, retry_interval=0.01)
+    assert reader.current().flag("a").static.value == "old"
+    first.close(unlink=True)  # a clean stop removes the block
+    assert reader.current().flag("a").static.value == "old"  # last good view meanwhile
+    with SnapshotWriter(names) as second:
+        second.publish(dataset(b.flag("a", variations=["new", "x"], variation_type="string", updated_at=9)))
+        assert eventually(lambda: reader.current().flag("a").static.value == "new")
+
+
+def test_restart_after_death_inside_write_pointer_keeps_the_current_root(names: StoreNames) -> None:
+    first = SnapshotWriter(names)
+    first.publish(dataset(b.flag("a", updated_at=1)))
+    first.publish(dataset(b.flag("a", updated_at=2)))
+    # Died after name/length/crc but before the generation word: it still says 1.
+    first.control.q[W_SEQ] += 1
+    first.control.q[3] = 1
+    first.close()
+    second = SnapshotWriter(names)
+    assert second.generation >= 2
+    second.publish(dataset(b.flag("a", updated_at=3)))
+    second.heartbeat()
+    fresh = SnapshotReader(names)
+    assert fresh.current() is not None and fresh.current().flag("a").version == 3
+    assert second.current_name in names.existing("g")
+    second.close(unlink=True)
+
+
+def test_state_since_moves_when_a_publish_changes_the_state(names: StoreNames) -> None:
+    now = [100.0]
+    with SnapshotWriter(names, wallclock=lambda: now[0]) as writer:
+        writer.set_state(SyncState.INTERRUPTED)
+        assert writer.control.state_since == 100.0
+        now[0] = 200.0
+        writer.publish(dataset(b.flag("a")))
+        assert (writer.control.state, writer.control.state_since) == (SyncState.OK, 200.0)

@@ -213,3 +213,16 @@ def test_many_small_patches_keep_chunks_bounded_without_full_rebuilds() -> None:
         assert image.flag(f"f{gen % 37}")["version"] == gen
     same_content(image, ds)
     assert builder.full_builds == 1  # chunks were folded, never rebuilt wholesale
+
+
+def test_full_sync_with_same_versions_but_new_content_is_not_served_stale() -> None:
+    """R-12: a full replaces content whatever its versions say (a hand-edited file)."""
+    builder = SnapshotBuilder()
+    store: dict[int, bytes] = {}
+    ds, _ = apply(DataSet(), [b.flag("f", variations=["true", "false"], updated_at=5)], [], "full")
+    root, chunks = builder.build(ds, 1)
+    store.update({k: bytes(v) for k, v in chunks.items()})
+    ds2, _ = apply(DataSet(), [b.flag("f", variations=["false", "true"], updated_at=5)], [], "full")
+    root, chunks = builder.build(ds2, 2)
+    store.update({k: bytes(v) for k, v in chunks.items()})
+    assert SnapshotImage(bytes(root), store.get).flag("f")["variations"][0][1] == "false"

@@ -316,7 +316,7 @@ class SnapshotBuilder:
         self._where: dict[int, set[tuple[int, str]]] = {}  # chunk id -> entries whose blob it holds
         self._live: dict[int, int] = {}  # chunk id -> live blob bytes
         self._size: dict[int, int] = {}  # chunk id -> blob bytes written
-        self._blobs: dict[tuple[int, str], tuple[int, bytes, int]] = {}  # entry -> (stamp, blob, key length)
+        self._blobs: dict[tuple[int, str], tuple[Mapping[str, Any], bytes, int]] = {}  # entry -> (entity, blob, key length)
         self._active = [0, 0]
         self.full_builds = 0
         self.incremental_builds = 0
@@ -344,16 +344,20 @@ class SnapshotBuilder:
         self._root = None
 
     def _blob(self, which: int, key: str, entity: Mapping[str, Any]) -> tuple[bytes, int]:
-        """The entity's blob (UTF-8 key + msgpack), from the cache when unchanged."""
-        stamp = int(entity["version"]) * 2 + (1 if entity.get("archived") else 0)
+        """The entity's blob (UTF-8 key + msgpack), from the cache when unchanged.
+
+        "Unchanged" means the same object or an equal one, never merely the
+        same version: a full sync replaces content whatever its version says
+        (R-12), e.g. a hand-edited bootstrap file that kept its updatedAt.
+        """
         cached = self._blobs.get((which, key))
-        if cached is not None and cached[0] == stamp:
+        if cached is not None and (cached[0] is entity or cached[0] == entity):
             return cached[1], cached[2]
         raw = key.encode("utf-8")
         if len(raw) > 0xFFFF:
             raise SnapshotError(f"key {key[:40]!r}... is longer than 65535 bytes")
         blob = raw + msgpack.packb(entity, use_bin_type=True)
-        self._blobs[(which, key)] = (stamp, blob, len(raw))
+        self._blobs[(which, key)] = (entity, blob, len(raw))
         return blob, len(raw)
 
     def _full(self, dataset: DataSet, generation: int, allocate: Allocate) -> Built:

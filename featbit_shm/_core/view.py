@@ -4,8 +4,8 @@ A view answers ``flag(key)`` and ``segment(id)`` for exactly one snapshot
 (one data-set generation), so an evaluation never mixes two generations
 (R-32). It builds an evaluable :class:`~.model.Flag` from the normalised form
 the first time a key is asked for, and reuses the compiled object of the
-previous view when the entity's own version did not change: a new generation
-costs nothing for flags that stayed the same.
+previous view when the entity did not change (same content, compared
+cheaply): a new generation costs nothing for flags that stayed the same.
 
 Where the normalised entities come from (a :class:`~.dataset.DataSet` in this
 process, or a shared-memory snapshot) is the caller's business: it hands in
@@ -54,7 +54,9 @@ class CompiledView:
         if norm is None or norm.get("archived"):
             return None
         old = self._old_flags.get(key)
-        f = old if old is not None and old.version == norm["version"] else Flag(norm)
+        # Reuse the compiled flag only for identical content: an equal version
+        # is not proof (a full sync replaces whatever the versions say, R-12).
+        f = old if old is not None and (old.norm is norm or old.norm == norm) else Flag(norm)
         self._flags[key] = f
         return f
 
@@ -68,7 +70,7 @@ class CompiledView:
         seg: Segment | None = None
         if norm is not None and not norm.get("archived"):
             old = self._old_segments.get(seg_id)
-            seg = old if old is not None and old.version == norm["version"] else Segment(norm)
+            seg = old if old is not None and (old.norm is norm or old.norm == norm) else Segment(norm)
         self._segments[seg_id] = seg
         return seg
 

@@ -128,7 +128,14 @@ class SnapshotReader:
             return False
         self._control = block
         self._words = block.q
+        self._seen = -1  # a new block numbers generations (and chunks) afresh
+        self._chunks = {}
         return True
+
+    def _detach(self) -> None:
+        """Let go of a control block its writer closed; attach anew later."""
+        self._control = None
+        self._words = None
 
     def _refresh(self) -> bool:
         """Move to the generation the control block points at. True on success."""
@@ -140,7 +147,13 @@ class SnapshotReader:
                 return False  # sequence stuck odd: writer died mid-update
             if not pointer.name:
                 self._seen = pointer.generation
-                return True  # nothing published yet
+                if pointer.state == SyncState.OFF and self._image is not None:
+                    # The writer closed and unlinked this block (a clean stop);
+                    # a restarted sync process makes a new one. Keep serving
+                    # the last good view and look for the new block.
+                    self._detach()
+                    self._next_try = self._clock() + self._retry_interval
+                return True  # nothing published (any more)
             try:
                 root = map_readonly(pointer.name, pointer.length)
                 chunks: dict[int, mmap.mmap] = {}

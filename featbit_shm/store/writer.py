@@ -18,7 +18,7 @@ import posix_ipc
 from .._core.dataset import Changes, DataSet
 from .._core.snapshot import SnapshotBuilder, SnapshotError, SnapshotImage, active_counts, root_crc
 from ..errors import SharedMemoryError
-from .control import SIZE, W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, ControlBlock, SyncState
+from .control import SIZE, W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, W_STATE_SINCE, ControlBlock, SyncState
 from .names import SHM_DIR, StoreNames
 
 log = logging.getLogger("featbit_shm.store")
@@ -145,9 +145,16 @@ class SnapshotWriter:
                 keep = {pointer.name, *(self.names.chunk(c) for c in image.chunks)}
                 self.current_name = pointer.name
                 self._live_chunks = set(image.chunks)
+                # A writer killed inside write_pointer may have left the
+                # generation word behind the root it points at.
+                self.generation = max(self.generation, image.generation)
             except (SnapshotError, OSError, posix_ipc.Error) as exc:
                 log.warning("featbit_shm: published snapshot %s is unusable (%s); it will be replaced", pointer.name, exc)
-        stale = tuple(n for n in self.names.existing() if n not in keep)
+        existing = self.names.existing()
+        # Never reuse a number an object of this store already carries.
+        numbers = [int(n.rsplit(".", 1)[1][1:]) for n in existing]
+        self.generation = max([self.generation, *numbers])
+        stale = tuple(n for n in existing if n not in keep)
         if stale:
             self._retired.append((stale, self._clock() - self._grace))  # remove at once
             self._unlink_retired(self._clock())
@@ -164,7 +171,7 @@ class SnapshotWriter:
         if self._closed:
             raise SharedMemoryError("writer is closed")
         generation = self.generation + 1
-        created: list[tuple[str, mmap.mmap]] = []
+        created: list[tuple[str, mmap.mmap | None]] = []
 
         def allocate(kind: str, ident: int, size: int) -> mmap.mmap:
             name = self.names.root(ident) if kind == "root" else self.names.chunk(ident)
@@ -174,11 +181,12 @@ class SnapshotWriter:
                 # A stale object from a crashed writer that numbered the same way.
                 posix_ipc.unlink_shared_memory(name)
                 shm = create_object(name, size, mode=self._mode, gid=self._gid, fallocate=self._fallocate)
+            created.append((name, None))  # unlinked on failure even if mapping fails
             try:
                 mm = mmap.mmap(shm.fd, size, flags=mmap.MAP_SHARED | _POPULATE)
             finally:
                 shm.close_fd()
-            created.append((name, mm))
+            created[-1] = (name, mm)
             return mm
 
         try:
@@ -187,13 +195,18 @@ class SnapshotWriter:
         except BaseException:
             self._builder.reset()  # its last root may be one we are abandoning
             for name, mm in created:
-                mm.close()
-                posix_ipc.unlink_shared_memory(name)
+                if mm is not None:
+                    mm.close()
+                try:
+                    posix_ipc.unlink_shared_memory(name)
+                except posix_ipc.ExistentialError:
+                    pass
             self.control.add("publish_errors")
             raise
         for chunk in built.new_chunks.values():
             chunk.close()  # complete; only readers map chunks from now on
         root_name = self.names.root(generation)
+        previous_state = self.control.state
         # Every object of the generation is complete; only now does the control
         # block point at it (readers can never see a half-written snapshot).
         self.control.write_pointer(generation, len(built.root), crc, dataset.version, root_name, state)
@@ -203,7 +216,8 @@ class SnapshotWriter:
         self.control.set_word(W_SEGMENTS, active_segments)
         self.control.add("publishes")
         self.control.d[W_LAST_PUBLISH] = now
-        self.control.set_state(state, now)
+        if previous_state is not state:
+            self.control.d[W_STATE_SINCE] = now
         self.heartbeat(now)
         # Retire the previous root and the chunks no generation uses any more.
         dropped = [self.names.chunk(c) for c in self._live_chunks - built.live_chunks]
@@ -255,7 +269,12 @@ class SnapshotWriter:
             self._current_root.close()
             self._current_root = None
         if unlink:
-            self.control.set_state(SyncState.OFF, self._wallclock())
+            # Readers poll the generation: move it once more, to an empty
+            # pointer with state OFF, so they notice this block is going away
+            # and attach to the next writer's block instead of serving from an
+            # orphan forever.
+            self.control.write_pointer(self.generation + 1, 0, 0, 0, "", SyncState.OFF)
+            self.control.d[W_STATE_SINCE] = self._wallclock()
         self.control.release()
         self._ctl_map.close()
         if unlink:
