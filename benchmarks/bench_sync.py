@@ -88,6 +88,7 @@ def run(n_flags: int, patches: int, readers: int) -> dict[str, Any]:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not (probe.current() and probe.state() is SyncState.OK):
                 time.sleep(0.01)
+            time.sleep(2.0)  # steady state: the leader's standby process has started
             last = T0 + patches
             procs = [
                 subprocess.Popen([sys.executable, "-c", READER, names.tag, str(last)], stdout=subprocess.PIPE, text=True)

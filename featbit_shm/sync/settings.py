@@ -12,6 +12,7 @@ The secret travels in the environment (or a pipe), never in argv (R-77):
 ``FEATBIT_NAMESPACE``      separates several stores of one environment (``default``)
 ``FEATBIT_SHM_OWNER_PID``  exit when this process is gone (set by launchers)
 ``FEATBIT_SHM_MODE``       octal mode of shared-memory objects (``600``)
+``FEATBIT_SHM_STANDBY``    ``0``: start no standby candidate (default ``1``)
 =========================  ===============================================
 """
 
@@ -62,6 +63,7 @@ class SyncSettings:
             namespace=env.get("FEATBIT_NAMESPACE", "").strip() or "default",
             owner_pid=int(owner) if owner.isdigit() else None,
             mode=int(mode, 8) if mode else 0o600,
+            standby=env.get("FEATBIT_SHM_STANDBY", "1").strip().lower() in TRUE,
         )
         settings.validate()
         return settings
@@ -96,6 +98,7 @@ class SyncSettings:
             "FEATBIT_BOOTSTRAP_FILE": self.bootstrap_file or "",
             "FEATBIT_NAMESPACE": self.namespace,
             "FEATBIT_SHM_MODE": f"{self.mode:o}",
+            "FEATBIT_SHM_STANDBY": "1" if self.standby else "0",
         }
         if self.owner_pid:
             env["FEATBIT_SHM_OWNER_PID"] = str(self.owner_pid)

@@ -172,6 +172,9 @@ class _Handler(socketserver.BaseRequestHandler):
         standin = self.server.standin
         sock: socket.socket = self.request
         sock.settimeout(None)
+        # Like a real server: without TCP_NODELAY, Nagle holds a small push
+        # until the client's delayed ACK of the previous one (~40 ms stalls).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             head = b""
             while b"\r\n\r\n" not in head:
