@@ -7,12 +7,16 @@ calls. See README.md and MIGRATING.md.
 from __future__ import annotations
 
 from ._core.results import ReasonKind
+from ._singleton import get, set_config
 from .client import FBClient
 from .common_types import AllFlagStates, EvalDetail, FlagState
 from .config import Config
 from .errors import ConfigError, DataError, FeatbitShmError, SharedMemoryError
 
 __version__ = "0.1.0"
+
+#: Seconds ``get()`` waits for data when it builds the client (fbclient's default).
+start_wait: float = 15
 
 __all__ = [
     "AllFlagStates",
@@ -26,4 +30,7 @@ __all__ = [
     "ReasonKind",
     "SharedMemoryError",
     "__version__",
+    "get",
+    "set_config",
+    "start_wait",
 ]

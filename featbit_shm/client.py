@@ -104,15 +104,18 @@ class FBClient:
             reader = SnapshotReader(self._names, retry_interval=0.05)
             self._source = reader
             self._wait_ready(reader, start_wait)
-        elif config.bootstrap_file:
+        elif config.shared:
+            # R-71: offline is ready at once. The host's shared snapshot is
+            # served when one is published (a sync process serving a bootstrap
+            # file), an empty store until then.
+            self._source = SnapshotReader(self._names, retry_interval=0.05, fallback=memory_view(DataSet(), 0))
+            if config.bootstrap_file:
+                self._wait_ready(self._source, start_wait)
+        else:
+            assert config.bootstrap_file
             result = load_document(read_bootstrap_file(config.bootstrap_file))
             self._report(result, config.bootstrap_file)
             self._use_memory(result.dataset)
-        else:
-            # R-71: offline is ready at once. With no data of its own the client
-            # serves the host's shared snapshot when one is published, and an
-            # empty store until then.
-            self._source = SnapshotReader(self._names, fallback=memory_view(DataSet(), 0))
 
     @staticmethod
     def _wait_ready(reader: SnapshotReader, start_wait: float) -> None:
@@ -122,7 +125,7 @@ class FBClient:
         a terminal failure never looks like a timeout -- or like success (G-1).
         """
         deadline = time.monotonic() + max(0.0, start_wait)
-        while reader.current() is None and time.monotonic() < deadline:
+        while (reader.current() is None or reader.generation == 0) and time.monotonic() < deadline:
             if reader.state() is SyncState.OFF:
                 return
             time.sleep(0.01)
@@ -331,6 +334,14 @@ class FBClient:
             except Exception as exc:  # noqa: BLE001 - one bad flag never fails the rest
                 details[key] = EvalDetail(f"error in evaluation: {exc}", None, key, FLAG_NAME_UNKNOWN, "", _ERROR)
         return AllFlagStates(True, "OK", details)
+
+    @property
+    def generation(self) -> int:
+        """The snapshot generation this process evaluates from (featbit_shm
+        extension; 0 before any data). Workers of one host that show the same
+        generation serve the same flag data."""
+        view = self._source.current()
+        return view.generation if view is not None else 0
 
     def is_flag_known(self, key: str) -> bool:
         view = self._source.current()

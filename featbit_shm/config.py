@@ -54,6 +54,7 @@ class Config:
         "_defaults",
         "_http",
         "_websocket",
+        "_shared",
     )
 
     def __init__(
@@ -77,6 +78,7 @@ class Config:
         bootstrap_file: str | os.PathLike[str] | None = None,
         disable_events: bool = False,
         namespace: str = "default",
+        shared: bool | None = None,
     ) -> None:
         for name, value in zip(_UNSUPPORTED, (data_storage, update_processor_imp, event_processor_imp)):
             if value is not None:
@@ -114,6 +116,7 @@ class Config:
         self._defaults: Mapping[str, Any] = MappingProxyType(dict(defaults or {}))
         self._http = http
         self._websocket = websocket
+        self._shared = shared
 
     # fbclient's accessors --------------------------------------------------
 
@@ -191,6 +194,38 @@ class Config:
     def namespace(self) -> str:
         """Separates several stores of one environment on one host."""
         return self._namespace
+
+    @property
+    def shared(self) -> bool:
+        """Evaluate from the host's shared-memory store (True), or from data
+        this process loads itself (False).
+
+        Default: shared online; offline, local when a ``bootstrap_file`` is
+        given (the file is loaded into this process, as fbclient does) and
+        shared otherwise. Server integrations set ``shared=True`` (through
+        ``FEATBIT_SHM_SHARED=1``) so offline workers serve the file their sync
+        process publishes, and see it change.
+        """
+        if self._shared is not None:
+            return self._shared
+        return not (self._offline and self._bootstrap_file)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """A Config from the FEATBIT_* variables (see README, "Configuration")."""
+        env = os.environ if env is None else env
+        offline = env.get("FEATBIT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        shared = env.get("FEATBIT_SHM_SHARED", "").strip().lower()
+        return cls(
+            env.get("FEATBIT_ENV_SECRET", ""),
+            env.get("FEATBIT_EVENT_URL", ""),
+            env.get("FEATBIT_STREAMING_URL", ""),
+            offline=offline,
+            bootstrap_file=env.get("FEATBIT_BOOTSTRAP_FILE") or None,
+            namespace=env.get("FEATBIT_NAMESPACE") or "default",
+            disable_events=env.get("FEATBIT_DISABLE_EVENTS", "").strip().lower() in ("1", "true", "yes", "on"),
+            shared=True if shared in ("1", "true", "yes", "on") else False if shared in ("0", "false", "no", "off") else None,
+        )
 
     def __repr__(self) -> str:
         # R-77: never show the secret.

@@ -1,0 +1,64 @@
+"""fbclient's module-level singleton: ``featbit_shm.set_config()`` / ``featbit_shm.get()`` (R-82).
+
+``get()`` builds the client lazily on first use in each process, so a server
+that imports the app in its master and forks workers (``preload_app``) gets
+one client per worker without doing anything. With no ``set_config()`` the
+FEATBIT_* environment variables configure it (see README, "Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .client import FBClient
+from .config import Config
+from .errors import ConfigError
+
+_lock = threading.RLock()
+_config: Config | None = None
+_client: FBClient | None = None
+_client_pid = 0
+
+
+def set_config(config: Config) -> None:
+    """Set the configuration; a client built before is stopped and rebuilt on next ``get()``."""
+    global _config, _client
+    if not isinstance(config, Config):
+        raise ConfigError("Config is not valid")
+    with _lock:
+        old, _client = _client, None
+        _config = config
+    if old is not None:
+        old.stop()
+
+
+def get() -> FBClient:
+    """The process's client, created on first call (with ``featbit_shm.start_wait``)."""
+    global _client, _client_pid
+    client = _client
+    if client is not None and _client_pid == os.getpid():
+        return client
+    with _lock:
+        if _client is None or _client_pid != os.getpid():
+            config = _config
+            if config is None:
+                if not os.environ.get("FEATBIT_ENV_SECRET") and not os.environ.get("FEATBIT_OFFLINE"):
+                    raise Exception("config is not initialized")  # fbclient's exact error
+                config = Config.from_env()
+            import featbit_shm
+
+            _client = FBClient(config, start_wait=float(getattr(featbit_shm, "start_wait", 15)))
+            _client_pid = os.getpid()
+        return _client
+
+
+def _after_fork_in_child() -> None:
+    # A client built in a parent keeps working in the child (its reader is
+    # fork-safe), so the child simply adopts it as its own.
+    global _client_pid
+    if _client is not None:
+        _client_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,144 @@
+"""gunicorn server hooks for featbit_shm: one sync process per server, every worker reading shared memory.
+
+Use them from your own gunicorn config::
+
+    # gunicorn.conf.py
+    from gunicorn_hooks import *   # when_ready, post_fork, worker_exit, child_exit, on_exit, on_reload
+
+or run with the complete config file, driven by FEATBIT_* variables::
+
+    FEATBIT_ENV_SECRET=... FEATBIT_STREAMING_URL=wss://... FEATBIT_EVENT_URL=https://... \\
+        gunicorn -c gunicorn_hooks/featbit.conf.py app:app
+
+In the app, ``featbit_shm.get()`` is the worker's client (a drop-in for
+``fbclient.get()``).
+
+What each hook does (gunicorn's names and arity; none of them ever raises,
+because an exception in a hook halts the arbiter):
+
+* ``when_ready(server)`` -- the master starts the sync process (a fresh
+  interpreter, configured through the environment; it owns the websocket and
+  exits if the master disappears) and waits up to ``FEATBIT_START_WAIT``
+  seconds (default 5) for the first snapshot, so workers start with data.
+* ``post_fork(server, worker)`` -- the worker attaches to the shared snapshot
+  (two small mappings: no socket, no thread).
+* ``worker_exit(server, worker)`` -- stops the worker's client within a bound.
+* ``child_exit(server, worker)`` -- nothing to reclaim yet (per-worker event
+  rings arrive with events; see CHANGELOG).
+* ``on_reload(server)`` -- SIGHUP: the sync process keeps running; new
+  workers attach to the same store.
+* ``on_exit(server)`` -- stops the sync process (it removes the store's
+  shared-memory objects as their last owner) and removes anything left.
+
+No thread is started in the master.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+__all__ = ["child_exit", "on_exit", "on_reload", "post_fork", "when_ready", "worker_exit"]
+
+_sync: subprocess.Popen[bytes] | None = None
+
+
+def _log(server: Any, level: str, message: str, *args: Any) -> None:
+    text = message % args if args else message
+    log = getattr(server, "log", None)
+    if log is not None:
+        getattr(log, level)(text)
+    else:
+        print(text, file=sys.stderr)
+
+
+def when_ready(server: Any) -> None:
+    """Start the sync process for this server (the master owns it)."""
+    global _sync
+    try:
+        from featbit_shm.store.control import SyncState
+        from featbit_shm.store.names import StoreNames
+        from featbit_shm.store.reader import SnapshotReader
+        from featbit_shm.sync import SyncSettings, spawn_sync_process
+
+        settings = SyncSettings.from_env()
+        # Workers read the shared store, even offline with a bootstrap file.
+        os.environ["FEATBIT_SHM_SHARED"] = "1"
+        _sync = spawn_sync_process(settings, owner_pid=os.getpid())
+        _log(server, "info", "featbit_shm: sync process %d started", _sync.pid)
+        reader = SnapshotReader(StoreNames.for_env(settings.store_secret, settings.namespace), retry_interval=0.02)
+        deadline = time.monotonic() + float(os.environ.get("FEATBIT_START_WAIT", "5"))
+        while time.monotonic() < deadline:
+            view = reader.current()
+            if view is not None and view.generation > 0:
+                _log(server, "info", "featbit_shm: snapshot generation %d ready", view.generation)
+                return
+            if reader.state() is SyncState.OFF or _sync.poll() is not None:
+                break
+            time.sleep(0.02)
+        _log(server, "warning", "featbit_shm: no flag data yet; workers serve defaults until the sync process publishes")
+    except Exception as exc:  # noqa: BLE001 - a hook must never halt the arbiter
+        _log(server, "error", "featbit_shm: could not start the sync process: %s", exc)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Attach this worker to the shared snapshot."""
+    try:
+        import featbit_shm
+
+        featbit_shm.start_wait = min(float(getattr(featbit_shm, "start_wait", 15)), 1.0)
+        featbit_shm.get()
+    except Exception as exc:  # noqa: BLE001
+        _log(server, "error", "featbit_shm: worker %s could not attach: %s", getattr(worker, "pid", "?"), exc)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Stop the worker's client (bounded)."""
+    try:
+        from featbit_shm import _singleton
+
+        client = _singleton._client
+        if client is not None:
+            client.stop()
+    except Exception as exc:  # noqa: BLE001
+        _log(server, "error", "featbit_shm: worker_exit: %s", exc)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone (any cause). Nothing of it needs reclaiming yet."""
+
+
+def on_reload(server: Any) -> None:
+    """SIGHUP: keep the sync process; new workers attach to the same store."""
+    _log(server, "info", "featbit_shm: reload; sync process %s keeps running", _sync.pid if _sync else "(none)")
+
+
+def on_exit(server: Any) -> None:
+    """Stop the sync process and remove the store's shared-memory objects."""
+    global _sync
+    try:
+        if _sync is not None and _sync.poll() is None:
+            _sync.terminate()
+            try:
+                _sync.wait(10)
+            except subprocess.TimeoutExpired:
+                _sync.kill()
+                _sync.wait(5)
+        _sync = None
+        from featbit_shm.store.names import StoreNames
+        from featbit_shm.sync import SyncSettings
+
+        settings = SyncSettings.from_env()
+        names = StoreNames.for_env(settings.store_secret, settings.namespace)
+        import posix_ipc
+
+        for name in [*names.existing(), names.control]:
+            try:
+                posix_ipc.unlink_shared_memory(name)
+            except posix_ipc.ExistentialError:
+                pass
+    except Exception as exc:  # noqa: BLE001
+        _log(server, "error", "featbit_shm: on_exit: %s", exc)
