@@ -30,8 +30,9 @@ def eventually(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
     return predicate()
 
 
-def processes_of(namespace: str) -> list[int]:
-    """Pids of sync processes (leaders and standbys) serving this namespace."""
+def processes_of(namespace: str, *, sync_only: bool = True) -> list[int]:
+    """Pids of sync processes (leaders and standbys) serving this namespace;
+    with ``sync_only=False`` every process that has it in its environment."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -43,7 +44,7 @@ def processes_of(namespace: str) -> list[int]:
                 cmd = fh.read()
         except OSError:
             continue
-        if b"featbit_shm.sync" in cmd and f"FEATBIT_NAMESPACE={namespace}".encode() in env:
+        if (not sync_only or b"featbit_shm.sync" in cmd) and f"FEATBIT_NAMESPACE={namespace}".encode() in env:
             found.append(int(entry))
     return found
 
