@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from ._core.dataset import DataSet
-from ._core.evaluator import evaluate
+from ._core.evaluator import evaluate, send_to_experiment
 from ._core.results import (
     REASON_CLIENT_NOT_READY,
     REASON_FLAG_NOT_FOUND,
@@ -43,6 +43,7 @@ from .bootstrap import LoadResult, load_document, read_bootstrap_file
 from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, EvalDetail
 from .config import Config
 from .errors import ConfigError, DataError
+from .events.recorder import EventRecorder
 from .store.control import SyncState
 from .store.names import StoreNames
 from .store.reader import SnapshotReader
@@ -96,6 +97,7 @@ class FBClient:
         self._config = config
         self._defaults = config.defaults
         self._closed = False
+        self._events: EventRecorder | None = None
         self._names = StoreNames.for_env("" if config.offline else config.env_secret, config.namespace)
         self._source: FlagSource
         if not config.offline:
@@ -103,6 +105,9 @@ class FBClient:
             # (started by the server's hooks, a mule or `featbit-shm sync`).
             reader = SnapshotReader(self._names, retry_interval=0.05)
             self._source = reader
+            if not config.disable_events:
+                # Events go into this process's ring; the sync process posts them.
+                self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes)
             self._wait_ready(reader, start_wait)
         elif config.shared:
             # R-71: offline is ready at once. The host's shared snapshot is
@@ -149,8 +154,64 @@ class FBClient:
         return self._config.offline
 
     def stop(self) -> None:
-        """Stop the client. Idempotent; evaluation keeps serving retained data (R-79)."""
+        """Stop the client. Idempotent and bounded; evaluation keeps serving
+        retained data with events suppressed (R-79). Events already recorded
+        are in shared memory: the sync process delivers them even after this
+        process exits, so stop() only asks for a flush and never waits."""
+        if self._closed:
+            return
         self._closed = True
+        events = self._events
+        if events is not None:
+            events.flush()
+            events.stop()
+            self._events = None
+
+    # ------------------------------------------------------------------ events
+
+    def track_metric(self, user: Mapping[str, Any], event_name: str, metric_value: float = 1.0) -> None:
+        """Record a custom metric event (R-63); records even before initialization (R-66)."""
+        self.track_metrics(user, {event_name: metric_value})
+
+    def track_metrics(self, user: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Several metrics in one payload object, as fbclient does (R-64)."""
+        events = self._events
+        if events is None:
+            return
+        try:
+            make_user(user)
+            pairs = [(str(name), float(value)) for name, value in metrics.items() if isinstance(name, str) and name]
+        except (InvalidUser, TypeError, ValueError, AttributeError) as exc:
+            log.warning("featbit_shm: metric not recorded: %s", exc)
+            return
+        if pairs:
+            events.record_metrics(user, pairs)
+
+    def identify(self, user: Mapping[str, Any]) -> None:
+        """Register the user with FeatBit (a payload with the user alone, R-64)."""
+        events = self._events
+        if events is None:
+            return
+        try:
+            make_user(user)
+        except InvalidUser as exc:
+            log.warning("featbit_shm: identify ignored: %s", exc)
+            return
+        events.record_identify(user)
+
+    def flush(self) -> None:
+        """Ask the sync process to send this process's events now (R-69); returns at once."""
+        events = self._events
+        if events is not None:
+            events.flush()
+
+    def flush_and_wait(self, timeout: float = 5.0) -> bool:
+        """Wait until events recorded before the call were sent or failed (R-69).
+
+        True on completion, False on timeout (e.g. no sync process running).
+        """
+        events = self._events
+        return True if events is None else events.flush_and_wait(timeout)
 
     def __enter__(self) -> FBClient:
         return self
@@ -199,12 +260,15 @@ class FBClient:
             u = make_user(user)
         except InvalidUser as exc:
             return EvalDetail(f"invalid user: {exc}", default, key, flag.name, "", _ERROR)
-        kind, var, reason, _rule, _expt = evaluate(flag, u, view.segment)
+        kind, var, reason, _rule, expt = evaluate(flag, u, view.segment)
         if var is None:
             return EvalDetail(reason, default, key, flag.name, "", kind)
         value = var.converted() if convert is None else convert(var.value)
         if value is WRONG_TYPE:
             return EvalDetail(REASON_WRONG_TYPE, default, key, flag.name, "", _WRONG)
+        events = self._events
+        if events is not None:  # R-66: one event per successful evaluation, after conversion
+            events.record_eval(user, key, var.id, var.value, send_to_experiment(expt))
         return EvalDetail(reason, value, key, flag.name, var.id, kind)
 
     def variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
@@ -226,13 +290,19 @@ class FBClient:
             if flag is None:
                 return default
             u = make_user(user)
+            events = self._events
             var = flag.static
-            if var is None:
-                var = evaluate(flag, u, view.segment)[1]
+            if var is None or events is not None:
+                decision = evaluate(flag, u, view.segment)
+                var = decision[1]
                 if var is None:
                     return default
             value = var.typed if not var.reparse else var.converted()
-            return default if value is WRONG_TYPE else value
+            if value is WRONG_TYPE:
+                return default
+            if events is not None:  # R-66: one event per successful evaluation, after conversion
+                events.record_eval(user, key, var.id, var.value, send_to_experiment(decision[4]))
+            return value
         except Exception:  # noqa: BLE001 - evaluation never raises (STYLE 6)
             return default
 

@@ -135,7 +135,7 @@ def on_exit(server: Any) -> None:
         names = StoreNames.for_env(settings.store_secret, settings.namespace)
         import posix_ipc
 
-        for name in [*names.existing(), names.control]:
+        for name in names.all_objects():
             try:
                 posix_ipc.unlink_shared_memory(name)
             except posix_ipc.ExistentialError:

@@ -93,10 +93,7 @@ class SyncFixture:
         eventually(lambda: not processes_of(self.namespace), timeout=10)
 
     def leftovers(self) -> list[str]:
-        names = self.names.existing()
-        if os.path.exists("/dev/shm" + self.names.control):
-            names.append(self.names.control)
-        return names
+        return self.names.all_objects()
 
     def unlink_all(self) -> None:
         for name in self.leftovers():

@@ -89,11 +89,7 @@ class Gunicorn:
     def store_objects(self) -> list[str]:
         from featbit_shm.store.names import StoreNames
 
-        names = StoreNames.for_env(self.server.secret, self.namespace)
-        found = names.existing()
-        if os.path.exists("/dev/shm" + names.control):
-            found.append(names.control)
-        return found
+        return StoreNames.for_env(self.server.secret, self.namespace).all_objects()
 
     def stop(self) -> int:
         if self.proc.poll() is None:

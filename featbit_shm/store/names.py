@@ -38,6 +38,23 @@ class StoreNames:
         """A chunk of entity blobs (its id is the generation that wrote it)."""
         return f"/{PREFIX}{self.tag}.c{chunk_id}"
 
+    def ring(self, ring_id: int) -> str:
+        """A worker's event ring."""
+        return f"/{PREFIX}{self.tag}.r{ring_id}"
+
+    @property
+    def registry(self) -> str:
+        """The table of claimed event rings."""
+        return f"/{PREFIX}{self.tag}.reg"
+
+    def all_objects(self) -> list[str]:
+        """Every object of this store now in /dev/shm: snapshots, rings, registry, control."""
+        found = self.existing("gcr")
+        for name in (self.registry, self.control):
+            if os.path.exists(SHM_DIR + name):
+                found.append(name)
+        return found
+
     @property
     def lock_path(self) -> str:
         base = os.environ.get("FEATBIT_SHM_RUNTIME_DIR") or os.path.join(os.environ.get("TMPDIR", "/tmp"), "featbit-shm")
@@ -46,7 +63,8 @@ class StoreNames:
     def existing(self, kind: str = "gc") -> list[str]:
         """This store's snapshot objects now in /dev/shm (Linux), as shm names.
 
-        ``kind`` picks roots (``g``), chunks (``c``) or both (``gc``).
+        ``kind`` picks roots (``g``), chunks (``c``), event rings (``r``), or
+        several (``gc``, the default: the snapshot objects).
         """
         try:
             entries = os.listdir(SHM_DIR)

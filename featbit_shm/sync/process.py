@@ -44,6 +44,7 @@ import filelock
 
 from .._core.dataset import DataSet
 from .._core.wire import DataSyncMessage
+from ..events.pump import EventPump, HttpSender
 from ..store.control import SyncState
 from ..store.names import StoreNames
 from ..store.writer import SnapshotWriter, open_image
@@ -120,6 +121,9 @@ class SyncProcess:
         self._last_beat = 0.0
         self._owner_checked = 0.0
         self.rejected = False
+        self._pump: EventPump | None = None
+        self._pump_thread: threading.Thread | None = None
+        self._pump_stop = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -148,10 +152,12 @@ class SyncProcess:
                 self._start_standby()
             source = self._source()
             self.writer.heartbeat()
+            self._start_events()
             source.run(self._on_data, self._on_state, self._tick, self.stop)
             clean = True
             return EXIT_REJECTED if self.rejected else EXIT_OK
         finally:
+            self._stop_events()
             self._stop_standby()
             # The last owner removes everything on a clean stop; after a crash
             # the next leader does. A rejected client (4003) leaves the store
@@ -222,6 +228,38 @@ class SyncProcess:
             if not _alive(owner):
                 log.info("featbit_shm: owner process %d is gone; stopping", owner)
                 self.stop.set()
+
+    # ------------------------------------------------------------------ events
+
+    def _start_events(self) -> None:
+        """Drain the workers' event rings on a thread (online, unless disabled)."""
+        s = self.settings
+        if s.offline or not s.event_url or s.disable_events:
+            return
+        assert self.writer is not None
+        self._pump_stop = threading.Event()
+        self._pump = EventPump(
+            self.names,
+            HttpSender(s.event_url, s.env_secret),
+            self.writer.control,
+            flush_interval=s.events_flush_interval,
+            mode=s.mode,
+        )
+        self._pump_thread = threading.Thread(target=self._pump.run, args=(self._pump_stop,), name="featbit-events", daemon=True)
+        self._pump_thread.start()
+
+    def _stop_events(self) -> None:
+        """R-70: a final drain within the shutdown deadline (5 s)."""
+        if self._pump_thread is None or self._pump is None:
+            return
+        self._pump_stop.set()
+        self._pump_thread.join(7.0)
+        self._pump.close()
+        if self.stop.is_set() and not self.rejected:
+            # A clean stop: rings of exited workers were drained and removed;
+            # the registry goes too unless a live worker still owns a ring.
+            self._pump.registry.unlink_if_empty()
+        self._pump_thread = None
 
     # ------------------------------------------------------------------ standby
 

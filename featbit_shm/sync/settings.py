@@ -13,6 +13,8 @@ The secret travels in the environment (or a pipe), never in argv (R-77):
 ``FEATBIT_SHM_OWNER_PID``  exit when this process is gone (set by launchers)
 ``FEATBIT_SHM_MODE``       octal mode of shared-memory objects (``600``)
 ``FEATBIT_SHM_STANDBY``    ``0``: start no standby candidate (default ``1``)
+``FEATBIT_DISABLE_EVENTS`` ``1``: keep syncing, send no analytics events (R-74)
+``FEATBIT_EVENTS_FLUSH_INTERVAL`` seconds between event posts (default 1)
 =========================  ===============================================
 """
 
@@ -40,6 +42,8 @@ class SyncSettings:
     mode: int = 0o600
     heartbeat_interval: float = 0.5
     standby: bool = True  # keep a standby candidate ready to take over
+    disable_events: bool = False
+    events_flush_interval: float = 1.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never show the secret (R-77)
@@ -64,6 +68,8 @@ class SyncSettings:
             owner_pid=int(owner) if owner.isdigit() else None,
             mode=int(mode, 8) if mode else 0o600,
             standby=env.get("FEATBIT_SHM_STANDBY", "1").strip().lower() in TRUE,
+            disable_events=env.get("FEATBIT_DISABLE_EVENTS", "").strip().lower() in TRUE,
+            events_flush_interval=float(env.get("FEATBIT_EVENTS_FLUSH_INTERVAL", "") or 1.0),
         )
         settings.validate()
         return settings
@@ -78,6 +84,8 @@ class SyncSettings:
             bootstrap_file=config.bootstrap_file,
             namespace=config.namespace,
             owner_pid=owner_pid,
+            disable_events=config.disable_events,
+            events_flush_interval=config.events_flush_interval,
         )
 
     def validate(self) -> None:
@@ -99,6 +107,8 @@ class SyncSettings:
             "FEATBIT_NAMESPACE": self.namespace,
             "FEATBIT_SHM_MODE": f"{self.mode:o}",
             "FEATBIT_SHM_STANDBY": "1" if self.standby else "0",
+            "FEATBIT_DISABLE_EVENTS": "1" if self.disable_events else "0",
+            "FEATBIT_EVENTS_FLUSH_INTERVAL": str(self.events_flush_interval),
         }
         if self.owner_pid:
             env["FEATBIT_SHM_OWNER_PID"] = str(self.owner_pid)

@@ -176,36 +176,40 @@ class _Handler(socketserver.BaseRequestHandler):
         # until the client's delayed ACK of the previous one (~40 ms stalls).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(4096)
-                if not chunk:
+            buffered = b""
+            while True:  # HTTP/1.1 keep-alive: one request after another
+                while b"\r\n\r\n" not in buffered:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                    if len(buffered) > 1 << 20:
+                        return
+                header_blob, _, rest = buffered.partition(b"\r\n\r\n")
+                lines = header_blob.decode("latin-1").split("\r\n")
+                method, target, _version = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+                if headers.get("upgrade", "").lower() == "websocket":
+                    standin._serve_websocket(sock, target, headers)
                     return
-                head += chunk
-                if len(head) > 65536:
+                length = int(headers.get("content-length", "0") or 0)
+                while len(rest) < length:
+                    chunk = sock.recv(length - len(rest))
+                    if not chunk:
+                        return
+                    rest += chunk
+                body, buffered = rest[:length], rest[length:]
+                status, payload = standin._serve_http(method, target, headers, body)
+                data = json.dumps(payload).encode() if payload is not None else b""
+                close = headers.get("connection", "").lower() == "close"
+                reason = {200: "OK", 401: "Unauthorized", 404: "Not Found"}.get(status, "Status")
+                sock.sendall(
+                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                    f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n".encode()
+                    + data
+                )
+                if close:
                     return
-            header_blob, _, rest = head.partition(b"\r\n\r\n")
-            lines = header_blob.decode("latin-1").split("\r\n")
-            method, target, _version = lines[0].split(" ", 2)
-            headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
-            if headers.get("upgrade", "").lower() == "websocket":
-                standin._serve_websocket(sock, target, headers)
-                return
-            length = int(headers.get("content-length", "0") or 0)
-            body = rest
-            while len(body) < length:
-                chunk = sock.recv(length - len(body))
-                if not chunk:
-                    break
-                body += chunk
-            status, payload = standin._serve_http(method, target, headers, body)
-            data = json.dumps(payload).encode() if payload is not None else b""
-            reason = {200: "OK", 401: "Unauthorized", 404: "Not Found"}.get(status, "Status")
-            sock.sendall(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                f"Connection: close\r\n\r\n".encode()
-                + data
-            )
         except (OSError, ValueError):
             return
 

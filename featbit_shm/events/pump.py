@@ -1,0 +1,265 @@
+"""The sync-process side of events: drain every worker's ring, post to FeatBit.
+
+The pump runs on its own thread in the sync process (a dedicated process, so
+threads there cost the workers nothing). Every cycle (50 ms) it copies
+records out of each claimed ring into a bounded buffer -- when the buffer is
+full it stops taking, and the rings hold the rest (and drop new events once
+full, counted) -- turns them into insight payloads, and posts them in slices
+of at most 50 (R-67) when a slice is full, every ``flush_interval``, or when a
+worker asked for a flush (R-69). Each slice gets at most 2 attempts 200 ms
+apart; a terminal 4xx stops delivery for good (R-68). Rings whose process
+is dead are drained, then unlinked and their registry slot freed. On stop it
+keeps going until everything is sent or the shutdown deadline passes (R-70).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import posix_ipc
+
+from .._core.events import ATTEMPTS, MAX_BATCH, RETRY_DELAY_S, Outcome, RecordError, batches, classify, to_payload
+from .._core.protocol import USER_AGENT, insight_url
+from ..store.control import (
+    W_DELIVERY_STOPPED,
+    W_EVENTS_DROPPED,
+    W_EVENTS_FAILED,
+    W_EVENTS_QUEUED,
+    W_EVENTS_SENT,
+    ControlBlock,
+)
+from ..store.names import StoreNames
+from .ring import W_DROPPED, W_FLUSH_DONE, W_FLUSH_REQ, W_MALFORMED, Registry, Ring, ring_name
+
+log = logging.getLogger("featbit_shm.events")
+
+Post = Callable[[bytes], "int | None"]
+
+
+class HttpSender:
+    """POST with keep-alive, R-61 headers, 1 s connect / 2 s per attempt (R-68)."""
+
+    def __init__(self, event_base: str, secret: str, *, connect_timeout: float = 1.0, timeout: float = 2.0) -> None:
+        url = insight_url(event_base)
+        parts = urlsplit(url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port
+        self._path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self._headers = {
+            "Authorization": secret,  # the raw secret, no "Bearer" (R-61)
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": USER_AGENT,
+        }
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._connect_timeout)
+            self._conn.connect()
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(self._timeout)
+        return self._conn
+
+    def __call__(self, body: bytes) -> int | None:
+        try:
+            conn = self._connection()
+            conn.request("POST", self._path, body=body, headers=self._headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.getheader("Connection", "").lower() == "close":
+                self.close()
+            return resp.status
+        except (OSError, http.client.HTTPException) as exc:
+            log.warning("featbit_shm: insight request failed: %s", exc)
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EventPump:
+    def __init__(
+        self,
+        names: StoreNames,
+        post: Post,
+        control: ControlBlock | None = None,
+        *,
+        flush_interval: float = 1.0,
+        max_buffer: int = 10_000,
+        mode: int = 0o600,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        alive: Callable[[int], bool] = _alive,
+    ) -> None:
+        self.names = names
+        self.registry = Registry(names, mode)
+        self._post = post
+        self._control = control
+        self._flush_interval = flush_interval
+        self._max_buffer = max_buffer
+        self._clock = clock
+        self._sleep = sleep
+        self._alive = alive
+        self._rings: dict[int, Ring] = {}
+        self._buffer: list[dict[str, Any]] = []
+        self._last_send = clock()
+        # Counters continue those of a previous leader of this store.
+        self.sent = control.counter("events_sent") if control is not None else 0
+        self.failed = control.counter("events_failed") if control is not None else 0
+        self._dropped_reclaimed = control.counter("events_dropped") if control is not None else 0
+        self.malformed = 0
+        self.stopped = False  # delivery stopped by a terminal 4xx (R-68)
+
+    # ------------------------------------------------------------------ one cycle
+
+    def cycle(self, *, force: bool = False) -> bool:
+        """Drain, send what is due, reclaim dead rings. True when all is empty."""
+        flushes: list[tuple[Ring, int]] = []
+        drained_all = True
+        slots = self.registry.slots()
+        live_ids = set()
+        for slot, pid, ring_id, _state, _at in slots:
+            live_ids.add(ring_id)
+            ring = self._ring(ring_id)
+            if ring is None:
+                continue
+            requested = int(ring.words[W_FLUSH_REQ])
+            room = self._max_buffer - len(self._buffer)
+            records = ring.take(max(0, room))
+            for record in records:
+                try:
+                    self._buffer.append(to_payload(record))
+                except RecordError:
+                    ring.words[W_MALFORMED] += 1
+                    self.malformed += 1
+            ring.commit()
+            if ring.pending:
+                drained_all = False
+            elif requested > ring.words[W_FLUSH_DONE]:
+                flushes.append((ring, requested))
+            if not ring.pending and not self._alive(pid):
+                self._reclaim(slot, ring_id)
+        for ring_id in list(self._rings):
+            if ring_id not in live_ids:
+                self._rings.pop(ring_id).close()
+        due = force or bool(flushes) or self._clock() - self._last_send >= self._flush_interval
+        if self._buffer and (due or len(self._buffer) >= MAX_BATCH):
+            self._send(all_of_it=due)
+        if not self._buffer:
+            for ring, requested in flushes:
+                ring.words[W_FLUSH_DONE] = requested  # processed: sent or failed (R-69)
+        self._publish_counters()
+        return drained_all and not self._buffer
+
+    def _ring(self, ring_id: int) -> Ring | None:
+        ring = self._rings.get(ring_id)
+        if ring is None:
+            try:
+                ring = self._rings[ring_id] = Ring.open(ring_name(self.names, ring_id))
+            except Exception as exc:  # noqa: BLE001 - a vanished or damaged ring
+                log.warning("featbit_shm: cannot open event ring %d: %s", ring_id, exc)
+                return None
+        return ring
+
+    def _reclaim(self, slot: int, ring_id: int) -> None:
+        ring = self._rings.pop(ring_id, None)
+        if ring is not None:
+            self._dropped_reclaimed += int(ring.words[W_DROPPED])
+            ring.close()
+        try:
+            posix_ipc.unlink_shared_memory(ring_name(self.names, ring_id))
+        except posix_ipc.ExistentialError:
+            pass
+        self.registry.release(slot, ring_id)
+
+    def _send(self, *, all_of_it: bool) -> None:
+        objects = self._buffer
+        if not all_of_it:
+            cut = len(objects) - len(objects) % MAX_BATCH
+            objects, self._buffer = objects[:cut], objects[cut:]
+        else:
+            self._buffer = []
+        for batch in batches(objects):
+            if self.stopped:
+                self.failed += len(batch)
+                continue
+            body = json.dumps(batch, separators=(",", ":")).encode()
+            for attempt in range(ATTEMPTS):
+                outcome = classify(self._post(body))
+                if outcome is Outcome.SUCCESS:
+                    self.sent += len(batch)
+                    break
+                if outcome is Outcome.TERMINAL:
+                    log.error("featbit_shm: FeatBit refused events (terminal 4xx); event delivery stops (R-68)")
+                    self.stopped = True
+                    self.failed += len(batch)
+                    break
+                if attempt + 1 < ATTEMPTS:
+                    self._sleep(RETRY_DELAY_S)
+            else:
+                self.failed += len(batch)
+        self._last_send = self._clock()
+
+    def _publish_counters(self) -> None:
+        block = self._control
+        if block is None:
+            return
+        dropped, queued = self._dropped_reclaimed, 0
+        for ring in self._rings.values():
+            dropped += int(ring.words[W_DROPPED])
+            queued += ring.pending
+        block.set_word(W_EVENTS_SENT, self.sent)
+        block.set_word(W_EVENTS_FAILED, self.failed)
+        block.set_word(W_EVENTS_DROPPED, dropped)
+        block.set_word(W_EVENTS_QUEUED, queued + len(self._buffer))
+        block.set_word(W_DELIVERY_STOPPED, 1 if self.stopped else 0)
+
+    # ------------------------------------------------------------------ thread
+
+    def run(self, stop: threading.Event, shutdown_timeout: float = 5.0) -> None:
+        while not stop.is_set():
+            try:
+                self.cycle()
+            except Exception:
+                log.exception("featbit_shm: event pump cycle failed")
+            stop.wait(0.05)
+        self.drain(shutdown_timeout)
+
+    def drain(self, timeout: float) -> bool:
+        """Send everything queued, within ``timeout`` (R-70). True when all went out."""
+        deadline = self._clock() + timeout
+        while self._clock() < deadline:
+            if self.cycle(force=True):
+                return True
+        return False
+
+    def close(self) -> None:
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
+        self.registry.close()

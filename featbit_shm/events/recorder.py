@@ -1,0 +1,131 @@
+"""The worker side of events: record into this process's ring, ask for flushes.
+
+One :class:`EventRecorder` per client. The ring is claimed on the first
+event, not at construction, so a client made in a server's master before it
+forks workers (``preload_app``) claims nothing there; after a fork the child
+forgets the parent's ring (``os.register_at_fork``) and claims its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+
+from .._core.events import encode_eval, encode_identify, encode_metrics
+from ..store.names import StoreNames
+from .ring import W_FLUSH_DONE, W_FLUSH_REQ, Registry, Ring
+
+log = logging.getLogger("featbit_shm.events")
+
+_recorders: weakref.WeakSet[EventRecorder] = weakref.WeakSet()
+
+
+class EventRecorder:
+    def __init__(self, names: StoreNames, *, ring_bytes: int, mode: int = 0o600) -> None:
+        self._registry = Registry(names, mode)
+        self._ring_bytes = ring_bytes
+        self._ring: Ring | None = None
+        self._failed_at = 0.0
+        self._lock = threading.Lock()
+        self._packer = msgpack.Packer(autoreset=True)
+        self.closed = False
+        _recorders.add(self)
+
+    def _claim(self) -> Ring | None:
+        # Called with the lock held. A failed claim (full /dev/shm, all slots
+        # taken) is retried at most every 5 s and logged each time.
+        now = time.monotonic()
+        if now - self._failed_at < 5.0:
+            return None
+        try:
+            self._ring = self._registry.claim(self._ring_bytes)
+        except Exception as exc:  # noqa: BLE001 - recording never raises
+            self._failed_at = now
+            log.error("featbit_shm: cannot claim an event ring, events are dropped: %s", exc)
+            return None
+        return self._ring
+
+    def _append(self, record: bytes) -> bool:
+        with self._lock:
+            ring = self._ring or self._claim()
+            return ring.append(record) if ring is not None else False
+
+    def record_eval(self, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bool:
+        if self.closed:
+            return False
+        try:
+            with self._lock:
+                record = encode_eval(self._packer, int(time.time() * 1000), user, flag_key, variation_id, value, expt)
+                ring = self._ring or self._claim()
+                return ring.append(record) if ring is not None else False
+        except Exception:  # noqa: BLE001 - an unpackable user value: drop this event, never raise
+            return False
+
+    def record_metrics(self, user: Mapping[str, Any], metrics: Sequence[tuple[str, float]]) -> bool:
+        if self.closed:
+            return False
+        try:
+            with self._lock:
+                record = encode_metrics(self._packer, int(time.time() * 1000), user, metrics)
+            return self._append(record)
+        except Exception:  # noqa: BLE001
+            return False
+
+    def record_identify(self, user: Mapping[str, Any]) -> bool:
+        if self.closed:
+            return False
+        try:
+            with self._lock:
+                record = encode_identify(self._packer, int(time.time() * 1000), user)
+            return self._append(record)
+        except Exception:  # noqa: BLE001
+            return False
+
+    # ------------------------------------------------------------------ flush (R-69)
+
+    def flush(self) -> int:
+        """Ask the sync process to send this process's events now; returns the request number."""
+        with self._lock:
+            ring = self._ring
+            if ring is None:
+                return 0
+            ring.words[W_FLUSH_REQ] += 1
+            return int(ring.words[W_FLUSH_REQ])
+
+    def flush_and_wait(self, timeout: float) -> bool:
+        """True once every event recorded before the call was sent or failed
+        (R-69); False when ``timeout`` ran out first."""
+        request = self.flush()
+        ring = self._ring
+        if request == 0 or ring is None:
+            return True
+        deadline = time.monotonic() + max(0.0, timeout)
+        while ring.words[W_FLUSH_DONE] < request:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def stop(self) -> None:
+        """No more events from this recorder (R-66: nothing after close)."""
+        self.closed = True
+
+    def _forget_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._ring = None  # the parent's ring: never write into it
+        self._packer = msgpack.Packer(autoreset=True)
+
+
+def _after_fork_in_child() -> None:
+    for recorder in list(_recorders):
+        recorder._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,291 @@
+"""Per-worker event rings in shared memory, and the registry that hands them out.
+
+Theory of operation
+-------------------
+
+Each worker process owns one ring (``fbshm.<hash>.r<id>``): it is the only
+producer; the sync process is the only consumer. Recording an event is a
+bounds check, a memcpy and one 8-byte store -- no syscall, no lock shared
+between processes, never a wait. A full ring drops the NEW event and counts
+it (R-67).
+
+Ring layout: a 128-byte header of little-endian u64 words, then ``capacity``
+data bytes::
+
+    word  field              written by
+       0  magic "FBSHMRNG"   creator
+       1  layout             creator
+       2  capacity           creator (multiple of 8)
+       3  head               producer: bytes ever written (monotonic)
+       4  tail               consumer: bytes ever consumed (monotonic)
+       5  dropped            producer: events refused, ring full
+       6  written            producer: events written
+       7  pid                producer
+       8  flush requested    producer: incremented by flush()/flush_and_wait()
+       9  flush done         consumer: the last request it has processed
+      10  malformed          consumer: records it could not decode
+      11  consumed           consumer: records taken out
+
+A record is a u32 length and that many bytes, padded to 8. A record that
+would run past the end is written at offset 0 instead, after a u32
+``0xFFFFFFFF`` wrap marker; the skipped bytes count as written.
+
+Ordering: the producer writes the record, THEN stores ``head``; the consumer
+reads ``head``, THEN the bytes below it, and stores ``tail`` only after it
+has copied them out. So neither side ever reads bytes the other may still be
+writing (x86-64 keeps stores in order; the consumer validates every length
+and skips a ring whose bytes make no sense, counting it).
+
+Registry (``fbshm.<hash>.reg``): 256 slots of (pid, ring id, state, time),
+changed only under a file lock. A worker claims a slot on its first event
+(after a fork the child claims its own: it never writes its parent's ring).
+The sync process drains every claimed ring; once a ring's pid is dead and
+the ring is empty, it unlinks the ring and frees the slot -- so a worker
+killed with SIGKILL loses nothing it had already recorded.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from typing import Final
+
+import filelock
+import posix_ipc
+
+from ..errors import SharedMemoryError
+from ..store.names import StoreNames
+from ..store.writer import create_object
+
+MAGIC: Final = b"FBSHMRNG"
+LAYOUT: Final = 1
+HEADER: Final = 128
+WRAP: Final = 0xFFFFFFFF
+DEFAULT_RING_BYTES: Final = 16 * 1024 * 1024  # ~10 s of 10k events/s of ~150-byte records
+_LEN: Final = struct.Struct("<I")
+
+W_CAP, W_HEAD, W_TAIL, W_DROPPED, W_WRITTEN, W_PID, W_FLUSH_REQ, W_FLUSH_DONE, W_MALFORMED, W_CONSUMED = range(2, 12)
+
+REG_MAGIC: Final = b"FBSHMREG"
+REG_SLOTS: Final = 256
+REG_HEADER: Final = 64
+_SLOT: Final = struct.Struct("<qQQd")  # pid, ring id, state, claimed at
+REG_SIZE: Final = REG_HEADER + REG_SLOTS * _SLOT.size
+FREE, CLAIMED = 0, 1
+
+
+def ring_name(names: StoreNames, ring_id: int) -> str:
+    return names.ring(ring_id)
+
+
+def registry_name(names: StoreNames) -> str:
+    return names.registry
+
+
+class Ring:
+    """A mapped ring; the producer and consumer use different methods."""
+
+    def __init__(self, mm: mmap.mmap, name: str) -> None:
+        self.name = name
+        self._mm = mm
+        self.words = memoryview(mm)[:HEADER].cast("Q")
+        if bytes(mm[:8]) != MAGIC or self.words[1] != LAYOUT:
+            raise SharedMemoryError(f"{name} is not an event ring")
+        self.capacity = int(self.words[W_CAP])
+        if self.capacity <= 0 or self.capacity % 8 or HEADER + self.capacity > len(mm):
+            raise SharedMemoryError(f"{name} has a bad capacity")
+        self.data = memoryview(mm)[HEADER : HEADER + self.capacity]
+        self._taking = 0
+        self._taken = 0
+
+    @classmethod
+    def create(cls, names: StoreNames, ring_id: int, capacity: int, mode: int) -> Ring:
+        capacity = max(4096, capacity - capacity % 8)
+        name = ring_name(names, ring_id)
+        try:
+            shm = create_object(name, HEADER + capacity, mode=mode, gid=None, fallocate=os.posix_fallocate)
+        except posix_ipc.ExistentialError:
+            posix_ipc.unlink_shared_memory(name)  # a stale ring with a recycled id
+            shm = create_object(name, HEADER + capacity, mode=mode, gid=None, fallocate=os.posix_fallocate)
+        try:
+            mm = mmap.mmap(shm.fd, HEADER + capacity)
+        finally:
+            shm.close_fd()
+        mm[:8] = MAGIC
+        words = memoryview(mm)[:HEADER].cast("Q")
+        words[1] = LAYOUT
+        words[W_CAP] = capacity
+        words[W_PID] = os.getpid()
+        words.release()
+        return cls(mm, name)
+
+    @classmethod
+    def open(cls, name: str) -> Ring:
+        shm = posix_ipc.SharedMemory(name, 0)
+        try:
+            size = os.fstat(shm.fd).st_size
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            shm.close_fd()
+        return cls(mm, name)
+
+    # ------------------------------------------------------------------ producer
+
+    def append(self, record: bytes) -> bool:
+        """Write one record; False (and counted) when it does not fit (R-67)."""
+        n = len(record)
+        total = (n + 11) & ~7  # u32 length + record, padded to 8
+        w = self.words
+        cap = self.capacity
+        head = w[W_HEAD]
+        pos = head % cap
+        waste = cap - pos if pos + total > cap else 0
+        if head + waste + total - w[W_TAIL] > cap or total > cap:
+            w[W_DROPPED] += 1
+            return False
+        data = self.data
+        if waste:
+            _LEN.pack_into(data, pos, WRAP)
+            pos = 0
+        _LEN.pack_into(data, pos, n)
+        data[pos + 4 : pos + 4 + n] = record
+        # The record is complete; only now may the consumer see it.
+        w[W_HEAD] = head + waste + total
+        w[W_WRITTEN] += 1
+        return True
+
+    # ------------------------------------------------------------------ consumer
+
+    def take(self, limit: int) -> list[bytes]:
+        """Copy out up to ``limit`` records; :meth:`commit` frees their space."""
+        w = self.words
+        cap = self.capacity
+        head = w[W_HEAD]
+        tail = w[W_TAIL]
+        data = self.data
+        records: list[bytes] = []
+        taken = 0
+        while tail < head and taken < limit:
+            pos = tail % cap
+            if cap - pos < 4:
+                tail += cap - pos
+                continue
+            n = _LEN.unpack_from(data, pos)[0]
+            if n == WRAP:
+                tail += cap - pos
+                continue
+            total = (n + 11) & ~7
+            if pos + total > cap or tail + total > head:
+                # Nonsense from a producer that died mid-write or a damaged
+                # ring: skip everything written so far, and count it.
+                w[W_MALFORMED] += 1
+                tail = head
+                break
+            records.append(bytes(data[pos + 4 : pos + 4 + n]))
+            tail += total
+            taken += 1
+        self._taking = tail
+        self._taken = taken
+        return records
+
+    def commit(self) -> None:
+        """Free the space of the records the last :meth:`take` produced."""
+        self.words[W_TAIL] = self._taking
+        self.words[W_CONSUMED] += self._taken
+        self._taken = 0
+
+    @property
+    def pending(self) -> int:
+        return int(self.words[W_WRITTEN] - self.words[W_CONSUMED])
+
+    def close(self) -> None:
+        for view in (self.words, self.data):
+            view.release()
+        self._mm.close()
+
+
+class Registry:
+    """The table of claimed rings (one per worker process)."""
+
+    def __init__(self, names: StoreNames, mode: int = 0o600) -> None:
+        self.names = names
+        self.name = registry_name(names)
+        lock_path = names.lock_path + ".registry"
+        os.makedirs(os.path.dirname(lock_path), mode=0o700, exist_ok=True)
+        self.lock = filelock.FileLock(lock_path, thread_local=False)
+        self._mode = mode
+        self._mm: mmap.mmap | None = None
+
+    def _map(self) -> mmap.mmap:
+        if self._mm is not None:
+            return self._mm
+        try:
+            shm = create_object(self.name, REG_SIZE, mode=self._mode, gid=None, fallocate=os.posix_fallocate)
+            fresh = True
+        except posix_ipc.ExistentialError:
+            shm = posix_ipc.SharedMemory(self.name, 0)
+            fresh = False
+        try:
+            if os.fstat(shm.fd).st_size < REG_SIZE:
+                raise SharedMemoryError(f"{self.name} is too small to be a registry")
+            mm = mmap.mmap(shm.fd, REG_SIZE)
+        finally:
+            shm.close_fd()
+        if fresh or bytes(mm[:8]) != REG_MAGIC:
+            mm[:] = bytes(REG_SIZE)
+            mm[:8] = REG_MAGIC
+        self._mm = mm
+        return mm
+
+    def slots(self) -> list[tuple[int, int, int, int, float]]:
+        """(slot, pid, ring id, state, claimed at) of every claimed slot."""
+        mm = self._map()
+        out = []
+        for i in range(REG_SLOTS):
+            pid, ring_id, state, at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+            if state == CLAIMED:
+                out.append((i, pid, ring_id, state, at))
+        return out
+
+    def claim(self, capacity: int) -> Ring:
+        """A new ring for this process, registered under the lock."""
+        with self.lock:
+            mm = self._map()
+            for i in range(REG_SLOTS):
+                pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+                if state == FREE:
+                    break
+            else:
+                raise SharedMemoryError(f"all {REG_SLOTS} event rings are claimed")
+            next_id = struct.unpack_from("<Q", mm, 8)[0] + 1
+            struct.pack_into("<Q", mm, 8, next_id)
+            ring = Ring.create(self.names, next_id, capacity, self._mode)
+            _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), next_id, CLAIMED, time.time())
+            return ring
+
+    def release(self, slot: int, ring_id: int) -> None:
+        """Free a slot whose ring was drained and unlinked (sync process)."""
+        with self.lock:
+            mm = self._map()
+            _pid, current, state, _at = _SLOT.unpack_from(mm, REG_HEADER + slot * _SLOT.size)
+            if state == CLAIMED and current == ring_id:
+                _SLOT.pack_into(mm, REG_HEADER + slot * _SLOT.size, 0, 0, FREE, 0.0)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+    def unlink_if_empty(self) -> bool:
+        """Remove the registry when no ring is claimed (a clean shutdown)."""
+        with self.lock:
+            if self.slots():
+                return False
+            self.close()
+            try:
+                posix_ipc.unlink_shared_memory(self.name)
+            except posix_ipc.ExistentialError:
+                pass
+            return True

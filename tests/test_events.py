@@ -1,0 +1,411 @@
+"""Events: rings, payloads, delivery rules and real-process delivery (issue 5; R-61..R-70)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+
+from featbit_shm import Config, FBClient
+from featbit_shm._core.events import (
+    Outcome,
+    RecordError,
+    classify,
+    encode_eval,
+    encode_identify,
+    encode_metrics,
+    to_payload,
+)
+from featbit_shm.events.pump import EventPump
+from featbit_shm.events.recorder import EventRecorder
+from featbit_shm.events.ring import W_DROPPED, W_MALFORMED, Registry, Ring
+from featbit_shm.store.control import SIZE, ControlBlock
+from featbit_shm.store.names import StoreNames
+from featbit_shm.testing import builders as b
+from featbit_shm.testing.server import FeatBitStandIn
+
+from .sync_helpers import SyncFixture, eventually, processes_of, sync_env
+
+PACKER = msgpack.Packer(autoreset=True)
+
+
+@pytest.fixture
+def names() -> Iterator[StoreNames]:
+    n = StoreNames.for_env("", f"ev-{uuid.uuid4().hex[:10]}")
+    yield n
+    import posix_ipc
+
+    for name in n.all_objects():
+        try:
+            posix_ipc.unlink_shared_memory(name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+# --------------------------------------------------------------------------- payloads (golden, R-62..R-64)
+
+
+def test_r62_golden_evaluation_payload() -> None:
+    record = encode_eval(PACKER, 1700000000123, {"key": "u1-Id", "name": "u1-name", "custom": "value", "country": "us"}, "hello", "v1Id", "v1", True)
+    assert to_payload(record) == {
+        "user": {"keyId": "u1-Id", "name": "u1-name", "customizedProperties": [{"name": "custom", "value": "value"}, {"name": "country", "value": "us"}]},
+        "variations": [{"featureFlagKey": "hello", "variation": {"id": "v1Id", "value": "v1"}, "timestamp": 1700000000123, "sendToExperiment": True}],
+    }
+
+
+def test_r63_golden_metric_payload_and_r64_several_metrics_in_one_object() -> None:
+    record = encode_metrics(PACKER, 5, {"key": "u", "vip": True, "age": 3, "none": None}, [("click-button", 1.5), ("buy", 2)])
+    payload = to_payload(record)
+    assert payload["user"] == {"keyId": "u", "name": "", "customizedProperties": [{"name": "vip", "value": "true"}, {"name": "age", "value": "3"}]}
+    assert payload["metrics"] == [
+        {"appType": "pythonserverside", "route": "index/metric", "type": "CustomEvent", "eventName": "click-button", "numericValue": 1.5, "timestamp": 5},
+        {"appType": "pythonserverside", "route": "index/metric", "type": "CustomEvent", "eventName": "buy", "numericValue": 2.0, "timestamp": 5},
+    ]
+
+
+def test_r64_identify_payload_is_the_user_alone() -> None:
+    assert to_payload(encode_identify(PACKER, 9, {"keyId": "k", "name": "N"})) == {"user": {"keyId": "k", "name": "N", "customizedProperties": []}}
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xc1", msgpack.packb([9, 1, {"key": "u"}]), msgpack.packb([1, 1, {"name": "no key"}, "f", "v", "x", True]), msgpack.packb("str")])
+def test_malformed_records_are_record_errors(raw: bytes) -> None:
+    with pytest.raises(RecordError):
+        to_payload(raw)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(200, Outcome.SUCCESS), (204, Outcome.SUCCESS), (400, Outcome.RETRY), (408, Outcome.RETRY), (429, Outcome.RETRY), (500, Outcome.RETRY), (503, Outcome.RETRY), (302, Outcome.RETRY), (None, Outcome.RETRY), (401, Outcome.TERMINAL), (403, Outcome.TERMINAL), (404, Outcome.TERMINAL)],
+)
+def test_r68_response_classification(status: int | None, outcome: Outcome) -> None:
+    assert classify(status) is outcome
+
+
+# --------------------------------------------------------------------------- rings
+
+
+def test_ring_wraps_and_keeps_order(names: StoreNames) -> None:
+    reg = Registry(names)
+    ring = reg.claim(4096)
+    consumer = Ring.open(ring.name)
+    sent, got = [], []
+    for i in range(2000):
+        record = f"event-{i}-".encode() * (1 + i % 7)
+        if ring.append(record):
+            sent.append(record)
+        if i % 13 == 0:
+            got += consumer.take(1000)
+            consumer.commit()
+    got += consumer.take(10_000)
+    consumer.commit()
+    assert got == sent and len(sent) > 500
+    assert ring.words[W_DROPPED] == 2000 - len(sent)
+
+
+def test_r67_full_ring_drops_the_new_event_and_counts_it(names: StoreNames) -> None:
+    ring = Registry(names).claim(4096)
+    appended = 0
+    while ring.append(b"x" * 100):
+        appended += 1
+    assert ring.append(b"x" * 100) is False
+    assert ring.words[W_DROPPED] == 2
+    consumer = Ring.open(ring.name)
+    records = consumer.take(10_000)
+    assert records == [b"x" * 100] * appended  # the old events were kept, not overwritten
+
+
+def test_fork_child_claims_its_own_ring(names: StoreNames) -> None:
+    recorder = EventRecorder(names, ring_bytes=8192)
+    assert recorder.record_identify({"key": "parent"})
+    parent_ring = recorder._ring
+    recorder._forget_after_fork()  # what os.register_at_fork runs in a child (injected)
+    assert recorder.record_identify({"key": "child"})
+    assert recorder._ring is not parent_ring and recorder._ring.name != parent_ring.name
+    assert len(Registry(names).slots()) == 2
+
+
+# --------------------------------------------------------------------------- pump rules with a recording post (no network)
+
+
+class Recorder:
+    def __init__(self, statuses: list[int | None] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.bodies: list[list[dict[str, Any]]] = []
+
+    def __call__(self, body: bytes) -> int | None:
+        status = self.statuses.pop(0) if self.statuses else 200
+        self.bodies.append(json.loads(body))
+        return status
+
+
+def record_evals(names: StoreNames, n: int, prefix: str = "u") -> EventRecorder:
+    recorder = EventRecorder(names, ring_bytes=1 << 20)
+    for i in range(n):
+        assert recorder.record_eval({"key": f"{prefix}{i}"}, "f", "v", "val", False)
+    return recorder
+
+
+def test_r67_batches_of_at_most_50(names: StoreNames) -> None:
+    record_evals(names, 120)
+    post = Recorder()
+    pump = EventPump(names, post, sleep=lambda s: None)
+    assert pump.drain(5)
+    assert [len(body) for body in post.bodies] == [50, 50, 20]
+    assert pump.sent == 120
+    pump.close()
+
+
+def test_r68_500_then_200_is_retried_once_200ms_apart(names: StoreNames) -> None:
+    record_evals(names, 10)
+    post = Recorder([500, 200])
+    slept: list[float] = []
+    pump = EventPump(names, post, sleep=slept.append)
+    assert pump.drain(5)
+    assert len(post.bodies) == 2 and post.bodies[0] == post.bodies[1]  # same payload, same timestamps (R-65)
+    assert slept == [0.2] and pump.sent == 10 and pump.failed == 0
+    pump.close()
+
+
+def test_r68_two_failures_count_as_failed(names: StoreNames) -> None:
+    record_evals(names, 10)
+    post = Recorder([503, None])
+    pump = EventPump(names, post, sleep=lambda s: None)
+    pump.drain(5)
+    assert len(post.bodies) == 2 and pump.failed == 10 and pump.sent == 0
+    pump.close()
+
+
+def test_r68_401_stops_delivery_for_good(names: StoreNames) -> None:
+    control = ControlBlock(bytearray(SIZE))
+    control.initialize()
+    record_evals(names, 60)
+    post = Recorder([401])
+    pump = EventPump(names, post, control, sleep=lambda s: None)
+    pump.drain(5)
+    assert len(post.bodies) == 1  # the second slice is never attempted
+    assert pump.stopped and control.counter("delivery_stopped") == 1
+    assert (pump.sent, pump.failed) == (0, 60)
+    record_evals(names, 5, prefix="later")
+    pump.drain(5)
+    assert len(post.bodies) == 1
+    pump.close()
+
+
+def test_malformed_records_are_skipped_counted_and_the_rest_delivered(names: StoreNames) -> None:
+    recorder = record_evals(names, 3)
+    ring = recorder._ring
+    for garbage in (b"\xc1\xc1", os.urandom(40), msgpack.packb({"not": "a record"})):
+        assert ring.append(garbage)
+    recorder.record_eval({"key": "after"}, "f", "v", "val", True)
+    post = Recorder()
+    pump = EventPump(names, post, sleep=lambda s: None)
+    pump.drain(5)
+    keys = [o["user"]["keyId"] for body in post.bodies for o in body]
+    assert keys == ["u0", "u1", "u2", "after"]
+    assert pump.malformed == 3 and ring.words[W_MALFORMED] == 3
+    pump.close()
+
+
+def test_dead_process_ring_is_drained_then_reclaimed(names: StoreNames) -> None:
+    code = f"""
+import sys
+from featbit_shm.events.recorder import EventRecorder
+from featbit_shm.store.names import StoreNames
+r = EventRecorder(StoreNames({names.tag!r}), ring_bytes=1 << 20)
+for i in range(1000):
+    r.record_eval({{"key": "k%d" % i}}, "f", "v", "val", False)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    post = Recorder()
+    pump = EventPump(names, post, sleep=lambda s: None)
+    assert pump.drain(5)
+    assert sorted(int(o["user"]["keyId"][1:]) for body in post.bodies for o in body) == list(range(1000))
+    assert Registry(names).slots() == [] and names.existing("r") == []
+    pump.close()
+
+
+# --------------------------------------------------------------------------- real processes against the stand-in
+
+
+@pytest.fixture
+def server() -> Iterator[FeatBitStandIn]:
+    with FeatBitStandIn(flags=[b.flag("f", variations=["on", "off"], variation_type="string", updated_at=1000)]) as s:
+        yield s
+
+
+WORKER = r"""
+import os, sys, time
+from featbit_shm import Config, FBClient
+secret, event_url, streaming_url, namespace, prefix, count = sys.argv[1:7]
+client = FBClient(Config(secret, event_url, streaming_url, namespace=namespace), start_wait=20)
+assert client.initialize
+for i in range(int(count)):
+    assert client.variation("f", {"key": f"{prefix}-{i}", "name": "n"}, "d") == "on"
+print("recorded", flush=True)
+if sys.argv[7] == "wait":
+    print("flushed" if client.flush_and_wait(60) else "timeout", flush=True)
+else:
+    sys.stdin.readline()
+"""
+
+
+def start_worker(env: SyncFixture, prefix: str, count: int, mode: str = "wait") -> subprocess.Popen[str]:
+    s = env.server
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, s.secret, s.event_url, s.streaming_url, env.namespace, prefix, str(count), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def received_keys(server: FeatBitStandIn, prefix: str) -> list[str]:
+    return [e["user"]["keyId"] for e in list(server.events) if e["user"]["keyId"].startswith(prefix + "-")]
+
+
+def test_100k_events_from_4_processes_each_received_exactly_once(server: FeatBitStandIn) -> None:
+    with sync_env(server) as env:
+        env.spawn()
+        workers = [start_worker(env, f"w{i}", 25_000) for i in range(4)]
+        outputs = [w.communicate(timeout=240)[0].split() for w in workers]
+        assert all(out == ["recorded", "flushed"] for out in outputs), outputs
+        for i in range(4):
+            keys = received_keys(server, f"w{i}")
+            assert len(keys) == 25_000 and len(set(keys)) == 25_000
+        stamps = [e["variations"][0]["timestamp"] for e in server.events]
+        assert all(isinstance(t, int) and t > 1_600_000_000_000 for t in stamps)
+
+
+def test_worker_sigkilled_after_1000_events_loses_none(server: FeatBitStandIn) -> None:
+    with sync_env(server) as env:
+        env.spawn()
+        worker = start_worker(env, "killed", 1000, mode="hold")
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "recorded"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        assert eventually(lambda: len(received_keys(server, "killed")) >= 1000, timeout=30)
+        assert sorted(received_keys(server, "killed")) == sorted(f"killed-{i}" for i in range(1000))
+        assert eventually(lambda: env.names.existing("r") == [], timeout=10)  # its ring was reclaimed
+
+
+def test_graceful_stop_with_5000_events_queued_delivers_them_all(server: FeatBitStandIn) -> None:
+    with sync_env(server) as env:
+        proc = env.spawn()
+        reader = env.reader()
+        assert eventually(lambda: env.leader_ready(reader))
+        os.kill(proc.pid, signal.SIGSTOP)  # the pump cannot drain: events stay queued in the ring
+        worker = start_worker(env, "queued", 5000, mode="hold")
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "recorded"
+        assert received_keys(server, "queued") == []
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        started = time.monotonic()
+        assert proc.wait(30) == 0
+        assert time.monotonic() - started < 10  # R-70: a bounded shutdown
+        assert len(set(received_keys(server, "queued"))) == 5000
+        worker.kill()
+        worker.wait(10)
+
+
+def test_sync_dead_events_kept_until_ring_fills_then_delivered_by_new_leader(server: FeatBitStandIn) -> None:
+    with sync_env(server) as env:
+        env.spawn()
+        reader = env.reader()
+        assert eventually(lambda: env.leader_ready(reader))
+        # A worker in this process, with a small ring, while no sync process runs.
+        client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=env.namespace, event_ring_bytes=64 * 1024), start_wait=20)
+        for pid in processes_of(env.namespace):
+            os.kill(pid, signal.SIGKILL)
+        assert eventually(lambda: processes_of(env.namespace) == [])
+        recorded = 3000
+        started = time.perf_counter()
+        for i in range(recorded):
+            assert client.variation("f", {"key": f"dead-{i}"}, "d") == "on"  # evaluation goes on
+        per_call_us = (time.perf_counter() - started) / recorded * 1e6
+        ring = client._events._ring
+        dropped = int(ring.words[W_DROPPED])
+        assert 0 < dropped < recorded  # the ring filled, the NEW events were dropped and counted
+        env.spawn()  # a new leader drains what was kept
+        assert eventually(lambda: len(received_keys(server, "dead")) == recorded - dropped, timeout=30)
+        keys = received_keys(server, "dead")
+        assert keys == [f"dead-{i}" for i in range(recorded - dropped)]  # the oldest were kept, in order
+        status = env.reader()
+        assert eventually(lambda: status.control is not None and status.control.counter("events_dropped") >= dropped)
+        print(f"\nsync dead: {per_call_us:.1f} us per variation, {dropped} of {recorded} dropped (ring full)")
+        client.stop()
+
+
+def test_401_stops_delivery_and_evaluation_is_unaffected(server: FeatBitStandIn) -> None:
+    with sync_env(server) as env:
+        env.spawn()
+        client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=env.namespace), start_wait=20)
+        server.fail_insight(401)
+        client.variation("f", {"key": "first"}, "d")
+        assert client.flush_and_wait(10)  # processed: failed, not pending
+        control = env.reader().control
+        assert eventually(lambda: control.counter("delivery_stopped") == 1)
+        for i in range(100):
+            assert client.variation("f", {"key": f"after-{i}"}, "d") == "on"
+        client.flush_and_wait(10)
+        assert received_keys(server, "after") == []
+        assert len([r for r in server.insight_requests if r["status"] == 401]) == 1
+        client.stop()
+
+
+def test_events_semantics_through_the_client(server: FeatBitStandIn) -> None:
+    """R-66: one event per successful evaluation after conversion; none for
+    fallbacks, WrongType or bulk; track/identify record; nothing after stop."""
+    server.set_data([b.flag("f", variations=["on", "off"], variation_type="string", updated_at=1000), b.flag("n", variations=["abc", "x"], variation_type="number", updated_at=1000)])
+    with sync_env(server) as env:
+        env.spawn()
+        client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=env.namespace), start_wait=20)
+        user = {"key": "sem", "name": "S"}
+        client.variation("f", user, "d")
+        client.variation_detail("f", user, "d")
+        client.string_variation("f", user, "d")
+        client.variation("missing", user, "d")  # fallback: no event
+        client.variation("n", user, 0)  # WrongType: no event
+        client.variation("f", {"key": ""}, "d")  # invalid user: no event
+        client.get_all_latest_flag_variations(user)  # bulk: no event
+        client.track_metric(user, "clicked", 2)
+        client.track_metrics(user, {"a": 1, "b": 2})
+        client.identify({"key": "who", "name": "W"})
+        assert client.flush_and_wait(10)
+        mine = [e for e in server.events if e["user"]["keyId"] in ("sem", "who")]
+        evals = [e for e in mine if "variations" in e]
+        metrics = [e for e in mine if "metrics" in e]
+        identifies = [e for e in mine if set(e) == {"user"}]
+        assert len(evals) == 3 and all(e["variations"][0]["featureFlagKey"] == "f" for e in evals)
+        assert [len(m["metrics"]) for m in metrics] == [1, 2]
+        assert len(identifies) == 1
+        client.stop()
+        client.variation("f", user, "d")
+        time.sleep(1.5)
+        assert len([e for e in server.events if e["user"]["keyId"] == "sem"]) == 5
+
+
+def test_no_events_offline_or_when_disabled(server: FeatBitStandIn) -> None:
+    offline = FBClient(Config(offline=True))
+    assert offline._events is None
+    offline.track_metric({"key": "u"}, "x")  # a no-op, never an error
+    assert offline.flush_and_wait(0.1) is True
+    with sync_env(server) as env:
+        env.spawn(disable_events=True)
+        client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=env.namespace, disable_events=True), start_wait=20)
+        assert client._events is None
+        assert client.variation("f", {"key": "u"}, "d") == "on"
+        assert env.names.existing("r") == []
