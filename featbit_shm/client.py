@@ -292,16 +292,17 @@ class FBClient:
             u = make_user(user)
             events = self._events
             var = flag.static
-            if var is None or events is not None:
+            expt: Any = flag.static_expt
+            if var is None or (expt is None and events is not None):
                 decision = evaluate(flag, u, view.segment)
-                var = decision[1]
+                var, expt = decision[1], decision[4]
                 if var is None:
                     return default
             value = var.typed if not var.reparse else var.converted()
             if value is WRONG_TYPE:
                 return default
             if events is not None:  # one event per successful evaluation, after conversion
-                events.record_eval(user, key, var.id, var.value, send_to_experiment(decision[4]))
+                events.record_eval(user, key, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt))
             return value
         except Exception:  # noqa: BLE001 - evaluation never raises (STYLE 6)
             return default

@@ -76,7 +76,7 @@ def test_r64_identify_payload_is_the_user_alone() -> None:
     assert to_payload(encode_identify(PACKER, 9, {"keyId": "k", "name": "N"})) == {"user": {"keyId": "k", "name": "N", "customizedProperties": []}}
 
 
-@pytest.mark.parametrize("raw", [b"", b"\xc1", msgpack.packb([9, 1, {"key": "u"}]), msgpack.packb([1, 1, {"name": "no key"}, "f", "v", "x", True]), msgpack.packb("str")])
+@pytest.mark.parametrize("raw", [b"", b"\x00\x00\x00\x00", b"\x01\x00\x00\x00\xc1", b"\x03\x00\x00\x00\x01\x00\x90"])
 def test_malformed_records_are_record_errors(raw: bytes) -> None:
     with pytest.raises(RecordError):
         to_payload(raw)
@@ -100,7 +100,7 @@ def test_ring_wraps_and_keeps_order(names: StoreNames) -> None:
     sent, got = [], []
     for i in range(2000):
         record = f"event-{i}-".encode() * (1 + i % 7)
-        if ring.append(record):
+        if ring.append_record(record):
             sent.append(record)
         if i % 13 == 0:
             got += consumer.take(1000)
@@ -114,9 +114,9 @@ def test_ring_wraps_and_keeps_order(names: StoreNames) -> None:
 def test_r67_full_ring_drops_the_new_event_and_counts_it(names: StoreNames) -> None:
     ring = Registry(names).claim(4096)
     appended = 0
-    while ring.append(b"x" * 100):
+    while ring.append_record(b"x" * 100):
         appended += 1
-    assert ring.append(b"x" * 100) is False
+    assert ring.append_record(b"x" * 100) is False
     assert ring.words[W_DROPPED] == 2
     consumer = Ring.open(ring.name)
     records = consumer.take(10_000)
@@ -204,7 +204,7 @@ def test_malformed_records_are_skipped_counted_and_the_rest_delivered(names: Sto
     recorder = record_evals(names, 3)
     ring = recorder._ring
     for garbage in (b"\xc1\xc1", os.urandom(40), msgpack.packb({"not": "a record"})):
-        assert ring.append(garbage)
+        assert ring.append_record(garbage)
     recorder.record_eval({"key": "after"}, "f", "v", "val", True)
     post = Recorder()
     pump = EventPump(names, post, sleep=lambda s: None)
@@ -409,3 +409,14 @@ def test_no_events_offline_or_when_disabled(server: FeatBitStandIn) -> None:
         assert client._events is None
         assert client.variation("f", {"key": "u"}, "d") == "on"
         assert env.names.existing("r") == []
+
+
+@pytest.mark.parametrize(
+    ("head", "user"),
+    [((9, 1), {"key": "u"}), ((1, 1, "f", "v", "x", True), {"name": "no key"}), ((1, True, "f", "v", "x", True), {"key": "u"}), ((2, 1, [["m", "NaN-string"]]), {"key": "u"})],
+)
+def test_semantically_malformed_records_are_record_errors(head: tuple, user: dict) -> None:  # type: ignore[type-arg]
+    from featbit_shm._core.events import frame
+
+    with pytest.raises(RecordError):
+        to_payload(frame(PACKER, head, user))

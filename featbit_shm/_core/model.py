@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from .operators import Test, compile_rule
 from .results import CONVERTERS, WRONG_TYPE, to_str
-from .rollout import empty_range, experiment_upper, whole_range
+from .rollout import WHOLE_RANGE_TOLERANCE, empty_range, experiment_upper, whole_range
 from .user import User
 from .wire import NormFlag, NormSegment
 
@@ -112,6 +112,7 @@ class Flag:
         "rules",
         "fallthrough",
         "static",
+        "static_expt",
         "norm",
     )
 
@@ -149,11 +150,22 @@ class Flag:
         # user (flag off, or no targets, no rules and a whole-range
         # fallthrough), so evaluation can skip the decision steps.
         self.static: Variation | None = None
+        # sendToExperiment for the static variation when it, too, cannot
+        # depend on the user; None means "hash per user".
+        self.static_expt: bool | None = None
         if not self.enabled:
             self.static = self.off
+            self.static_expt = False
         elif not targets and not self.rules and not self.fallthrough.needs_bucket:
             first = next((p for p in self.fallthrough.parts if p.mode == ALWAYS), None)
             self.static = first.variation if first is not None else None
+            if first is not None:
+                if self.expt_all:
+                    self.static_expt = True
+                elif not self.fallthrough.in_expt or first.expt_upper is None:
+                    self.static_expt = False
+                elif first.expt_upper >= 1 - WHOLE_RANGE_TOLERANCE:
+                    self.static_expt = True  # R-52 shortcut: [0, ~1] takes everyone
 
     def _rollout(self, dispatch_key: str | None, in_expt: bool, parts: list[list[Any]]) -> Rollout:
         return Rollout(

@@ -25,6 +25,7 @@ from .ring import W_FLUSH_DONE, W_FLUSH_REQ, Registry, Ring
 log = logging.getLogger("featbit_shm.events")
 
 _recorders: weakref.WeakSet[EventRecorder] = weakref.WeakSet()
+_time = time.time
 
 
 class EventRecorder:
@@ -62,9 +63,10 @@ class EventRecorder:
             return False
         try:
             with self._lock:
-                record = encode_eval(self._packer, int(time.time() * 1000), user, flag_key, variation_id, value, expt)
                 ring = self._ring or self._claim()
-                return ring.append(record) if ring is not None else False
+                if ring is None:
+                    return False
+                return ring.append(encode_eval(self._packer, int(_time() * 1000), user, flag_key, variation_id, value, expt))
         except Exception:  # noqa: BLE001 - an unpackable user value: drop this event, never raise
             return False
 

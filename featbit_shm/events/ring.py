@@ -19,14 +19,16 @@ data bytes::
        3  head               producer: bytes ever written (monotonic)
        4  tail               consumer: bytes ever consumed (monotonic)
        5  dropped            producer: events refused, ring full
-       6  written            producer: events written
+       6  (unused)
        7  pid                producer
        8  flush requested    producer: incremented by flush()/flush_and_wait()
        9  flush done         consumer: the last request it has processed
       10  malformed          consumer: records it could not decode
       11  consumed           consumer: records taken out
 
-A record is a u32 length and that many bytes, padded to 8. A record that
+A record is a u32 length and that many bytes, padded to 8 (the producer
+hands the ring records already framed with their length, so writing one is
+a single copy). A record that
 would run past the end is written at offset 0 instead, after a u32
 ``0xFFFFFFFF`` wrap marker; the skipped bytes count as written.
 
@@ -99,6 +101,9 @@ class Ring:
         self.data = memoryview(mm)[HEADER : HEADER + self.capacity]
         self._taking = 0
         self._taken = 0
+        # Producer-side copies (only the owning process appends).
+        self._head = int(self.words[W_HEAD])
+        self._tail = int(self.words[W_TAIL])
 
     @classmethod
     def create(cls, names: StoreNames, ring_id: int, capacity: int, mode: int) -> Ring:
@@ -133,28 +138,38 @@ class Ring:
 
     # ------------------------------------------------------------------ producer
 
-    def append(self, record: bytes) -> bool:
-        """Write one record; False (and counted) when it does not fit (R-67)."""
-        n = len(record)
-        total = (n + 11) & ~7  # u32 length + record, padded to 8
-        w = self.words
+    def append(self, framed: bytes) -> bool:
+        """Write one framed record (u32 length + record, as the encoders of
+        :mod:`featbit_shm._core.events` return it); False, and counted, when it
+        does not fit (R-67).
+
+        ``head`` is ours alone, so it is kept in a Python int; the consumer's
+        ``tail`` is read again only when the ring looks full.
+        """
+        size = len(framed)
+        total = (size + 7) & ~7
         cap = self.capacity
-        head = w[W_HEAD]
+        head = self._head
         pos = head % cap
         waste = cap - pos if pos + total > cap else 0
-        if head + waste + total - w[W_TAIL] > cap or total > cap:
-            w[W_DROPPED] += 1
-            return False
+        end = head + waste + total
+        if end - self._tail > cap:
+            self._tail = self.words[W_TAIL]
+            if end - self._tail > cap:
+                self.words[W_DROPPED] += 1
+                return False
         data = self.data
         if waste:
             _LEN.pack_into(data, pos, WRAP)
             pos = 0
-        _LEN.pack_into(data, pos, n)
-        data[pos + 4 : pos + 4 + n] = record
+        data[pos : pos + size] = framed
         # The record is complete; only now may the consumer see it.
-        w[W_HEAD] = head + waste + total
-        w[W_WRITTEN] += 1
+        self.words[W_HEAD] = self._head = end
         return True
+
+    def append_record(self, record: bytes) -> bool:
+        """Frame and write a raw record (tests, tools)."""
+        return self.append(_LEN.pack(len(record)) + record)
 
     # ------------------------------------------------------------------ consumer
 
@@ -197,8 +212,9 @@ class Ring:
         self._taken = 0
 
     @property
-    def pending(self) -> int:
-        return int(self.words[W_WRITTEN] - self.words[W_CONSUMED])
+    def pending_bytes(self) -> int:
+        """Bytes written and not yet consumed (0: the ring is empty)."""
+        return int(self.words[W_HEAD] - self.words[W_TAIL])
 
     def close(self) -> None:
         for view in (self.words, self.data):
