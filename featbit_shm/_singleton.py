@@ -44,7 +44,11 @@ def get() -> FBClient:
             config = _config
             if config is None:
                 if not os.environ.get("FEATBIT_ENV_SECRET") and not os.environ.get("FEATBIT_OFFLINE"):
-                    raise Exception("config is not initialized")  # fbclient's exact error
+                    # fbclient's message first, so code matching it keeps working.
+                    raise Exception(
+                        "config is not initialized: call featbit_shm.set_config(Config(...)) "
+                        "or set FEATBIT_ENV_SECRET (online) or FEATBIT_OFFLINE=1"
+                    )
                 config = Config.from_env()
             import featbit_shm
 

@@ -26,18 +26,18 @@ class LoadResult:
     skipped: list[Skipped]
 
 
-def load_document(text: str | bytes, *, require_full: bool = True) -> LoadResult:
+def load_document(text: str | bytes, *, require_full: bool = True, origin: str = "document") -> LoadResult:
     """Parse a data-sync document into a new data set (a full replacement)."""
     try:
         document = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise DataError(f"not valid JSON: {exc}") from None
+        raise DataError(f"{origin}: not valid JSON: {exc}") from None
     try:
         message: DataSyncMessage = parse_envelope(document)
     except WireError as exc:
-        raise DataError(f"not a data-sync document: {exc}") from None
+        raise DataError(f"{origin}: not a data-sync document: {exc}") from None
     if require_full and message.event_type != "full":
-        raise DataError("a bootstrap document must have eventType 'full'")
+        raise DataError(f"{origin}: a bootstrap document must have eventType 'full'")
     # R-73: loading always replaces the store, even when eventType is patch.
     dataset, _changes = DataSet().apply(DataSyncMessage("full", message.flags, message.segments))
     return LoadResult(dataset, message.skipped)

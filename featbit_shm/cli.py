@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from .liveness import pid_alive
 from .store.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, ControlBlock, ControlError, SyncState
 from .store.names import StoreNames
 from .store.reader import generation_bytes, map_readonly
@@ -30,18 +31,6 @@ def _names(args: argparse.Namespace) -> StoreNames:
     offline = os.environ.get("FEATBIT_OFFLINE", "").lower() in ("1", "true", "yes")
     namespace = args.namespace or os.environ.get("FEATBIT_NAMESPACE") or "default"
     return StoreNames.for_env("" if offline else secret, namespace)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
@@ -66,7 +55,7 @@ def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
         "flags": int(block.q[W_FLAGS]),
         "segments": int(block.q[W_SEGMENTS]),
         "leader_pid": block.leader_pid,
-        "leader_alive": _pid_alive(block.leader_pid),
+        "leader_alive": pid_alive(block.leader_pid),
         "heartbeat_age_s": round(now - heartbeat, 3) if heartbeat else None,
         "snapshot_name": pointer.name if pointer else None,
         "snapshot_bytes": generation_bytes(names, pointer.name) if pointer and pointer.name else None,
@@ -89,7 +78,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         width = max(len(k) for k in status)
         for key, value in status.items():
             print(f"{key:<{width}}  {value}")
-    return 0 if status["state"] in (SyncState.OK.name, SyncState.INTERRUPTED.name, SyncState.INITIALIZING.name) else 1
+    usable = status["state"] in (SyncState.OK.name, SyncState.INTERRUPTED.name) and bool(status.get("generation"))
+    return 0 if usable else 1
 
 
 def cmd_dump(args: argparse.Namespace) -> int:

@@ -16,7 +16,9 @@ Two guarantees hold for every public method here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +46,8 @@ from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, Ev
 from .config import Config
 from .errors import ConfigError, DataError
 from .events.recorder import EventRecorder
+from .events.ring import Registry
+from .liveness import pid_alive
 from .store.control import SyncState
 from .store.names import StoreNames
 from .store.reader import SnapshotReader
@@ -53,6 +57,7 @@ log = logging.getLogger("featbit_shm")
 T = TypeVar("T")
 
 _NOT_READY = ReasonKind.CLIENT_NOT_READY
+_REGISTERED: set[tuple[str, int]] = set()  # (store, pid) already in the store's client registry
 _ERROR = ReasonKind.ERROR
 _WRONG = ReasonKind.WRONG_TYPE
 
@@ -108,19 +113,57 @@ class FBClient:
             if not config.disable_events:
                 # Events go into this process's ring; the sync process posts them.
                 self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes)
+            self._join_host(reader)
             self._wait_ready(reader, start_wait)
         elif config.shared:
-            # R-71: offline is ready at once. The host's shared snapshot is
-            # served when one is published (a sync process serving a bootstrap
-            # file), an empty store until then.
-            self._source = SnapshotReader(self._names, retry_interval=0.05, fallback=memory_view(DataSet(), 0))
+            # R-71: offline is ready at once, with the host's shared snapshot
+            # when one is published and an empty store otherwise -- except when
+            # a bootstrap file is configured: its sync process must publish it.
             if config.bootstrap_file:
-                self._wait_ready(self._source, start_wait)
+                # A sync process serves this file: not ready until it has published.
+                reader = SnapshotReader(self._names, retry_interval=0.05)
+                self._source = reader
+                self._wait_ready(reader, start_wait)
+            else:
+                self._source = SnapshotReader(self._names, retry_interval=0.05, fallback=memory_view(DataSet(), 0))
         else:
             assert config.bootstrap_file
-            result = load_document(read_bootstrap_file(config.bootstrap_file))
+            result = load_document(read_bootstrap_file(config.bootstrap_file), origin=str(config.bootstrap_file))
             self._report(result, config.bootstrap_file)
             self._use_memory(result.dataset)
+
+    def _join_host(self, reader: SnapshotReader) -> None:
+        """Register this process as a client of the host's store, and start a
+        sync process when none is running (DESIGN: "a client starts one when
+        none is running"). That sync process has no owner: it exits once no
+        client has been alive for ``FEATBIT_SHM_IDLE_TIMEOUT`` (default 30 s).
+        Server integrations start their own and turn this off
+        (``FEATBIT_SHM_AUTOSTART=0``). Never raises: a failure is logged and
+        the client simply waits for data."""
+        config = self._config
+        try:
+            if (self._names.tag, os.getpid()) not in _REGISTERED:
+                Registry(self._names).register_client()
+                _REGISTERED.add((self._names.tag, os.getpid()))
+            if not config.start_sync or self._leader_alive(reader):
+                return
+            from .sync import SyncSettings, spawn_sync_process
+
+            settings = SyncSettings.from_config(config)
+            idle = float(os.environ.get("FEATBIT_SHM_IDLE_TIMEOUT", "") or 30.0)
+            settings = dataclasses.replace(settings, idle_timeout=idle)
+            proc = spawn_sync_process(settings)
+            log.info("featbit_shm: started sync process %d for store %s", proc.pid, self._names.tag)
+        except Exception as exc:  # noqa: BLE001 - construction goes on; data may come later
+            log.warning("featbit_shm: could not start a sync process: %s", exc)
+
+    @staticmethod
+    def _leader_alive(reader: SnapshotReader) -> bool:
+        block = reader.control
+        if block is None:
+            return False
+        fresh = time.time() - block.heartbeat < 3.0
+        return fresh and block.state is not SyncState.OFF and pid_alive(block.leader_pid)
 
     @staticmethod
     def _wait_ready(reader: SnapshotReader, start_wait: float) -> None:
@@ -132,8 +175,22 @@ class FBClient:
         deadline = time.monotonic() + max(0.0, start_wait)
         while (reader.current() is None or reader.generation == 0) and time.monotonic() < deadline:
             if reader.state() is SyncState.OFF:
-                return
+                break
             time.sleep(0.01)
+        if start_wait > 0 and (reader.current() is None or reader.generation == 0):
+            if reader.state() is SyncState.OFF:
+                why = "its sync process stopped (state OFF: rejected by FeatBit, or shut down)"
+            elif reader.control is None:
+                why = "no sync process runs for it (start one with the gunicorn hooks or `featbit-shm sync`)"
+            else:
+                why = "its sync process has not published yet"
+            log.warning(
+                "featbit_shm: no flag data after %.1f s for store %s: %s; evaluations return defaults "
+                "(ClientNotReady) until data arrives",
+                start_wait,
+                reader.names.tag,
+                why,
+            )
 
     def _use_memory(self, dataset: DataSet) -> None:
         """Serve this data from now on (offline data of the client's own)."""

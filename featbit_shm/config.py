@@ -56,6 +56,7 @@ class Config:
         "_websocket",
         "_shared",
         "_event_ring_bytes",
+        "_start_sync",
     )
 
     def __init__(
@@ -81,12 +82,13 @@ class Config:
         namespace: str = "default",
         shared: bool | None = None,
         event_ring_bytes: int = 16 * 1024 * 1024,
+        start_sync: bool | None = None,
     ) -> None:
         for name, value in zip(_UNSUPPORTED, (data_storage, update_processor_imp, event_processor_imp)):
             if value is not None:
                 raise ConfigError(
                     f"{name} is not supported by featbit_shm: flag data lives in shared memory "
-                    "fed by one sync process per host (see MIGRATING.md)"
+                    "fed by one sync process per host (see MIGRATING.md, 'Extension points')"
                 )
         if not isinstance(env_secret, str):
             raise ConfigError("env_secret must be a string")
@@ -122,6 +124,9 @@ class Config:
         if isinstance(event_ring_bytes, bool) or not isinstance(event_ring_bytes, int) or event_ring_bytes < 4096:
             raise ConfigError("event_ring_bytes must be an int >= 4096")
         self._event_ring_bytes = event_ring_bytes
+        if start_sync is None:
+            start_sync = os.environ.get("FEATBIT_SHM_AUTOSTART", "1").strip().lower() not in ("0", "false", "no", "off")
+        self._start_sync = bool(start_sync)
 
     # fbclient's accessors --------------------------------------------------
 
@@ -214,6 +219,12 @@ class Config:
         if self._shared is not None:
             return self._shared
         return not (self._offline and self._bootstrap_file)
+
+    @property
+    def start_sync(self) -> bool:
+        """Online: start a sync process when none runs on the host (default
+        True; ``FEATBIT_SHM_AUTOSTART=0`` or the gunicorn hooks turn it off)."""
+        return self._start_sync
 
     @property
     def event_ring_bytes(self) -> int:

@@ -43,6 +43,10 @@ from typing import Any
 
 __all__ = ["child_exit", "on_exit", "on_reload", "post_fork", "when_ready", "worker_exit"]
 
+# The master starts the sync process in when_ready; clients (even one built by
+# a preloaded app before that) must not start their own.
+os.environ.setdefault("FEATBIT_SHM_AUTOSTART", "0")
+
 _sync: subprocess.Popen[bytes] | None = None
 
 

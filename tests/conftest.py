@@ -2,11 +2,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Tests start their own sync processes; an online client must not start one
+# behind their back (test_sync.py checks auto-start on its own).
+os.environ["FEATBIT_SHM_AUTOSTART"] = "0"
 
 from featbit_shm import Config, FBClient
 from featbit_shm.testing import builders as b

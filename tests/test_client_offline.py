@@ -78,12 +78,20 @@ def test_r73_load_always_replaces_even_older_data() -> None:
 def test_r25_online_client_without_a_sync_process_is_not_ready() -> None:
     import uuid
 
-    config = Config("secret-" + uuid.uuid4().hex, "http://localhost:5100", "ws://localhost:5100", namespace="t")
-    client = FBClient(config, start_wait=0.2)
-    assert client.initialize is False  # not G-1: no data, no "initialized"
-    detail = client.variation_detail("f", U, "d")
-    assert (detail.kind, detail.variation, detail.reason) == (ReasonKind.CLIENT_NOT_READY, "d", "client not ready")
-    assert client.variation("f", U, "d") == "d"
+    import posix_ipc
+
+    from featbit_shm.store.names import StoreNames
+
+    config = Config("secret-" + uuid.uuid4().hex, "http://localhost:5100", "ws://localhost:5100", namespace="t", start_sync=False)
+    try:
+        client = FBClient(config, start_wait=0.2)
+        assert client.initialize is False  # not G-1: no data, no "initialized"
+        detail = client.variation_detail("f", U, "d")
+        assert (detail.kind, detail.variation, detail.reason) == (ReasonKind.CLIENT_NOT_READY, "d", "client not ready")
+        assert client.variation("f", U, "d") == "d"
+    finally:
+        for name in StoreNames.for_env(config.env_secret, "t").all_objects():  # its client registry
+            posix_ipc.unlink_shared_memory(name)
 
 
 def test_config_validation() -> None:

@@ -272,3 +272,32 @@ def test_offline_file_source_publishes_and_republishes(tmp_path, server: FeatBit
         assert eventually(lambda: value(reader, "f") == "v2")
         log.warning("file change visible in %.2f s", time.monotonic() - changed)
         assert env.server.connections_accepted == 0  # offline: no network
+
+
+def test_client_starts_a_sync_process_when_none_runs_and_it_exits_when_idle(server: FeatBitStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN: a client starts one when none is running; it exits once no client lives (idle timeout)."""
+    import subprocess
+    import sys
+
+    with sync_env(server) as env:
+        monkeypatch.setenv("FEATBIT_SHM_IDLE_TIMEOUT", "1")
+        code = (
+            "import sys\n"
+            "from featbit_shm import Config, FBClient\n"
+            f"c = FBClient(Config({server.secret!r}, {server.event_url!r}, {server.streaming_url!r}, namespace={env.namespace!r}, start_sync=True), start_wait=20)\n"
+            "print(c.initialize, c.variation('a', {'key': 'u'}, 'd'), flush=True)\n"
+            "sys.stdin.readline()\n"
+        )
+        app = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert app.stdout is not None and app.stdout.readline().split() == ["True", "a1"]
+        assert server.open_connections == 1
+        second = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert second.stdout is not None and second.stdout.readline().split() == ["True", "a1"]
+        assert server.connections_accepted == 1  # the second client found the leader running
+        assert processes_of(env.namespace) != []
+        for p in (app, second):
+            p.communicate("\n", timeout=30)
+        gone = time.monotonic()
+        assert eventually(lambda: processes_of(env.namespace) == [], timeout=30)
+        log.warning("last client exited -> idle sync process gone in %.2f s", time.monotonic() - gone)
+        assert eventually(lambda: env.leftovers() == [], timeout=10)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from .._core.events import (
     join_json,
 )
 from .._core.protocol import USER_AGENT, insight_url
+from ..liveness import pid_alive
 from ..store.control import (
     W_DELIVERY_STOPPED,
     W_EVENTS_DROPPED,
@@ -100,16 +100,6 @@ class HttpSender:
             self._conn = None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class EventPump:
     def __init__(
         self,
@@ -122,7 +112,7 @@ class EventPump:
         mode: int = 0o600,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        alive: Callable[[int], bool] = _alive,
+        alive: Callable[[int], bool] = pid_alive,
     ) -> None:
         self.names = names
         self.registry = Registry(names, mode)

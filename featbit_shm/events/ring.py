@@ -52,6 +52,7 @@ import mmap
 import os
 import struct
 import time
+from collections.abc import Callable
 from typing import Final
 
 import filelock
@@ -75,7 +76,7 @@ REG_SLOTS: Final = 256
 REG_HEADER: Final = 64
 _SLOT: Final = struct.Struct("<qQQd")  # pid, ring id, state, claimed at
 REG_SIZE: Final = REG_HEADER + REG_SLOTS * _SLOT.size
-FREE, CLAIMED = 0, 1
+FREE, CLAIMED, CLIENT = 0, 1, 2
 
 
 def ring_name(names: StoreNames, ring_id: int) -> str:
@@ -261,7 +262,7 @@ class Registry:
         out = []
         for i in range(REG_SLOTS):
             pid, ring_id, state, at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-            if state == CLAIMED:
+            if state == CLAIMED:  # rings only; client slots carry none
                 out.append((i, pid, ring_id, state, at))
         return out
 
@@ -281,6 +282,33 @@ class Registry:
             _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), next_id, CLAIMED, time.time())
             return ring
 
+    def register_client(self) -> int:
+        """Note that this process runs a client (so an idle sync process stays)."""
+        with self.lock:
+            mm = self._map()
+            for i in range(REG_SLOTS):
+                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+                if state == FREE:
+                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), 0, CLIENT, time.time())
+                    return i
+        raise SharedMemoryError(f"all {REG_SLOTS} registry slots are taken")
+
+    def live_processes(self, alive: Callable[[int], bool]) -> int:
+        """Processes with a client or a ring that are still running; frees the
+        client slots of dead ones (rings are freed by the pump after draining)."""
+        with self.lock:
+            mm = self._map()
+            pids = set()
+            for i in range(REG_SLOTS):
+                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+                if state == FREE:
+                    continue
+                if alive(pid):
+                    pids.add(pid)
+                elif state == CLIENT:
+                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)
+            return len(pids)
+
     def release(self, slot: int, ring_id: int) -> None:
         """Free a slot whose ring was drained and unlinked (sync process)."""
         with self.lock:
@@ -294,8 +322,10 @@ class Registry:
             self._mm.close()
             self._mm = None
 
-    def unlink_if_empty(self) -> bool:
-        """Remove the registry when no ring is claimed (a clean shutdown)."""
+    def unlink_if_empty(self, alive: Callable[[int], bool]) -> bool:
+        """Remove the registry when no ring is claimed and no client lives (a clean shutdown)."""
+        if self.live_processes(alive):
+            return False
         with self.lock:
             if self.slots():
                 return False

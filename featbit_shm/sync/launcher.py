@@ -30,6 +30,7 @@ def spawn_sync_process(settings: SyncSettings, *, owner_pid: int | None = None) 
         [sys.executable, "-m", "featbit_shm.sync"],
         env=env,
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # never hold the parent's stdout open (pipes, CGI, tests)
         start_new_session=True,
         close_fds=True,
     )

@@ -45,6 +45,8 @@ import filelock
 from .._core.dataset import DataSet
 from .._core.wire import DataSyncMessage
 from ..events.pump import EventPump, HttpSender
+from ..events.ring import Registry
+from ..liveness import pid_alive
 from ..store.control import SyncState
 from ..store.names import StoreNames
 from ..store.writer import SnapshotWriter, open_image
@@ -56,16 +58,6 @@ log = logging.getLogger("featbit_shm.sync")
 EXIT_OK = 0
 EXIT_NOT_NEEDED = 0  # a leader and a standby already run: nothing to do
 EXIT_REJECTED = 3  # FeatBit closed with 4003
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Election:
@@ -121,6 +113,8 @@ class SyncProcess:
         self._last_beat = 0.0
         self._owner_checked = 0.0
         self.rejected = False
+        self._registry: Registry | None = None
+        self._idle_since: float | None = None
         self._pump: EventPump | None = None
         self._pump_thread: threading.Thread | None = None
         self._pump_stop = threading.Event()
@@ -223,10 +217,27 @@ class SyncProcess:
     def _watch_owner(self) -> None:
         owner = self.settings.owner_pid
         now = time.monotonic()
-        if owner and now - self._owner_checked >= 0.5:
-            self._owner_checked = now
-            if not _alive(owner):
-                log.info("featbit_shm: owner process %d is gone; stopping", owner)
+        if now - self._owner_checked < 0.5:
+            return
+        self._owner_checked = now
+        if owner and not pid_alive(owner):
+            log.info("featbit_shm: owner process %d is gone; stopping", owner)
+            self.stop.set()
+        idle = self.settings.idle_timeout
+        if idle is not None:
+            if self._registry is None:
+                self._registry = Registry(self.names, self.settings.mode)
+            try:
+                live = self._registry.live_processes(pid_alive)
+            except Exception as exc:  # noqa: BLE001 - a broken registry must not stop syncing
+                log.warning("featbit_shm: cannot read the client registry: %s", exc)
+                return
+            if live:
+                self._idle_since = None
+            elif self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since >= idle:
+                log.info("featbit_shm: no client for %.0f s; stopping", idle)
                 self.stop.set()
 
     # ------------------------------------------------------------------ events
@@ -258,7 +269,7 @@ class SyncProcess:
         if self.stop.is_set() and not self.rejected:
             # A clean stop: rings of exited workers were drained and removed;
             # the registry goes too unless a live worker still owns a ring.
-            self._pump.registry.unlink_if_empty()
+            self._pump.registry.unlink_if_empty(pid_alive)
         self._pump_thread = None
 
     # ------------------------------------------------------------------ standby
@@ -268,7 +279,11 @@ class SyncProcess:
         env.update(self.settings.to_env())
         try:
             self._standby_proc = subprocess.Popen(
-                [sys.executable, "-m", "featbit_shm.sync"], env=env, stdin=subprocess.DEVNULL, start_new_session=True
+                [sys.executable, "-m", "featbit_shm.sync"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except OSError as exc:
             log.warning("featbit_shm: could not start a standby sync process: %s", exc)

@@ -15,6 +15,8 @@ The secret travels in the environment (or a pipe), never in argv (R-77):
 ``FEATBIT_SHM_STANDBY``    ``0``: start no standby candidate (default ``1``)
 ``FEATBIT_DISABLE_EVENTS`` ``1``: keep syncing, send no analytics events (R-74)
 ``FEATBIT_EVENTS_FLUSH_INTERVAL`` seconds between event posts (default 1)
+``FEATBIT_SHM_IDLE_TIMEOUT`` exit after this many seconds with no live client (set for sync
+                           processes that clients start; unset: run until stopped)
 =========================  ===============================================
 """
 
@@ -44,6 +46,7 @@ class SyncSettings:
     standby: bool = True  # keep a standby candidate ready to take over
     disable_events: bool = False
     events_flush_interval: float = 1.0
+    idle_timeout: float | None = None  # exit after this long with no live client
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never show the secret (R-77)
@@ -70,6 +73,7 @@ class SyncSettings:
             standby=env.get("FEATBIT_SHM_STANDBY", "1").strip().lower() in TRUE,
             disable_events=env.get("FEATBIT_DISABLE_EVENTS", "").strip().lower() in TRUE,
             events_flush_interval=float(env.get("FEATBIT_EVENTS_FLUSH_INTERVAL", "") or 1.0),
+            idle_timeout=float(env["FEATBIT_SHM_IDLE_TIMEOUT"]) if env.get("FEATBIT_SHM_IDLE_TIMEOUT", "").strip() else None,
         )
         settings.validate()
         return settings
@@ -93,8 +97,15 @@ class SyncSettings:
             if not self.bootstrap_file:
                 raise ConfigError("FEATBIT_OFFLINE needs FEATBIT_BOOTSTRAP_FILE: there is nothing else to serve")
             return
-        # Config validates secret and URLs the same way clients do.
-        Config(self.env_secret, self.event_url or "http://unset.invalid", self.streaming_url, namespace=self.namespace)
+        # Config validates secret and URLs the same way clients do; say which
+        # variable is wrong, since that is what an operator sets.
+        try:
+            Config(self.env_secret, self.event_url or "http://unset.invalid", self.streaming_url, namespace=self.namespace)
+        except ConfigError as exc:
+            text = str(exc)
+            for param, var in (("env_secret", "FEATBIT_ENV_SECRET"), ("streaming_url", "FEATBIT_STREAMING_URL"), ("event_url", "FEATBIT_EVENT_URL"), ("namespace", "FEATBIT_NAMESPACE")):
+                text = text.replace(param, var)
+            raise ConfigError(text) from None
 
     def to_env(self) -> dict[str, str]:
         """The variables a child sync process needs (merge into os.environ)."""
@@ -109,6 +120,7 @@ class SyncSettings:
             "FEATBIT_SHM_STANDBY": "1" if self.standby else "0",
             "FEATBIT_DISABLE_EVENTS": "1" if self.disable_events else "0",
             "FEATBIT_EVENTS_FLUSH_INTERVAL": str(self.events_flush_interval),
+            "FEATBIT_SHM_IDLE_TIMEOUT": "" if self.idle_timeout is None else str(self.idle_timeout),
         }
         if self.owner_pid:
             env["FEATBIT_SHM_OWNER_PID"] = str(self.owner_pid)

@@ -88,7 +88,7 @@ class StreamSource:
             try:
                 self._session(on_data, on_state, tick, stop)
             except Terminal as exc:
-                log.error("featbit_shm: FeatBit rejected this client (%s); sync stops (R-18). "
+                log.error("featbit_shm: FeatBit rejected this client (%s); close code 4003 is final, sync stops. "
                           "Check the env secret, and the host clock: more than 30 s of skew is rejected.", exc)
                 on_state(SyncState.OFF)
                 return
@@ -207,10 +207,11 @@ class FileSource:
             if signature != seen:
                 seen = signature
                 try:
-                    result = load_document(read_bootstrap_file(self.path))
+                    result = load_document(read_bootstrap_file(self.path), origin=self.path)
                 except DataError as exc:
                     self.failures += 1
-                    log.error("featbit_shm: bootstrap file not published, previous data kept: %s", exc)
+                    kept = "previous data kept" if self.loads else "nothing published yet: clients answer client-not-ready"
+                    log.error("featbit_shm: bootstrap file not published (%s): %s", kept, exc)
                 else:
                     for skipped in result.skipped:
                         log.warning("featbit_shm: %s: skipped malformed %s %r: %s", self.path, skipped.kind, skipped.key, skipped.error)
