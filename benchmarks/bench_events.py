@@ -35,7 +35,7 @@ WORKER = r"""
 import sys, time
 from featbit_shm import Config, FBClient
 secret, event_url, streaming_url, namespace, prefix, count = sys.argv[1:7]
-client = FBClient(Config(secret, event_url, streaming_url, namespace=namespace), start_wait=30)
+client = FBClient(Config(secret, event_url, streaming_url, namespace=namespace, start_sync=False), start_wait=30)
 user = {"key": prefix, "name": "bench", "country": "us"}
 client.variation("f", user, "d")  # claim the ring before the clock starts
 print("ready", flush=True)
@@ -58,6 +58,18 @@ def per_call_ns(client: FBClient, user: dict[str, Any], batches: int, batch: int
     return statistics.median(samples)
 
 
+def interleaved_ns(a: FBClient, b: FBClient, user: dict[str, Any], batches: int, batch: int = 1000) -> tuple[float, float]:
+    """Median ns per call of each client, batches alternated so drift hits both."""
+    sa, sb = [], []
+    for _ in range(batches):
+        for client, samples in ((a, sa), (b, sb)):
+            start = time.perf_counter_ns()
+            for _ in range(batch):
+                client.variation("f", user, "d")
+            samples.append((time.perf_counter_ns() - start) / batch)
+    return statistics.median(sa), statistics.median(sb)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -69,8 +81,8 @@ def main() -> int:
         settings = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url=server.event_url, namespace=namespace)
         sync = spawn_sync_process(settings, owner_pid=os.getpid())
         try:
-            on = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace), start_wait=30)
-            off = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace, disable_events=True), start_wait=30)
+            on = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace, start_sync=False), start_wait=30)
+            off = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace, disable_events=True, start_sync=False), start_wait=30)
             user = {"key": "bench-user", "name": "bench", "country": "us"}
             assert on.variation("f", user, "d") == "on" and off.variation("f", user, "d") == "on"
             batches = 30 if args.quick else 100
@@ -79,15 +91,24 @@ def main() -> int:
             # every event meanwhile. Then the same with the sync process running.
             os.kill(sync.pid, signal.SIGSTOP)
             try:
-                ns_off = per_call_ns(off, user, batches)
-                ns_on = per_call_ns(on, user, batches)
+                ns_off, ns_on = interleaved_ns(off, on, user, batches)
             finally:
                 os.kill(sync.pid, signal.SIGCONT)
             on.flush_and_wait(60)
             ns_on_draining = per_call_ns(on, user, batches)
             on.flush_and_wait(60)
+            time.sleep(1.5)  # the sync process's counters catch up
             base = len(server.events)
 
+            # Acknowledged (2xx) events, from the sync process's own counter
+            # (read before the workers start); the stand-in's received list is
+            # checked afterwards.
+            from featbit_shm.store.names import StoreNames
+            from featbit_shm.store.reader import SnapshotReader
+
+            control = SnapshotReader(StoreNames.for_env(server.secret, namespace)).control
+            assert control is not None
+            sent_before = control.counter("events_sent")
             workers = [
                 subprocess.Popen(
                     [sys.executable, "-c", WORKER, server.secret, server.event_url, server.streaming_url, namespace, f"w{i}", str(per_worker)],
@@ -108,17 +129,29 @@ def main() -> int:
                 assert w.stdout is not None
                 starts.append(float(w.stdout.readline()))
             total = 8 * (per_worker + 1)
+            target = sent_before + total
             deadline = time.monotonic() + 300
-            while len(server.events) - base < total and time.monotonic() < deadline:
-                time.sleep(0.01)
+            while control.counter("events_sent") < target and time.monotonic() < deadline:
+                time.sleep(0.005)
             finished = time.monotonic()
-            received = len(server.events) - base
             for w in workers:
                 w.communicate(timeout=120)
-            rate = received / (finished - min(starts))
+            received = len(server.events) - base
+            rate = total / (finished - min(starts))
         finally:
             sync.terminate()
             sync.wait(30)
+            # This process outlived the sync process: its own ring (and the
+            # registry) would wait for a next leader to reclaim them.
+            import posix_ipc
+
+            from featbit_shm.store.names import StoreNames
+
+            for name in StoreNames.for_env(server.secret, namespace).all_objects():
+                try:
+                    posix_ipc.unlink_shared_memory(name)
+                except posix_ipc.ExistentialError:
+                    pass
     print(f"# bench_events — {time.strftime('%Y-%m-%d')} — Python {platform.python_version()}, {os.cpu_count()} cpus, loopback")
     print()
     print("| variation() | ns per call |")

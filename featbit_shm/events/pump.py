@@ -253,7 +253,8 @@ class EventPump:
                 self.cycle()
             except Exception:
                 log.exception("featbit_shm: event pump cycle failed")
-            stop.wait(0.05)
+            if not self._left_bytes:  # rings still hold records: go straight on
+                stop.wait(0.05)
         self.drain(shutdown_timeout)
 
     def drain(self, timeout: float) -> bool:

@@ -47,8 +47,9 @@ from .._core.wire import DataSyncMessage
 from ..events.pump import EventPump, HttpSender
 from ..events.ring import Registry
 from ..liveness import pid_alive
-from ..store.control import SyncState
+from ..store.control import ControlBlock, SyncState
 from ..store.names import StoreNames
+from ..store.reader import map_readonly
 from ..store.writer import SnapshotWriter, open_image
 from .settings import SyncSettings
 from .sources import FileSource, StreamSource
@@ -132,10 +133,23 @@ class SyncProcess:
                 if not election.wait_to_lead(self.stop, self._watch_owner):
                     return EXIT_OK
                 election.standby.release(force=True)
+                if self._previous_leader_stopped_cleanly():
+                    log.info("featbit_shm: the leader of store %s stopped cleanly; standby exits", self.names.tag)
+                    return EXIT_OK
             log.info("featbit_shm: leading store %s (pid %d)", self.names.tag, os.getpid())
             return self._lead()
         finally:
             election.release()
+
+    def _previous_leader_stopped_cleanly(self) -> bool:
+        """A clean stop unlinks the control block (or leaves it OFF after a
+        4003); a leader that crashed leaves it as it was. Only then take over."""
+        try:
+            block = ControlBlock(map_readonly(self.names.control))
+            block.check()
+        except Exception:  # noqa: BLE001 - absent or unreadable: nothing to take over
+            return True
+        return block.state is SyncState.OFF
 
     def _lead(self) -> int:
         self.writer = SnapshotWriter(self.names, mode=self.settings.mode)

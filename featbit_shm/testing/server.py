@@ -238,7 +238,9 @@ class FeatBitStandIn:
         self._segments: dict[str, dict[str, Any]] = {s["id"]: dict(s) for s in segments}
         self._connections: list[Connection] = []
         self._insight_statuses: list[int] = []
-        self.events: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._bodies: list[bytes] = []  # received, parsed on demand (keeps the request path cheap)
+        self._parse_lock = threading.Lock()
         self.insight_requests: list[dict[str, Any]] = []
         self.connections_accepted = 0
         self.connections_rejected = 0
@@ -336,6 +338,26 @@ class FeatBitStandIn:
         """Answer the next insight requests with these statuses, in order."""
         with self._lock:
             self._insight_statuses.extend(statuses)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every payload object received at the insight endpoint, in order.
+
+        Request bodies are stored as received and parsed here, on demand, so
+        the stand-in's request path stays cheap under load; a body that is
+        not a JSON array counts as no events.
+        """
+        with self._parse_lock:  # one parser at a time keeps the order
+            with self._lock:
+                bodies, self._bodies = self._bodies, []
+            for body in bodies:
+                try:
+                    payload = json.loads(body)
+                except ValueError:
+                    continue
+                if isinstance(payload, list):
+                    self._events.extend(payload)
+            return list(self._events)
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -454,13 +476,10 @@ class FeatBitStandIn:
             self.insight_requests.append(record | {"status": status})
             if status != 200:
                 return status, None
-            try:
-                payload = json.loads(body)
-            except ValueError:
+            if not body.lstrip().startswith(b"["):
                 return 400, None
-            if isinstance(payload, list):
-                with self._lock:
-                    self.events.extend(payload)
+            with self._lock:
+                self._bodies.append(body)
             return 200, None
         if path == "/control/state" and method == "GET":
             return 200, {
