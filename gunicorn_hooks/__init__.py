@@ -124,13 +124,10 @@ def on_exit(server: Any) -> None:
     """Stop the sync process and remove the store's shared-memory objects."""
     global _sync
     try:
-        if _sync is not None and _sync.poll() is None:
-            _sync.terminate()
-            try:
-                _sync.wait(10)
-            except subprocess.TimeoutExpired:
-                _sync.kill()
-                _sync.wait(5)
+        from featbit_shm.sync.launcher import stop_sync_process
+
+        if _sync is not None:
+            stop_sync_process(_sync, timeout=10)
         _sync = None
         from featbit_shm.store.names import StoreNames
         from featbit_shm.sync import SyncSettings

@@ -34,3 +34,16 @@ def spawn_sync_process(settings: SyncSettings, *, owner_pid: int | None = None) 
         start_new_session=True,
         close_fds=True,
     )
+
+
+def stop_sync_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM (a clean stop: final event drain, objects removed), then SIGKILL
+    if it has not exited within ``timeout``. Returns the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)

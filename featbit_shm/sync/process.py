@@ -51,6 +51,7 @@ from ..store.control import ControlBlock, SyncState
 from ..store.names import StoreNames
 from ..store.reader import map_readonly
 from ..store.writer import SnapshotWriter, open_image
+from .launcher import spawn_sync_process, stop_sync_process
 from .settings import SyncSettings
 from .sources import FileSource, StreamSource
 
@@ -289,29 +290,14 @@ class SyncProcess:
     # ------------------------------------------------------------------ standby
 
     def _start_standby(self) -> None:
-        env = dict(os.environ)
-        env.update(self.settings.to_env())
         try:
-            self._standby_proc = subprocess.Popen(
-                [sys.executable, "-m", "featbit_shm.sync"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            self._standby_proc = spawn_sync_process(self.settings)
         except OSError as exc:
             log.warning("featbit_shm: could not start a standby sync process: %s", exc)
 
     def _stop_standby(self) -> None:
-        proc = self._standby_proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if self._standby_proc is not None:
+            stop_sync_process(self._standby_proc, timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:
