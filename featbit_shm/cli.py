@@ -3,6 +3,7 @@
     featbit-shm sync                 run the sync process in the foreground
     featbit-shm status [--json]      leader, heartbeat, generation, counts, counters
     featbit-shm dump [--flag KEY]    the current snapshot as JSON
+    featbit-shm eval FLAG --user JSON  one evaluation, as a worker would see it
 
 The store is the one a client with the same environment would use: its name
 comes from ``FEATBIT_ENV_SECRET`` (empty when offline) and
@@ -118,6 +119,34 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate one flag for one user from the host's store, as a worker would."""
+    from .client import FBClient
+    from .config import Config
+
+    try:
+        user = json.loads(args.user)
+    except ValueError as exc:
+        print(f"featbit-shm eval: --user is not JSON: {exc}", file=sys.stderr)
+        return 2
+    if args.namespace:
+        os.environ["FEATBIT_NAMESPACE"] = args.namespace
+    os.environ["FEATBIT_SHM_AUTOSTART"] = "0"  # a one-shot look, never a new sync process
+    os.environ["FEATBIT_SHM_SHARED"] = "1"
+    try:
+        config = Config.from_env()
+        client = FBClient(Config(config.env_secret, config.event_url, config.streaming_url, offline=config.offline,
+                                 namespace=config.namespace, shared=True, disable_events=True, start_sync=False),
+                          start_wait=args.wait)
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
+        print(f"featbit-shm eval: {exc}", file=sys.stderr)
+        return 2
+    detail = client.variation_detail(args.flag, user, None)
+    out = detail.to_json_dict() | {"generation": client.generation}
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0 if detail.variation_id else 1
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from .sync.process import main as sync_main
 
@@ -135,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("sync", help="run the sync process in the foreground (configured from FEATBIT_*)")
     p.set_defaults(func=cmd_sync)
+    p = sub.add_parser("eval", help="evaluate a flag for a user from the host's store")
+    p.add_argument("flag", help="the flag key")
+    p.add_argument("--user", required=True, help='the user as JSON, e.g. \'{"key": "u1", "country": "us"}\'')
+    p.add_argument("--wait", type=float, default=2.0, help="seconds to wait for data (default 2)")
+    p.set_defaults(func=cmd_eval)
     p = sub.add_parser("dump", help="print the current snapshot as JSON")
     p.add_argument("--flag", help="only this flag")
     p.set_defaults(func=cmd_dump)

@@ -52,3 +52,28 @@ def test_status_of_a_missing_store_says_absent_and_fails() -> None:
     assert done.returncode == 1
     assert json.loads(done.stdout)["state"] == "absent"
     assert run(f"missing-{uuid.uuid4().hex[:8]}", "dump").returncode == 1
+
+
+def test_eval_evaluates_from_the_hosts_store() -> None:
+    namespace = f"cli-{uuid.uuid4().hex[:8]}"
+    ds, _ = DataSet().apply(
+        parse_data_sync(
+            b.data_sync([b.flag("f", variations=["red", "blue"], variation_type="string", rules=[b.rule([b.cond("country", "Equal", "fr")], b.serve(1))])])["data"]
+        )
+    )
+    env_extra = {"FEATBIT_OFFLINE": "1"}
+    with SnapshotWriter(StoreNames.for_env("", namespace)) as writer:
+        writer.publish(ds)
+        out = run_env(namespace, env_extra, "eval", "f", "--user", '{"key": "u1", "country": "fr"}')
+        assert out.returncode == 0, out.stderr
+        detail = json.loads(out.stdout)
+        assert (detail["variation"], detail["kind"], detail["generation"]) == ("blue", "RuleMatch", 1)
+        missing = run_env(namespace, env_extra, "eval", "nope", "--user", '{"key": "u1"}')
+        assert missing.returncode == 1 and json.loads(missing.stdout)["reason"] == "flag not found"
+        assert run_env(namespace, env_extra, "eval", "f", "--user", "not json").returncode == 2
+
+
+def run_env(namespace: str, extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATBIT_")}
+    env.update(extra, FEATBIT_NAMESPACE=namespace)
+    return subprocess.run([sys.executable, "-m", "featbit_shm.cli", *args], capture_output=True, text=True, env=env, timeout=60)

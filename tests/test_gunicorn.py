@@ -218,3 +218,26 @@ def test_master_sigkill_sync_process_exits(server: FeatBitStandIn) -> None:
         # when they notice their parent changed.
     finally:
         g.cleanup()
+
+
+def test_max_requests_recycling_delivers_every_event_and_leaves_nothing(server: FeatBitStandIn) -> None:
+    g = Gunicorn(server, extra_env={"GUNICORN_MAX_REQUESTS": "50"})
+    try:
+        pids = set()
+        answers = 0
+        deadline = time.monotonic() + 120
+        while answers < 2000 and time.monotonic() < deadline:
+            pids.add(ask(g.port)["pid"])
+            answers += 1
+        assert answers == 2000
+        assert len(pids) >= 2000 // 50  # workers really were recycled
+        assert server.open_connections == 1 and server.connections_accepted == 1
+        assert g.stop() == 0
+        # Every request recorded 3 evaluation events (see examples/demo_app.py);
+        # one more request was the start-up probe.
+        received = [e for e in server.events if e["user"]["keyId"] == "alice"]
+        assert len(received) == 3 * (answers + 1)
+        assert eventually(lambda: processes_of(g.namespace) == [], timeout=15)
+        assert g.store_objects() == []
+    finally:
+        g.cleanup()
