@@ -255,14 +255,33 @@ class EventPump:
                 log.exception("featbit_shm: event pump cycle failed")
             if not self._left_bytes:  # rings still hold records: go straight on
                 stop.wait(0.05)
-        self.drain(shutdown_timeout)
+        self.shutdown(shutdown_timeout)
 
     def drain(self, timeout: float) -> bool:
-        """Send everything queued, within ``timeout`` (R-70). True when all went out."""
+        """Send everything queued, within ``timeout``. True when all went out."""
         deadline = self._clock() + timeout
         while self._clock() < deadline:
             if self.cycle(force=True):
                 return True
+        return False
+
+    def shutdown(self, timeout: float = 5.0, owners_grace: float = 1.0) -> bool:
+        """The final drain (R-70), within ``timeout``.
+
+        A server stopping its workers and its sync process together (uWSGI, a
+        container) leaves a short race: workers may record on their way out.
+        So for up to ``owners_grace`` seconds the drain waits for processes
+        that still own a ring to exit, then ends with every ring drained and
+        the rings of exited workers removed.
+        """
+        deadline = self._clock() + timeout
+        grace_end = self._clock() + min(owners_grace, timeout)
+        while self._clock() < deadline:
+            empty = self.cycle(force=True)
+            owners = any(self._alive(pid) for _slot, pid, *_rest in self.registry.slots())
+            if empty and (not owners or self._clock() >= grace_end):
+                return True
+            self._sleep(0.01)
         return False
 
     def close(self) -> None:

@@ -15,6 +15,19 @@ import sys
 from .settings import SyncSettings
 
 
+def python_executable() -> str:
+    """The Python interpreter to start: ``sys.executable`` -- except inside
+    uWSGI, where that is the uwsgi binary."""
+    exe = sys.executable or ""
+    if exe and not os.path.basename(exe).startswith("uwsgi"):
+        return exe
+    for name in ("python3", "python"):
+        candidate = os.path.join(sys.prefix, "bin", name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return "python3"
+
+
 def spawn_sync_process(settings: SyncSettings, *, owner_pid: int | None = None) -> subprocess.Popen[bytes]:
     """Start ``python -m featbit_shm.sync`` for these settings.
 
@@ -27,7 +40,7 @@ def spawn_sync_process(settings: SyncSettings, *, owner_pid: int | None = None) 
     if owner_pid:
         env["FEATBIT_SHM_OWNER_PID"] = str(owner_pid)
     return subprocess.Popen(
-        [sys.executable, "-m", "featbit_shm.sync"],
+        [python_executable(), "-m", "featbit_shm.sync"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,  # never hold the parent's stdout open (pipes, CGI, tests)
