@@ -56,7 +56,7 @@ class UWSGIServer:
                 UWSGI, "--master", "--processes", str(WORKERS), "--http-socket", f"127.0.0.1:{self.port}",
                 f"--mule={featbit_shm.uwsgi_mule.__file__}", "--wsgi-file", str(ROOT / "examples" / "demo_app.py"),
                 "--callable", "app", "--die-on-term", "--disable-logging", "--virtualenv", sys.prefix,
-            ],  # fmt: skip
+            ],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
