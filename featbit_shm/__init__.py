@@ -12,6 +12,7 @@ from .client import FBClient
 from .common_types import AllFlagStates, EvalDetail, FlagState
 from .config import Config
 from .errors import ConfigError, DataError, FeatbitShmError, SharedMemoryError
+from .status_types import State, StateType
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,8 @@ __all__ = [
     "FlagState",
     "ReasonKind",
     "SharedMemoryError",
+    "State",
+    "StateType",
     "__version__",
     "get",
     "set_config",

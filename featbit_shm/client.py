@@ -48,6 +48,7 @@ from .errors import ConfigError, DataError
 from .events.recorder import EventRecorder
 from .events.ring import Registry
 from .liveness import pid_alive
+from .status_types import DataUpdateStatusProvider
 from .store.control import SyncState
 from .store.names import StoreNames
 from .store.reader import SnapshotReader
@@ -102,6 +103,8 @@ class FBClient:
         self._config = config
         self._defaults = config.defaults
         self._closed = False
+        self._started = time.time()
+        self._status: DataUpdateStatusProvider | None = None
         self._events: EventRecorder | None = None
         self._names = StoreNames.for_env("" if config.offline else config.env_secret, config.namespace)
         self._source: FlagSource
@@ -206,6 +209,29 @@ class FBClient:
     def initialize(self) -> bool:
         """True once the client has data to evaluate (offline: at once)."""
         return self._source.current() is not None
+
+    @property
+    def update_status_provider(self) -> DataUpdateStatusProvider:
+        """fbclient's status provider: state, ``wait_for_OKState``, ``latest_version``."""
+        provider = self._status
+        if provider is None:
+            source = self._source
+
+            def control() -> Any:
+                return source.control if isinstance(source, SnapshotReader) else None
+
+            def version() -> int:
+                view = self._source.current()
+                return view.version if view is not None else 0
+
+            provider = self._status = DataUpdateStatusProvider(
+                control,
+                offline=not isinstance(source, SnapshotReader) or self._config.offline,
+                ready=lambda: self.initialize,
+                version=version,
+                started=self._started,
+            )
+        return provider
 
     def is_offline(self) -> bool:
         return self._config.offline

@@ -301,3 +301,36 @@ def test_client_starts_a_sync_process_when_none_runs_and_it_exits_when_idle(serv
         assert eventually(lambda: processes_of(env.namespace) == [], timeout=30)
         log.warning("last client exited -> idle sync process gone in %.2f s", time.monotonic() - gone)
         assert eventually(lambda: env.leftovers() == [], timeout=10)
+
+
+def test_update_status_provider_follows_the_sync_process(env: SyncFixture) -> None:
+    """R-16 states from the control block; a heartbeat older than 3 s reads INTERRUPTED."""
+    from featbit_shm import StateType
+
+    proc = env.spawn()
+    client = client_for(env)
+    status = client.update_status_provider
+    assert status.wait_for_OKState(10) is True
+    assert status.current_state.state_type is StateType.OK and status.initialized
+    assert status.latest_version == T0
+    os.kill(proc.pid, signal.SIGSTOP)  # a hung sync process: no more heartbeats
+    try:
+        assert eventually(lambda: status.current_state.state_type is StateType.INTERRUPTED, timeout=15)
+        assert status.current_state.error_track is not None
+        assert client.variation("a", {"key": "u"}, "d") == "a1"  # evaluation goes on meanwhile
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert status.wait_for_OKState(10) is True
+    env.server.close_connections(4003)
+    assert eventually(lambda: status.current_state.state_type is StateType.OFF)
+    started = time.monotonic()
+    assert status.wait_for_OKState(30) is False  # OFF answers at once, not after the timeout
+    assert time.monotonic() - started < 5
+
+
+def test_offline_status_is_ok_at_once() -> None:
+    from featbit_shm import StateType
+
+    client = FBClient(Config(offline=True))
+    assert client.update_status_provider.current_state.state_type is StateType.OK
+    assert client.update_status_provider.wait_for_OKState(0.1) is True
