@@ -22,12 +22,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from ._core.dataset import DataSet
 from ._core.evaluator import evaluate, send_to_experiment
 from ._core.results import (
     REASON_CLIENT_NOT_READY,
+    REASON_ERROR,
     REASON_FLAG_NOT_FOUND,
     REASON_WRONG_TYPE,
     WRONG_TYPE,
@@ -54,8 +55,6 @@ from .store.names import StoreNames
 from .store.reader import SnapshotReader
 
 log = logging.getLogger("featbit_shm")
-
-T = TypeVar("T")
 
 _NOT_READY = ReasonKind.CLIENT_NOT_READY
 _REGISTERED: set[tuple[str, int]] = set()  # (store, pid) already in the store's client registry
@@ -394,22 +393,19 @@ class FBClient:
         """Value plus reason, reason kind and variation id (R-57). Never raises."""
         if default is None and self._defaults and type(key) is str:
             default = self._defaults.get(key)
-        try:
-            return self._detail(key, user, default, None)
-        except Exception as exc:
-            log.exception("featbit_shm: unexpected evaluation error")
-            return EvalDetail(f"error in evaluation: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+        return self._typed(key, user, default, None)
 
     def is_enabled(self, key: str, user: Mapping[str, Any]) -> bool:
         """True only when the flag's value is the boolean ``true``."""
         return self.bool_variation(key, user, False)
 
-    def _typed(self, key: str, user: Any, default: Any, convert: Callable[[str], Any]) -> EvalDetail:
+    def _typed(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None) -> EvalDetail:
+        """:meth:`_detail` behind the never-raise guard (STYLE 6)."""
         try:
             return self._detail(key, user, default, convert)
         except Exception as exc:
             log.exception("featbit_shm: unexpected evaluation error")
-            return EvalDetail(f"error in evaluation: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+            return EvalDetail(f"{REASON_ERROR}: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)
 
     # Typed variations (R-58): strict conversion, WrongType + default on failure.
 
@@ -470,7 +466,7 @@ class FBClient:
         try:
             keys = list(view.flag_keys())
         except Exception as exc:  # noqa: BLE001 - a damaged snapshot index
-            return AllFlagStates(False, f"error in evaluation: {exc}", {})
+            return AllFlagStates(False, f"{REASON_ERROR}: {exc}", {})
         for key in keys:
             try:
                 flag = view.flag(key)
@@ -486,7 +482,7 @@ class FBClient:
                 else:
                     details[key] = EvalDetail(reason, value, key, flag.name, var.id, kind)
             except Exception as exc:  # noqa: BLE001 - one bad flag never fails the rest
-                details[key] = EvalDetail(f"error in evaluation: {exc}", None, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+                details[key] = EvalDetail(f"{REASON_ERROR}: {exc}", None, key, FLAG_NAME_UNKNOWN, "", _ERROR)
         return AllFlagStates(True, "OK", details)
 
     @property

@@ -19,6 +19,9 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
+#: Each worker's event ring: about 10 s of 10,000 events/s of ~150-byte records.
+DEFAULT_EVENT_RING_BYTES = 16 * 1024 * 1024
+
 _UNSUPPORTED = ("data_storage", "update_processor_imp", "event_processor_imp")
 
 
@@ -81,7 +84,7 @@ class Config:
         disable_events: bool = False,
         namespace: str = "default",
         shared: bool | None = None,
-        event_ring_bytes: int = 16 * 1024 * 1024,
+        event_ring_bytes: int = DEFAULT_EVENT_RING_BYTES,
         start_sync: bool | None = None,
     ) -> None:
         for name, value in zip(_UNSUPPORTED, (data_storage, update_processor_imp, event_processor_imp)):
@@ -247,7 +250,7 @@ class Config:
             namespace=env.get("FEATBIT_NAMESPACE") or "default",
             disable_events=env.get("FEATBIT_DISABLE_EVENTS", "").strip().lower() in ("1", "true", "yes", "on"),
             shared=True if shared in ("1", "true", "yes", "on") else False if shared in ("0", "false", "no", "off") else None,
-            event_ring_bytes=int(env.get("FEATBIT_SHM_RING_BYTES") or 16 * 1024 * 1024),
+            event_ring_bytes=int(env.get("FEATBIT_SHM_RING_BYTES") or DEFAULT_EVENT_RING_BYTES),
         )
 
     def __repr__(self) -> str:

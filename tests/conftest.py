@@ -1,13 +1,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 # Tests start their own sync processes; an online client must not start one
 # behind their back (test_sync.py checks auto-start on its own).
@@ -19,22 +15,8 @@ from featbit_shm.testing import builders as b
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(scope="session")
-def fbclient_test_data() -> str:
-    return (FIXTURES / "fbclient_test_data.json").read_text()
-
-
 def offline_client(*flags: dict[str, Any], segments: tuple[dict[str, Any], ...] = (), **config: Any) -> FBClient:
     """An offline client loaded with the given wire flags and segments."""
     client = FBClient(Config(offline=True, **config))
     assert client.initialize_from_external_json(json.dumps(b.data_sync(flags, segments)))
     return client
-
-
-@pytest.fixture
-def quiet_fbclient() -> Iterator[None]:
-    logger = logging.getLogger("fbclient")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    yield
-    logger.setLevel(level)

@@ -64,7 +64,7 @@ def test_incremental_images_equal_the_data_set_after_every_batch(seq: list[Any])
 def test_patch_of_one_flag_in_ten_thousand_is_incremental() -> None:
     ds, _ = apply(DataSet(), [b.flag(f"f{i}", updated_at=1) for i in range(10_000)], [], "full")
     builder = SnapshotBuilder()
-    root1, chunks1 = builder.build(ds, 1)
+    _root1, chunks1 = builder.build(ds, 1)
     ds2, changes = apply(ds, [b.flag("f5", updated_at=2)], [], "patch")
     root2, chunks2 = builder.build(ds2, 2, changes)
     assert builder.incremental_builds == 1 and builder.full_builds == 1

@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
-KEY_FIELDS: Final = ("key", "keyId", "keyid")
 RESERVED: Final = frozenset({"key", "keyId", "keyid", "name"})
 
 
@@ -50,16 +49,6 @@ class User:
         if prop == "name":
             return self.name
         return attr_string(self.attrs.get(prop))
-
-    def custom_properties(self) -> list[tuple[str, str]]:
-        """Custom attributes as (name, string value) pairs, for events (R-64)."""
-        out = []
-        for k, v in self.attrs.items():
-            if type(k) is str and k not in RESERVED:
-                s = attr_string(v)
-                if s is not None:
-                    out.append((k, s))
-        return out
 
     def __repr__(self) -> str:
         return f"User(key={self.key!r})"

@@ -77,8 +77,3 @@ class CompiledView:
     def flag_keys(self) -> Iterable[str]:
         """Keys of every active flag in this snapshot."""
         return self._keys()
-
-    def drop_previous(self) -> None:
-        """Forget the previous view's objects once every key was visited."""
-        self._old_flags = {}
-        self._old_segments = {}

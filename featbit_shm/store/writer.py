@@ -98,7 +98,7 @@ class SnapshotWriter:
         self._live_chunks: set[int] = set()
         self._closed = False
         self._current_root: mmap.mmap | None = None
-        self._ctl_shm, self._ctl_map, self.control = self._open_control()
+        _shm, self._ctl_map, self.control = self._open_control()
         self.generation = self.control.generation
         self.current_name = ""
         self._adopt_existing()
