@@ -48,6 +48,8 @@ from .config import Config
 from .errors import ConfigError, DataError
 from .events.recorder import EventRecorder
 from .events.ring import Registry
+from .flag_change_notification import FlagTracker, TrackingSource
+from .forksafety import warn_limited
 from .liveness import pid_alive
 from .status_types import DataUpdateStatusProvider
 from .store.control import SyncState
@@ -90,7 +92,7 @@ def memory_view(dataset: DataSet, generation: int, previous: CompiledView | None
     def keys() -> list[str]:
         return [f["key"] for f in dataset.active_flags()]
 
-    return CompiledView(generation, dataset.version, dataset.flag, dataset.segment, keys, previous)
+    return CompiledView(generation, dataset.version, dataset.flag, dataset.segment, keys, previous, origin=dataset)
 
 
 class FBClient:
@@ -105,6 +107,8 @@ class FBClient:
         self._started = time.time()
         self._status: DataUpdateStatusProvider | None = None
         self._events: EventRecorder | None = None
+        self._tracker: FlagTracker | None = None
+        self._pid = os.getpid()
         self._names = StoreNames.for_env("" if config.offline else config.env_secret, config.namespace)
         self._source: FlagSource
         if not config.offline:
@@ -196,11 +200,20 @@ class FBClient:
 
     def _use_memory(self, dataset: DataSet) -> None:
         """Serve this data from now on (offline data of the client's own)."""
-        source = getattr(self, "_source", None)
+        current = getattr(self, "_source", None)
+        source = self._backing()
         if not isinstance(source, MemorySource):
             source = MemorySource()
         source.publish(dataset)
-        self._source = source
+        if isinstance(current, TrackingSource):
+            current.inner = source  # listeners keep listening (and see this as a change)
+        else:
+            self._source = source
+
+    def _backing(self) -> FlagSource | None:
+        """The flag source itself, under any change-tracking wrapper."""
+        source = getattr(self, "_source", None)
+        return source.inner if isinstance(source, TrackingSource) else source
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,7 +227,7 @@ class FBClient:
         """fbclient's status provider: state, ``wait_for_OKState``, ``latest_version``."""
         provider = self._status
         if provider is None:
-            source = self._source
+            source = self._backing()
 
             def control() -> Any:
                 return source.control if isinstance(source, SnapshotReader) else None
@@ -243,6 +256,9 @@ class FBClient:
         if self._closed:
             return
         self._closed = True
+        tracker = self._tracker
+        if tracker is not None:
+            tracker.stop_watching()
         events = self._events
         if events is not None:
             events.flush()
@@ -311,6 +327,13 @@ class FBClient:
         """
         if not self._config.offline:
             return False
+        if os.getpid() != self._pid and not isinstance(self._backing(), SnapshotReader):
+            warn_limited(
+                "external-json-fork",
+                f"featbit_shm: initialize_from_external_json() in forked pid {os.getpid()} updates this "
+                f"process only, not its siblings (the client was built in pid {self._pid}); to give "
+                "every worker the same data, use Config(bootstrap_file=..., shared=True) served by the sync process",
+            )
         try:
             result = load_document(json_str, require_full=False)
         except DataError as exc:
@@ -327,7 +350,7 @@ class FBClient:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _detail(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None) -> EvalDetail:
+    def _detail(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None, record: bool = True) -> EvalDetail:
         """Evaluate one flag; ``convert`` None means "by the flag's variationType"."""
         view = self._source.current()
         if view is None:
@@ -348,7 +371,7 @@ class FBClient:
         value = var.converted() if convert is None else convert(var.value)
         if value is WRONG_TYPE:
             return EvalDetail(REASON_WRONG_TYPE, default, key, flag.name, "", _WRONG)
-        events = self._events
+        events = self._events if record else None
         if events is not None:  # R-66: one event per successful evaluation, after conversion
             events.record_eval(user, key, var.id, var.value, send_to_experiment(expt))
         return EvalDetail(reason, value, key, flag.name, var.id, kind)
@@ -395,14 +418,40 @@ class FBClient:
             default = self._defaults.get(key)
         return self._typed(key, user, default, None)
 
+    def _quiet_variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
+        """:meth:`variation` recording no event: for change listeners (R-88's
+        listener evaluations are not user traffic)."""
+        return self._typed(key, user, default, None, record=False).variation
+
+    # ------------------------------------------------------------------ change listeners
+
+    @property
+    def flag_tracker(self) -> FlagTracker:
+        """Register flag change listeners (fbclient's ``flag_tracker``, R-88).
+
+        Listeners fire when this process next uses the client after the
+        data changed, or from an opt-in watcher thread
+        (``flag_tracker.start_watching()``); see
+        :mod:`featbit_shm.flag_change_notification`.
+        """
+        tracker = self._tracker
+        if tracker is None:
+            tracker = self._tracker = FlagTracker(self._quiet_variation, self._install_tracking)
+        return tracker
+
+    def _install_tracking(self, tracker: FlagTracker) -> TrackingSource:
+        wrapper = TrackingSource(self._source, tracker)
+        self._source = wrapper
+        return wrapper
+
     def is_enabled(self, key: str, user: Mapping[str, Any]) -> bool:
         """True only when the flag's value is the boolean ``true``."""
         return self.bool_variation(key, user, False)
 
-    def _typed(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None) -> EvalDetail:
+    def _typed(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None, record: bool = True) -> EvalDetail:
         """:meth:`_detail` behind the never-raise guard (STYLE 6)."""
         try:
-            return self._detail(key, user, default, convert)
+            return self._detail(key, user, default, convert, record)
         except Exception as exc:
             log.exception("featbit_shm: unexpected evaluation error")
             return EvalDetail(f"{REASON_ERROR}: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)

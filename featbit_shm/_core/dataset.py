@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from .changes import ChangeSet, diff_datasets
 from .wire import DataSyncMessage, NormFlag, NormSegment
 
 
@@ -89,6 +90,10 @@ class DataSet:
             + [segments[k]["version"] for k in changed_segments]
         )
         return DataSet(flags, segments, version=version), Changes(False, changed_flags, changed_segments)
+
+    def diff(self, older: DataSet) -> ChangeSet:
+        """Flags and segments changed since ``older`` (R-80; see :mod:`.changes`)."""
+        return diff_datasets(older, self)
 
     def __len__(self) -> int:
         return len(self._flags)

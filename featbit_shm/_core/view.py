@@ -15,7 +15,9 @@ two lookup functions.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
+from .changes import ChangeSet
 from .model import Flag, Segment
 from .wire import NormFlag, NormSegment
 
@@ -24,7 +26,7 @@ SegmentLookup = Callable[[str], "NormSegment | None"]
 
 
 class CompiledView:
-    __slots__ = ("generation", "version", "_flag_norm", "_segment_norm", "_keys", "_flags", "_segments", "_old_flags", "_old_segments")
+    __slots__ = ("generation", "version", "origin", "_flag_norm", "_segment_norm", "_keys", "_flags", "_segments", "_old_flags", "_old_segments")
 
     def __init__(
         self,
@@ -34,9 +36,13 @@ class CompiledView:
         segment_norm: SegmentLookup,
         keys: Callable[[], Iterable[str]],
         previous: CompiledView | None = None,
+        origin: Any = None,
     ) -> None:
         self.generation = generation
         self.version = version
+        # What the lookups read (a DataSet or a SnapshotImage): anything with
+        # ``diff(older) -> ChangeSet`` lets listeners learn what changed.
+        self.origin = origin
         self._flag_norm = flag_norm
         self._segment_norm = segment_norm
         self._keys = keys
@@ -77,3 +83,18 @@ class CompiledView:
     def flag_keys(self) -> Iterable[str]:
         """Keys of every active flag in this snapshot."""
         return self._keys()
+
+    def changes_since(self, older: CompiledView | None) -> ChangeSet:
+        """Flags (and segments) that may evaluate differently here than in
+        ``older`` (R-80, R-88). With no older view every active flag counts
+        (the first data is a change, as fbclient's initial sync is)."""
+        if older is None:
+            return ChangeSet(frozenset(self.flag_keys()), frozenset())
+        mine, theirs = self.origin, older.origin
+        if mine is theirs:
+            return ChangeSet(frozenset(), frozenset())
+        if mine is not None and type(mine) is type(theirs):
+            return mine.diff(theirs)  # type: ignore[no-any-return]
+        # Different kinds of source (e.g. an empty fallback, then a snapshot):
+        # nothing to compare, so everything either side knows may have changed.
+        return ChangeSet(frozenset(self.flag_keys()) | frozenset(older.flag_keys()), frozenset())

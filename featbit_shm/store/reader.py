@@ -174,7 +174,13 @@ class SnapshotReader:
             self._image = image
             self._chunks = chunks  # maps of chunks no longer live are dropped here
             self._view = CompiledView(
-                image.generation, image.data_version, image.flag, image.segment, image.flag_keys, previous=previous
+                image.generation,
+                image.data_version,
+                image.flag,
+                image.segment,
+                image.flag_keys,
+                previous=previous,
+                origin=image,
             )
             self._seen = pointer.generation
             self.refreshes += 1

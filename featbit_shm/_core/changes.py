@@ -1,0 +1,82 @@
+"""Which flags a new generation may have changed, for change notices (R-80, R-88).
+
+A process that tracks flag changes compares the generation it last told its
+listeners about with the one it evaluates from now. The generations may be
+several publishes apart (a worker that was busy, or idle, sees only the
+latest), so the answer is a difference of two data sets, never a replay of
+messages:
+
+* a flag is *changed* when its entry differs (content, version, archived
+  bit, presence);
+* a segment is changed likewise, and every active flag whose rules reference
+  a changed segment is notified too (R-80: segment-only changes are reported;
+  R-88: "plus one for every stored flag whose rule conditions reference a
+  segment in the message").
+
+Identical entries are not reported, so a full sync that changed nothing
+notifies nothing (fbclient notifies every key in every full sync; MIGRATING.md
+lists the difference). Each source of generations (an in-process
+:class:`~.dataset.DataSet`, a shared-memory
+:class:`~.snapshot.SnapshotImage`) finds its changed entries in its own
+cheapest way; this module holds the parts they share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .wire import SEGMENT_IN, SEGMENT_NOT_IN
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """What listeners are told about one step from an old generation to a new one."""
+
+    flags: frozenset[str]  # flag keys to notify, sorted order is the caller's business
+    segments: frozenset[str]  # segment ids whose entries changed
+
+    def __bool__(self) -> bool:
+        return bool(self.flags) or bool(self.segments)
+
+
+def segment_refs(flag: Mapping[str, Any]) -> set[str]:
+    """Ids of the segments a normalised flag's rules reference."""
+    refs: set[str] = set()
+    for rule in flag.get("rules") or ():
+        for cond in rule[3]:
+            if cond[0] in (SEGMENT_IN, SEGMENT_NOT_IN) and isinstance(cond[2], list):
+                refs.update(s for s in cond[2] if isinstance(s, str))
+    return refs
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    """Keys whose entries differ between two key -> entity mappings.
+
+    Unchanged entities are usually the same object (a patch shares them), so
+    the identity test answers most keys without comparing content.
+    """
+    changed = {k for k in new.keys() - old.keys()}
+    changed.update(old.keys() - new.keys())
+    for key, entity in new.items():
+        before = old.get(key)
+        if before is not None and before is not entity and before != entity:
+            changed.add(key)
+    return changed
+
+
+def referencing(flags: Iterable[tuple[str, Mapping[str, Any]]], segments: Iterable[str]) -> set[str]:
+    """Keys of the active flags (of ``flags``) whose rules use any of ``segments``."""
+    wanted = set(segments)
+    if not wanted:
+        return set()
+    return {key for key, flag in flags if not flag.get("archived") and segment_refs(flag) & wanted}
+
+
+def diff_datasets(old: Any, new: Any) -> ChangeSet:
+    """Changes between two :class:`~.dataset.DataSet` values."""
+    flags = changed_keys(old.flags, new.flags)
+    segments = changed_keys(old.segments, new.segments)
+    flags |= referencing(new.flags.items(), segments)
+    return ChangeSet(frozenset(flags), frozenset(segments))
