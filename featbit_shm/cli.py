@@ -142,7 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"featbit-shm eval: {exc}", file=sys.stderr)
         return 2
     detail = client.variation_detail(args.flag, user, None)
-    out = detail.to_json_dict() | {"generation": client.generation}
+    out = detail.to_json_dict(extended=True) | {"generation": client.generation}
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0 if detail.variation_id else 1
 

@@ -44,15 +44,15 @@ class EvalDetail:
         """True when ``variation`` is the caller's default (no variation was chosen)."""
         return not self.variation_id
 
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "variation": self.variation,
-            "keyName": self.key_name,
-            "name": self.name,
-            "kind": self.kind.value,
-            "variationId": self.variation_id,
-        }
+    def to_json_dict(self, *, extended: bool = False) -> dict[str, Any]:
+        """fbclient's exact shape (``reason``, ``variation``, ``keyName``,
+        ``name``), so JSON built from it does not change on migration;
+        ``extended=True`` adds ``kind`` and ``variationId`` (R-57)."""
+        out = {"reason": self.reason, "variation": self.variation, "keyName": self.key_name, "name": self.name}
+        if extended:
+            out["kind"] = self.kind.value
+            out["variationId"] = self.variation_id
+        return out
 
     def to_json_str(self) -> str:
         return json.dumps(self.to_json_dict())

@@ -168,7 +168,8 @@ def test_r57_detail_carries_kind_variation_id_and_names() -> None:
     assert (d.variation, d.kind, d.variation_id, d.key_name, d.name, d.reason) == (
         False, ReasonKind.TARGET_MATCH, "f-v1", "f", "Fancy", "target match"
     )
-    assert d.to_json_dict()["kind"] == "TargetMatch"
+    assert d.to_json_dict(extended=True)["kind"] == "TargetMatch"
+    assert set(d.to_json_dict()) == {"reason", "variation", "keyName", "name"}  # fbclient's shape
 
 
 def test_r57_fallback_is_the_callers_exact_object() -> None:
