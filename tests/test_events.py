@@ -27,7 +27,7 @@ from featbit_shm._core.events import (
 )
 from featbit_shm.events.pump import EventPump
 from featbit_shm.events.recorder import EventRecorder
-from featbit_shm.events.ring import W_DROPPED, W_MALFORMED, Registry, Ring
+from featbit_shm.events.ring import W_DROPPED, W_MALFORMED, Registry, Ring, ring_name
 from featbit_shm.store.control import SIZE, ControlBlock
 from featbit_shm.store.names import StoreNames
 from featbit_shm.testing import builders as b
@@ -234,8 +234,54 @@ sys.stdin.readline()
     pump = EventPump(names, post, sleep=lambda s: None)
     assert pump.drain(5)
     assert sorted(int(o["user"]["keyId"][1:]) for body in post.bodies for o in body) == list(range(1000))
-    assert Registry(names).slots() == [] and names.existing("r") == []
+    registry = Registry(names)
+    # the dead worker's ring (id 1) is gone; what remains are empty spares
+    assert registry.slots() == [] and not any(n.endswith(".r1") for n in names.existing("r"))
+    assert registry.spares_wanted(lambda pid: False)[0] == len(names.existing("r"))
     pump.close()
+    assert names.existing("r") == []
+
+
+def test_spare_rings_are_ready_before_a_worker_records_and_claimed_without_allocation(names: StoreNames) -> None:
+    """Issue 6 (attach <= 5 ms): reserving a ring's memory is the slow part of
+    a worker's first event, so the sync process keeps spares: two more than
+    the registered clients without a ring. A claim takes a spare of its
+    capacity; other capacities make their own; spares never count as live
+    processes and go away at a clean stop."""
+    clock = [0.0]
+    pump = EventPump(names, Recorder(), sleep=lambda s: None, clock=lambda: clock[0], ring_bytes=1 << 16)
+    registry = Registry(names)
+    registry.register_client()  # this process: a client with no ring yet
+    pump.cycle()
+    spares = sorted(names.existing("r"))
+    assert len(spares) == 3 and registry.spares_wanted(lambda pid: True) == (3, 3)
+    assert registry.live_processes(lambda pid: pid == os.getpid()) == 1  # spares are not processes
+    recorder = EventRecorder(names, ring_bytes=1 << 16)
+    assert recorder.record_eval({"key": "k"}, "f", "v", "val", False)
+    assert sorted(names.existing("r")) == spares  # the claim took a spare: nothing new was created
+    assert [pid for _slot, pid, *_rest in registry.slots()] == [os.getpid()]
+    other = registry.claim(1 << 15)  # another capacity: a new ring of its own
+    assert other.capacity == 1 << 15 and len(names.existing("r")) == 4
+    other.close()
+    clock[0] += 1
+    pump.cycle()  # this process now has a ring: two spares wanted, two there
+    assert registry.spares_wanted(lambda pid: True) == (2, 2)
+    assert pump.drain(5) and pump.sent == 1
+    pump.close()  # a clean stop removes the spares, not the claimed rings
+    assert len(names.existing("r")) == 2
+
+
+def test_a_vanished_spare_is_skipped(names: StoreNames) -> None:
+    import posix_ipc
+
+    registry = Registry(names)
+    ring_id = registry.add_spare(1 << 16)
+    assert ring_id is not None
+    posix_ipc.unlink_shared_memory(names.existing("r")[0])
+    ring = registry.claim(1 << 16)
+    assert ring.name != names.existing("r") or ring_id != int(ring.name.rsplit("r", 1)[1])
+    assert registry.spares_wanted(lambda pid: False)[0] == 0
+    ring.close()
 
 
 # --------------------------------------------------------------------------- real processes against the stand-in
@@ -295,11 +341,13 @@ def test_worker_sigkilled_after_1000_events_loses_none(server: FeatBitStandIn) -
         env.spawn()
         worker = start_worker(env, "killed", 1000, mode="hold")
         assert worker.stdout is not None and worker.stdout.readline().strip() == "recorded"
+        owned = {ring_name(env.names, ring_id) for _slot, pid, ring_id, *_rest in Registry(env.names).slots() if pid == worker.pid}
+        assert len(owned) == 1
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
         assert eventually(lambda: len(received_keys(server, "killed")) >= 1000, timeout=30)
         assert sorted(received_keys(server, "killed")) == sorted(f"killed-{i}" for i in range(1000))
-        assert eventually(lambda: env.names.existing("r") == [], timeout=10)  # its ring was reclaimed
+        assert eventually(lambda: not owned & set(env.names.existing("r")), timeout=10)  # its ring was reclaimed
 
 
 def test_graceful_stop_with_5000_events_queued_delivers_them_all(server: FeatBitStandIn) -> None:

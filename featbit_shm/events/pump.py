@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .._core.events import (
     join_json,
 )
 from .._core.protocol import USER_AGENT, insight_url
+from ..config import DEFAULT_EVENT_RING_BYTES
 from ..liveness import pid_alive
 from ..store.control import (
     W_DELIVERY_STOPPED,
@@ -113,8 +115,15 @@ class EventPump:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         alive: Callable[[int], bool] = pid_alive,
+        ring_bytes: int | None = None,
+        spare_rings: int = 8,
     ) -> None:
         self.names = names
+        # Spare rings are made at the size workers ask for: the same variable
+        # configures both (Config.from_env reads it in the workers).
+        self._ring_bytes = ring_bytes or int(os.environ.get("FEATBIT_SHM_RING_BYTES") or DEFAULT_EVENT_RING_BYTES)
+        self._max_spares = spare_rings
+        self._spares_checked = -1e9
         self.registry = Registry(names, mode)
         self._post = post
         self._control = control
@@ -180,7 +189,25 @@ class EventPump:
             for ring, requested in flushes:
                 ring.words[W_FLUSH_DONE] = requested  # processed: sent or failed (R-69)
         self._publish_counters()
+        self._top_up_spares()
         return drained_all and not self._buffer
+
+    def _top_up_spares(self) -> None:
+        """Keep empty rings ready for workers that will record (see ring.py),
+        so no worker reserves 16 MiB on its first request. Checked at most
+        every 0.1 s; never more than ``spare_rings`` at once."""
+        now = self._clock()
+        if self._max_spares <= 0 or now - self._spares_checked < 0.1:
+            return
+        self._spares_checked = now
+        try:
+            have, want = self.registry.spares_wanted(self._alive)
+            for _ in range(min(want, self._max_spares) - have):
+                if self.registry.add_spare(self._ring_bytes) is None:
+                    break
+        except Exception as exc:  # noqa: BLE001 - e.g. a full /dev/shm: workers then make their own
+            log.warning("featbit_shm: cannot prepare a spare event ring: %s", exc)
+            self._spares_checked = now + 5.0
 
     def _ring(self, ring_id: int) -> Ring | None:
         ring = self._rings.get(ring_id)
@@ -288,4 +315,8 @@ class EventPump:
         for ring in self._rings.values():
             ring.close()
         self._rings.clear()
+        try:
+            self.registry.drop_spares()
+        except Exception as exc:  # noqa: BLE001 - closing goes on
+            log.warning("featbit_shm: cannot remove spare event rings: %s", exc)
         self.registry.close()

@@ -44,6 +44,12 @@ changed only under a file lock. A worker claims a slot on its first event
 The sync process drains every claimed ring; once a ring's pid is dead and
 the ring is empty, it unlinks the ring and frees the slot -- so a worker
 killed with SIGKILL loses nothing it had already recorded.
+
+Spare rings: reserving a ring's memory (``posix_fallocate`` of 16 MiB) takes
+milliseconds, which a worker would pay on its first request. So the sync
+process keeps a few empty rings ready (state SPARE, no pid): two more than
+the registered clients that have no ring yet. A worker's claim takes a spare
+of its capacity when there is one, and creates its own only otherwise.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import filelock
 import posix_ipc
@@ -75,7 +81,12 @@ REG_SLOTS: Final = 256
 REG_HEADER: Final = 64
 _SLOT: Final = struct.Struct("<qQQd")  # pid, ring id, state, claimed at
 REG_SIZE: Final = REG_HEADER + REG_SLOTS * _SLOT.size
-FREE, CLAIMED, CLIENT = 0, 1, 2
+FREE, CLAIMED, CLIENT, SPARE = 0, 1, 2, 3
+
+
+def ring_capacity(requested: int) -> int:
+    """The data capacity a ring is created with for a requested size."""
+    return max(4096, requested - requested % 8)
 
 
 def ring_name(names: StoreNames, ring_id: int) -> str:
@@ -107,7 +118,7 @@ class Ring:
 
     @classmethod
     def create(cls, names: StoreNames, ring_id: int, capacity: int, mode: int) -> Ring:
-        capacity = max(4096, capacity - capacity % 8)
+        capacity = ring_capacity(capacity)
         name = ring_name(names, ring_id)
         try:
             shm = create_object(name, HEADER + capacity, mode=mode, gid=None, fallocate=os.posix_fallocate)
@@ -234,6 +245,11 @@ class Registry:
         self._mode = mode
         self._mm: mmap.mmap | None = None
 
+    def _locked(self) -> Any:
+        """The registry lock, polled every 2 ms (filelock's default 50 ms would
+        add up to 50 ms to a worker's first event whenever the lock is busy)."""
+        return self.lock.acquire(poll_interval=0.002)
+
     def _map(self) -> mmap.mmap:
         if self._mm is not None:
             return self._mm
@@ -266,9 +282,26 @@ class Registry:
         return out
 
     def claim(self, capacity: int) -> Ring:
-        """A new ring for this process, registered under the lock."""
-        with self.lock:
+        """A ring for this process, registered under the lock: a spare of this
+        capacity when the sync process left one ready, else a new one."""
+        capacity = ring_capacity(capacity)
+        with self._locked():
             mm = self._map()
+            for i in range(REG_SLOTS):
+                _pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+                if state != SPARE:
+                    continue
+                try:
+                    ring = Ring.open(ring_name(self.names, ring_id))
+                except (posix_ipc.Error, OSError, SharedMemoryError):
+                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)  # vanished or damaged
+                    continue
+                if ring.capacity != capacity or ring.words[W_HEAD] != ring.words[W_TAIL]:
+                    ring.close()
+                    continue
+                ring.words[W_PID] = os.getpid()
+                _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), ring_id, CLAIMED, time.time())
+                return ring
             for i in range(REG_SLOTS):
                 pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
                 if state == FREE:
@@ -281,9 +314,62 @@ class Registry:
             _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), next_id, CLAIMED, time.time())
             return ring
 
+    def add_spare(self, capacity: int) -> int | None:
+        """Create one empty ring for a future worker (sync process). Returns its
+        id, or None when fewer than a quarter of the slots are free (spares
+        never crowd out workers). The memory is reserved outside the lock,
+        so workers registering meanwhile do not wait for it."""
+        with self._locked():
+            mm = self._map()
+            free = sum(1 for i in range(REG_SLOTS) if _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)[2] == FREE)
+            if free < REG_SLOTS // 4:
+                return None
+            ring_id = struct.unpack_from("<Q", mm, 8)[0] + 1
+            struct.pack_into("<Q", mm, 8, ring_id)
+        Ring.create(self.names, ring_id, capacity, self._mode).close()
+        with self._locked():
+            for i in range(REG_SLOTS):
+                if _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)[2] == FREE:
+                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, ring_id, SPARE, time.time())
+                    return int(ring_id)
+        posix_ipc.unlink_shared_memory(ring_name(self.names, ring_id))  # the slots filled up meanwhile
+        return None
+
+    def spares_wanted(self, alive: Callable[[int], bool]) -> tuple[int, int]:
+        """(spares there are, spares wanted): one per live registered client
+        that has no ring yet, plus two for the next workers to start."""
+        with self._locked():
+            mm = self._map()
+            clients, owners, spares = set(), set(), 0
+            for i in range(REG_SLOTS):
+                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+                if state == SPARE:
+                    spares += 1
+                elif state == CLAIMED:
+                    owners.add(pid)
+                elif state == CLIENT and alive(pid):
+                    clients.add(pid)
+            return spares, len(clients - owners) + 2
+
+    def drop_spares(self) -> int:
+        """Unlink every spare ring and free its slot (a clean shutdown)."""
+        dropped = 0
+        with self._locked():
+            mm = self._map()
+            for i in range(REG_SLOTS):
+                _pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+                if state == SPARE:
+                    try:
+                        posix_ipc.unlink_shared_memory(ring_name(self.names, ring_id))
+                    except posix_ipc.ExistentialError:
+                        pass
+                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)
+                    dropped += 1
+        return dropped
+
     def register_client(self) -> int:
         """Note that this process runs a client (so an idle sync process stays)."""
-        with self.lock:
+        with self._locked():
             mm = self._map()
             for i in range(REG_SLOTS):
                 pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
@@ -295,12 +381,12 @@ class Registry:
     def live_processes(self, alive: Callable[[int], bool]) -> int:
         """Processes with a client or a ring that are still running; frees the
         client slots of dead ones (rings are freed by the pump after draining)."""
-        with self.lock:
+        with self._locked():
             mm = self._map()
             pids = set()
             for i in range(REG_SLOTS):
                 pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-                if state == FREE:
+                if state == FREE or state == SPARE:  # a spare has no process
                     continue
                 if alive(pid):
                     pids.add(pid)
@@ -310,7 +396,7 @@ class Registry:
 
     def release(self, slot: int, ring_id: int) -> None:
         """Free a slot whose ring was drained and unlinked (sync process)."""
-        with self.lock:
+        with self._locked():
             mm = self._map()
             _pid, current, state, _at = _SLOT.unpack_from(mm, REG_HEADER + slot * _SLOT.size)
             if state == CLAIMED and current == ring_id:
@@ -325,7 +411,8 @@ class Registry:
         """Remove the registry when no ring is claimed and no client lives (a clean shutdown)."""
         if self.live_processes(alive):
             return False
-        with self.lock:
+        self.drop_spares()
+        with self._locked():
             if self.slots():
                 return False
             self.close()
