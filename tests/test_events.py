@@ -14,9 +14,12 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from featbit_shm import Config, FBClient
 from featbit_shm._core.events import (
+    EvalEncoder,
     Outcome,
     RecordError,
     classify,
@@ -282,6 +285,30 @@ def test_a_vanished_spare_is_skipped(names: StoreNames) -> None:
     assert ring.name != names.existing("r") or ring_id != int(ring.name.rsplit("r", 1)[1])
     assert registry.spares_wanted(lambda pid: False)[0] == 0
     ring.close()
+
+
+user_values = st.one_of(st.text(max_size=8), st.integers(-3, 3), st.booleans(), st.floats(allow_nan=False, width=32))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["key", "name", "country", "age", "beta"]), user_values, min_size=1), min_size=1, max_size=6))
+def test_eval_encoder_bytes_equal_encode_eval_whatever_the_user_history(users: list[dict[str, Any]]) -> None:
+    """The hot-path encoder keeps a packed user only while it cannot differ
+    from packing afresh: the same dict, reused or mutated in place (1 -> True
+    is equal but packs differently), must give encode_eval's exact bytes."""
+    encoder = EvalEncoder()
+    shared: dict[str, Any] = {}
+    for u in users:
+        for user in (u, u, shared):
+            if user is shared:
+                shared.clear()
+                shared.update(u)  # the same object, mutated in place
+            assert encoder.eval(7, user, "f", "v", "x", True) == encode_eval(PACKER, 7, user, "f", "v", "x", True)
+            assert encoder.eval(8, user, "g", "w", "y", False) == encode_eval(PACKER, 8, user, "g", "w", "y", False)
+    same = {"key": "k", "age": 1}
+    assert encoder.eval(1, same, "f", "v", "x", True) == encode_eval(PACKER, 1, same, "f", "v", "x", True)
+    same["age"] = True  # equal to 1, different bytes
+    assert encoder.eval(1, same, "f", "v", "x", True) == encode_eval(PACKER, 1, same, "f", "v", "x", True)
 
 
 # --------------------------------------------------------------------------- real processes against the stand-in

@@ -62,6 +62,44 @@ def encode_eval(packer: msgpack.Packer, ts_ms: int, user: Mapping[str, Any], fla
     return frame(packer, (EVAL, ts_ms, flag_key, variation_id, value, expt), user)
 
 
+class EvalEncoder:
+    """Encodes evaluation records (one per recorded evaluation, the hot path).
+
+    A request usually evaluates several flags for one user dict, so the
+    packed user is kept while the same dict comes back unchanged: same
+    object, equal to a copy taken when it was packed. Only users whose
+    values are all strings are kept this way -- for them equality means
+    identical bytes, where ``1 == 1.0 == True`` would not.
+    """
+
+    __slots__ = ("_pack", "_user", "_copy", "_packed")
+
+    def __init__(self) -> None:
+        self._pack = msgpack.Packer(autoreset=True).pack
+        self._user: Any = None
+        self._copy: dict[Any, Any] | None = None
+        self._packed = b""
+
+    def user_bytes(self, user: Mapping[str, Any]) -> bytes:
+        if user is self._user and user == self._copy:
+            return self._packed
+        packed: bytes = self._pack(user)
+        if all(type(v) is str for v in user.values()):
+            self._user, self._copy, self._packed = user, dict(user), packed
+        else:
+            self._user = self._copy = None
+        return packed
+
+    def eval(self, ts_ms: int, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bytes:
+        """The framed record, as :func:`encode_eval` makes it."""
+        packed_user = self.user_bytes(user)
+        head: bytes = self._pack((EVAL, ts_ms, flag_key, variation_id, value, expt))
+        return _FRAME.pack(2 + len(head) + len(packed_user), len(head)) + head + packed_user
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
 def encode_metrics(packer: msgpack.Packer, ts_ms: int, user: Mapping[str, Any], metrics: Sequence[tuple[str, float]]) -> bytes:
     return frame(packer, (METRIC, ts_ms, [list(m) for m in metrics]), user)
 
