@@ -258,7 +258,7 @@ class FBClient:
         self._closed = True
         tracker = self._tracker
         if tracker is not None:
-            tracker.stop_watching()
+            tracker.close()  # no listener callback starts after stop
         events = self._events
         if events is not None:
             events.flush()

@@ -147,6 +147,7 @@ class FlagTracker:
         self._watcher: threading.Thread | None = None
         self._watcher_pid = 0
         self.dispatched = 0  # generations dispatched (for tests and status)
+        self.closed = False
         _trackers.add(self)
 
     # ------------------------------------------------------------------ registration
@@ -215,7 +216,7 @@ class FlagTracker:
         touches the client from inside a dispatch) the touch just returns
         and the dispatch in progress picks the new generation up.
         """
-        if not self._dispatching.acquire(blocking=False):
+        if self.closed or not self._dispatching.acquire(blocking=False):
             return
         try:
             for _ in range(_MAX_ROUNDS):
@@ -241,6 +242,8 @@ class FlagTracker:
         with self._lock:
             listeners = list(self._listeners)
         for key in keys:
+            if self.closed:  # R-79: a listener stopped the client; no callback starts after that
+                return
             notice = FlagChangedNotice(key)
             for listener in listeners:
                 try:
@@ -276,6 +279,11 @@ class FlagTracker:
             self._watcher_pid = os.getpid()
             self._watcher = threading.Thread(target=self._watch, args=(self._watch_stop,), name="featbit-shm-flag-watcher", daemon=True)
             self._watcher.start()
+
+    def close(self) -> None:
+        """No callback starts from now on (R-79); the client's stop() calls this."""
+        self.closed = True
+        self.stop_watching()
 
     def stop_watching(self, timeout: float = 1.0) -> None:
         """Stop the watcher thread, if one runs (bounded; idempotent)."""

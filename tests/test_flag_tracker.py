@@ -278,6 +278,22 @@ def test_opt_in_watcher_fires_without_a_touch_and_stops(client: FBClient) -> Non
     client.stop()  # idempotent
 
 
+def test_r79_no_callback_after_stop_even_from_inside_a_listener(client: FBClient) -> None:
+    calls: list[str] = []
+
+    class Stopper(FlagChangedListener):
+        def on_flag_change(self, notice: FlagChangedNotice) -> None:
+            calls.append(notice.flag_key)
+            client.stop()  # no deadlock, and no further callback
+
+    client.flag_tracker.add_flag_changed_listener(Stopper())
+    client.initialize_from_external_json(doc([sflag("a", "a5", T0 + 1), sflag("b", "b5", T0 + 1)]))
+    assert client.variation("a", USER) == "a5"  # evaluation goes on after stop
+    assert calls == ["a"]
+    client.initialize_from_external_json(doc([sflag("a", "a6", T0 + 2)]))
+    assert client.variation("a", USER) == "a6" and calls == ["a"]
+
+
 def test_watcher_is_off_by_default(client: FBClient) -> None:
     client.flag_tracker.add_flag_changed_listener(Recorder())
     assert not client.flag_tracker.watching
