@@ -1,6 +1,14 @@
 """The one writer of a store: publishes snapshot generations and the sync status.
 
 See the package docstring (:mod:`featbit_shm.store`) for the protocol.
+
+Fault injection (tests only): ``FEATBIT_SHM_FAULT_PUBLISH_DELAY`` makes every
+publish stall between writing a generation's objects and flipping the control
+block to it -- a slow ``/dev/shm`` writer. Its value is a number of seconds,
+or the path of a file holding one (read at every publish, so a test can turn
+the fault on and off while the sync process runs; a missing or empty file
+means no delay). Unset, it costs nothing: the writer is built without a delay
+function. Never set it in production.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import logging
 import mmap
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import posix_ipc
 
@@ -24,6 +32,7 @@ from .names import SHM_DIR, StoreNames
 log = logging.getLogger("featbit_shm.store")
 
 Fallocate = Callable[[int, int, int], None]
+FAULT_PUBLISH_DELAY_ENV = "FEATBIT_SHM_FAULT_PUBLISH_DELAY"
 # Fault the new object's pages in while mapping (Linux): cheaper than one fault per page.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
@@ -34,6 +43,31 @@ def _free_bytes() -> int:
     except OSError:
         return -1
     return st.f_bavail * st.f_frsize
+
+
+def publish_delay_from_env(env: Mapping[str, str] | None = None) -> Callable[[], float] | None:
+    """The fault-injection delay of :envvar:`FEATBIT_SHM_FAULT_PUBLISH_DELAY`
+    (see the module docstring), or None when it is unset."""
+    value = (os.environ if env is None else env).get(FAULT_PUBLISH_DELAY_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        path = value
+
+        def from_file() -> float:
+            try:
+                with open(path) as fh:
+                    text = fh.read().strip()
+                return max(0.0, float(text)) if text else 0.0
+            except (OSError, ValueError):
+                return 0.0
+
+        log.warning("featbit_shm: fault injection on: every publish waits the seconds in %s", path)
+        return from_file
+    log.warning("featbit_shm: fault injection on: every publish waits %.3f s", seconds)
+    return lambda: max(0.0, seconds)
 
 
 def create_object(name: str, size: int, *, mode: int, gid: int | None, fallocate: Fallocate) -> posix_ipc.SharedMemory:
@@ -83,6 +117,8 @@ class SnapshotWriter:
         wallclock: Callable[[], float] = time.time,
         getpid: Callable[[], int] = os.getpid,
         fallocate: Fallocate = os.posix_fallocate,
+        publish_delay: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.names = names
         self._mode = mode
@@ -93,6 +129,8 @@ class SnapshotWriter:
         self._wallclock = wallclock
         self._getpid = getpid
         self._fallocate = fallocate
+        self._publish_delay = publish_delay  # fault injection only (module docstring)
+        self._sleep = sleep
         self._builder = SnapshotBuilder()
         self._retired: collections.deque[tuple[tuple[str, ...], float]] = collections.deque()
         self._live_chunks: set[int] = set()
@@ -205,6 +243,8 @@ class SnapshotWriter:
             raise
         for chunk in built.new_chunks.values():
             chunk.close()  # complete; only readers map chunks from now on
+        if self._publish_delay is not None:
+            self._stall()
         root_name = self.names.root(generation)
         previous_state = self.control.state
         # Every object of the generation is complete; only now does the control
@@ -233,6 +273,13 @@ class SnapshotWriter:
         self.generation = generation
         self._unlink_retired(self._clock())
         return generation
+
+    def _stall(self) -> None:
+        """The injected slow writer: objects written, pointer not yet flipped."""
+        assert self._publish_delay is not None
+        delay = self._publish_delay()
+        if delay > 0:
+            self._sleep(delay)
 
     def set_state(self, state: SyncState) -> None:
         self.control.set_state(state, self._wallclock())

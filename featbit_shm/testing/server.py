@@ -13,9 +13,10 @@ It serves what an SDK sees of a FeatBit evaluation server, on loopback:
   secret (401 otherwise), records every payload object.
 * a control API, both as Python methods and as HTTP under ``/control/``:
   push flag and segment changes (broadcast as patches, R-8), drop or close
-  connections with a code, make the insight endpoint answer with given
-  statuses, shift the server clock, read received events and connection
-  counts.
+  connections with a code, go silent for a while (a stalled or black-holed
+  connection), make the insight endpoint answer with given statuses (a
+  number of requests, or for a period), shift the server clock, read
+  received events and connection counts.
 
 Use it in your own tests::
 
@@ -67,6 +68,7 @@ class Connection:
         self.open = True
         self.synced = False  # answered at least one data-sync request
         self.messages: list[Any] = []
+        self._held: list[bytes] = []  # frames written while the server was silent
 
     # framing ----------------------------------------------------------------
 
@@ -118,7 +120,25 @@ class Connection:
         else:
             header += bytes([127]) + struct.pack("!Q", n)
         with self.send_lock:
+            silence = self.server._silence
+            if silence is not None and time.monotonic() < silence[0]:
+                if not silence[1]:  # a stall: TCP delivers it once the path is back
+                    self._held.append(header + data)
+                return  # lost: a black hole
+            if self._held:
+                self._release_held()
             self.sock.sendall(header + data)
+
+    def flush_held(self) -> None:
+        """Send what a stall held back, in order (the end of a silence)."""
+        with self.send_lock:
+            if self._held:
+                self._release_held()
+
+    def _release_held(self) -> None:
+        # Called with send_lock held.
+        held, self._held = self._held, []
+        self.sock.sendall(b"".join(held))
 
     def send_json(self, obj: Any) -> None:
         if self.open:
@@ -246,6 +266,11 @@ class FeatBitStandIn:
         self.connections_rejected = 0
         self.clock_offset_ms = 0
         self.silent = False  # when True, data-sync and ping get no answer
+        # (until, lose): while monotonic() < until nothing is sent on any
+        # websocket; held and sent afterwards, or lost when ``lose``.
+        self._silence: tuple[float, bool] | None = None
+        self._insight_fail_until = 0.0
+        self._insight_fail_status = 500
         self._tcp = _TCPServer((host, port), _Handler, bind_and_activate=True)
         self._tcp.standin = self
         self._thread: threading.Thread | None = None
@@ -339,6 +364,40 @@ class FeatBitStandIn:
         with self._lock:
             self._insight_statuses.extend(statuses)
 
+    def fail_insight_for(self, seconds: float, status: int = 500) -> None:
+        """Answer every insight request with ``status`` for ``seconds`` (an outage)."""
+        with self._lock:
+            self._insight_fail_status = status
+            self._insight_fail_until = time.monotonic() + seconds
+
+    def silence(self, seconds: float, *, lose: bool = False) -> None:
+        """Send nothing on any open websocket for ``seconds``: no pong, no
+        data-sync reply, no push, not even a websocket pong. The stand-in still
+        reads what clients send.
+
+        By default this is a stall (a network path that stops and comes back):
+        what would have been sent is held and sent, in order, when the silence
+        ends. With ``lose`` it is a black hole (a peer or middlebox that died
+        while the socket looks open): what would have been sent is lost, and
+        only a client that notices the silence and reconnects catches up.
+        Connections opened during the silence are silent too.
+        """
+        until = time.monotonic() + seconds
+        self._silence = (until, lose)
+        if not lose:
+            timer = threading.Timer(seconds, self._end_silence, args=(until,))
+            timer.daemon = True
+            timer.start()
+
+    def _end_silence(self, until: float) -> None:
+        if self._silence is not None and self._silence[0] == until:
+            self._silence = None
+        for conn in self.connections():
+            try:
+                conn.flush_held()
+            except OSError:
+                conn.drop()
+
     @property
     def events(self) -> list[dict[str, Any]]:
         """Every payload object received at the insight endpoint, in order.
@@ -348,16 +407,29 @@ class FeatBitStandIn:
         not a JSON array counts as no events.
         """
         with self._parse_lock:  # one parser at a time keeps the order
-            with self._lock:
-                bodies, self._bodies = self._bodies, []
-            for body in bodies:
-                try:
-                    payload = json.loads(body)
-                except ValueError:
-                    continue
-                if isinstance(payload, list):
-                    self._events.extend(payload)
+            self._parse_pending()
             return list(self._events)
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events received since the last call, removed from the stand-in
+        (``events`` no longer lists them): for long runs that count events as
+        they arrive instead of keeping them all."""
+        with self._parse_lock:
+            self._parse_pending()
+            taken, self._events = self._events, []
+            return taken
+
+    def _parse_pending(self) -> None:
+        # Called with _parse_lock held.
+        with self._lock:
+            bodies, self._bodies = self._bodies, []
+        for body in bodies:
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                continue
+            if isinstance(payload, list):
+                self._events.extend(payload)
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -472,7 +544,12 @@ class FeatBitStandIn:
                 self.insight_requests.append(record | {"status": 401})
                 return 401, None
             with self._lock:
-                status = self._insight_statuses.pop(0) if self._insight_statuses else 200
+                if self._insight_statuses:
+                    status = self._insight_statuses.pop(0)
+                elif time.monotonic() < self._insight_fail_until:
+                    status = self._insight_fail_status
+                else:
+                    status = 200
             self.insight_requests.append(record | {"status": status})
             if status != 200:
                 return status, None
@@ -505,7 +582,11 @@ class FeatBitStandIn:
             elif action == "close":
                 return 200, {"closed": self.close_connections(int(arg.get("code", 1000)))}
             elif action == "insight-fail":
+                if "seconds" in arg:
+                    self.fail_insight_for(float(arg["seconds"]), int(arg.get("status", 500)))
                 self.fail_insight(*[int(s) for s in arg.get("statuses", [])])
+            elif action == "silence":
+                self.silence(float(arg.get("seconds", 2.0)), lose=bool(arg.get("lose", False)))
             elif action == "clock":
                 self.clock_offset_ms = int(arg.get("offset_ms", 0))
             else:
