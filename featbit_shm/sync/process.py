@@ -50,7 +50,7 @@ from ..liveness import pid_alive
 from ..store.control import ControlBlock, SyncState
 from ..store.names import StoreNames
 from ..store.reader import map_readonly
-from ..store.writer import SnapshotWriter, open_image
+from ..store.writer import SnapshotWriter, open_image, publish_delay_from_env
 from .launcher import spawn_sync_process, stop_sync_process
 from .settings import SyncSettings
 from .sources import FileSource, StreamSource
@@ -153,7 +153,8 @@ class SyncProcess:
         return block.state is SyncState.OFF
 
     def _lead(self) -> int:
-        self.writer = SnapshotWriter(self.names, mode=self.settings.mode)
+        # publish_delay: the test-only slow-writer fault (store.writer docstring); None unless set.
+        self.writer = SnapshotWriter(self.names, mode=self.settings.mode, publish_delay=publish_delay_from_env())
         clean = False
         try:
             self._adopt()
