@@ -11,7 +11,10 @@ take over the moment the leader dies (the kernel drops a dead process's
 locks, so a SIGKILLed leader is replaced within milliseconds); every other
 candidate exits at once. So there is one leader, at most one standby, and
 one websocket, however many candidates start together. A new leader starts
-a new standby.
+a new standby, and keeps one: when its standby dies (killed, crashed) it
+starts another within a second or so, unless another candidate already
+stands by -- otherwise a later leader death would leave the host with no
+sync process at all.
 
 Leading. The leader opens the store's :class:`SnapshotWriter`, adopts the
 snapshot a previous leader published (its data version is the sync cursor,
@@ -60,6 +63,8 @@ log = logging.getLogger("featbit_shm.sync")
 EXIT_OK = 0
 EXIT_NOT_NEEDED = 0  # a leader and a standby already run: nothing to do
 EXIT_REJECTED = 3  # FeatBit closed with 4003
+STANDBY_CHECK_S = 1.0  # how often a leader checks that its standby still runs
+STANDBY_BACKOFF_MAX_S = 30.0  # a standby that keeps dying young is restarted at most this often
 
 
 class Election:
@@ -112,6 +117,10 @@ class SyncProcess:
         self.state = SyncState.INITIALIZING
         self._spawn_standby = spawn_standby and settings.standby
         self._standby_proc: subprocess.Popen[bytes] | None = None
+        self._election: Election | None = None
+        self._standby_started = 0.0
+        self._standby_next_check = 0.0
+        self._standby_delay = STANDBY_CHECK_S
         self._last_beat = 0.0
         self._owner_checked = 0.0
         self.rejected = False
@@ -124,7 +133,7 @@ class SyncProcess:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
-        election = Election(self.names)
+        election = self._election = Election(self.names)
         try:
             if not election.try_lead():
                 if not election.try_standby():
@@ -229,6 +238,7 @@ class SyncProcess:
             self.writer.heartbeat()
             self._last_beat = now
         self._watch_owner()
+        self._keep_standby(now)
 
     def _watch_owner(self) -> None:
         owner = self.settings.owner_pid
@@ -291,10 +301,31 @@ class SyncProcess:
     # ------------------------------------------------------------------ standby
 
     def _start_standby(self) -> None:
+        self._standby_started = time.monotonic()
+        self._standby_next_check = self._standby_started + self._standby_delay
         try:
             self._standby_proc = spawn_sync_process(self.settings)
         except OSError as exc:
             log.warning("featbit_shm: could not start a standby sync process: %s", exc)
+
+    def _keep_standby(self, now: float) -> None:
+        """Start a new standby when ours is gone, unless another candidate
+        already holds the standby lock. Checked every second; a standby that
+        keeps dying within 5 s of its start is restarted less and less often
+        (the interval doubles, up to 30 s)."""
+        if not self._spawn_standby or self._election is None or now < self._standby_next_check:
+            return
+        proc = self._standby_proc
+        self._standby_next_check = now + STANDBY_CHECK_S
+        if proc is not None and proc.poll() is None:  # poll() also reaps a dead one
+            return
+        if not self._election.try_standby():
+            return  # someone else stands by
+        self._election.standby.release(force=True)
+        young = proc is not None and now - self._standby_started < 5.0
+        self._standby_delay = min(self._standby_delay * 2, STANDBY_BACKOFF_MAX_S) if young else STANDBY_CHECK_S
+        log.warning("featbit_shm: no standby sync process for store %s; starting one", self.names.tag)
+        self._start_standby()
 
     def _stop_standby(self) -> None:
         if self._standby_proc is not None:
