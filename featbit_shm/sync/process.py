@@ -118,6 +118,8 @@ class SyncProcess:
         self._spawn_standby = spawn_standby and settings.standby
         self._standby_proc: subprocess.Popen[bytes] | None = None
         self._election: Election | None = None
+        self._opens = 0  # websockets this leader opened
+        self._adopted = False  # took over a predecessor's published snapshot
         self._standby_started = 0.0
         self._standby_next_check = 0.0
         self._standby_delay = STANDBY_CHECK_S
@@ -196,6 +198,7 @@ class SyncProcess:
         except Exception as exc:  # noqa: BLE001 - a damaged snapshot is simply not adopted
             log.warning("featbit_shm: could not adopt the published snapshot: %s", exc)
             return
+        self._adopted = True
         # Data is there but not fresh: Interrupted until a sync commits (R-16).
         self.state = SyncState.INTERRUPTED
         self.writer.set_state(SyncState.INTERRUPTED)
@@ -206,7 +209,16 @@ class SyncProcess:
         if s.offline:
             assert s.bootstrap_file
             return FileSource(s.bootstrap_file)
-        return StreamSource(s.env_secret, s.streaming_url, lambda: self.dataset.version)
+        return StreamSource(s.env_secret, s.streaming_url, lambda: self.dataset.version, on_open=self._on_open)
+
+    def _on_open(self) -> None:
+        """Count reconnects for ``featbit-shm status``: every websocket this
+        store opens after its first -- a new leader's first one included, when
+        it took over a predecessor's snapshot."""
+        assert self.writer is not None
+        self._opens += 1
+        if self._opens > 1 or self._adopted:
+            self.writer.control.add("reconnects")
 
     # ------------------------------------------------------------------ callbacks
 

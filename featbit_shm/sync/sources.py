@@ -72,6 +72,7 @@ class StreamSource:
         backoff: Backoff | None = None,
         ping_interval: float = PING_INTERVAL_S,
         connect_timeout: float = CONNECT_TIMEOUT_S,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         self._secret = secret
         self._base = base_url
@@ -81,6 +82,7 @@ class StreamSource:
         self._backoff = backoff or Backoff()
         self._ping_interval = ping_interval
         self._connect_timeout = connect_timeout
+        self._on_open = on_open  # called after every successful open (counters)
         self.connects = 0
 
     def run(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event) -> None:
@@ -120,6 +122,8 @@ class StreamSource:
             log.warning("featbit_shm: cannot connect to %s: %s", redact(url), exc)
             return
         self.connects += 1
+        if self._on_open is not None:
+            self._on_open()
         try:
             ws.send(data_sync_request(self._cursor()))
             last_ping = time.monotonic()

@@ -59,3 +59,18 @@ def test_leader_replaces_a_killed_standby_so_a_later_leader_kill_still_heals(env
     assert eventually(healed, timeout=20), "no sync process took over"
     env.server.update_flag(flag("a", "after", T0 + 10))
     assert eventually(lambda: served(env, reader, "a") == "after")
+
+
+def test_reconnects_counter_counts_every_reconnect_and_a_new_leaders_connection(env: SyncFixture) -> None:
+    """Soak finding: ``featbit-shm status`` showed ``reconnects: 0`` after the
+    stand-in had accepted many connections: nothing ever incremented it."""
+    env.spawn()
+    reader = env.reader()
+    assert eventually(lambda: env.leader_ready(reader))
+    for n in (2, 3):
+        assert env.server.drop_connections() == 1
+        assert eventually(lambda n=n: env.server.connections_accepted == n and env.server.open_connections == 1, timeout=20)
+    assert eventually(lambda: reader.control.counter("reconnects") == 2)
+    assert eventually(lambda: len(processes_of(env.namespace)) == 2)
+    os.kill(reader.control.leader_pid, signal.SIGKILL)  # the new leader's connection is a reconnect of the store
+    assert eventually(lambda: env.server.connections_accepted == 4 and reader.control.counter("reconnects") == 3, timeout=20)
