@@ -48,6 +48,9 @@ OnState = Callable[[SyncState], None]
 Tick = Callable[[], None]
 
 
+PONG_TIMEOUT_S = 5.0  # after a ping or data-sync request, how long FeatBit may stay silent (R-9, R-21)
+
+
 class Terminal(Exception):
     """The server refused this client for good (close 4003, R-18)."""
 
@@ -59,6 +62,15 @@ class StreamSource:
     cursor of the data already held (R-7), so a reconnect after an outage gets
     a patch of what changed meanwhile. The socket is read with ``select`` and
     a short wait so ``tick`` runs even on a silent connection.
+
+    Liveness (a documented timeout, as R-9 allows): FeatBit answers the
+    data-sync request, and every ping with a pong. When nothing at all has
+    arrived within ``pong_timeout`` (5 s) of a request or ping that expects
+    an answer, the peer is taken for dead -- a crashed server, or a middlebox
+    that dropped the flow while the socket still looks open, where TCP itself
+    may not notice for many minutes -- and the connection is replaced; the
+    new one's cursor fetches whatever was missed. A dead connection is thus
+    noticed within ``ping_interval + pong_timeout`` (20 s by default).
     """
 
     def __init__(
@@ -73,6 +85,7 @@ class StreamSource:
         ping_interval: float = PING_INTERVAL_S,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         on_open: Callable[[], None] | None = None,
+        pong_timeout: float = PONG_TIMEOUT_S,
     ) -> None:
         self._secret = secret
         self._base = base_url
@@ -82,6 +95,7 @@ class StreamSource:
         self._backoff = backoff or Backoff()
         self._ping_interval = ping_interval
         self._connect_timeout = connect_timeout
+        self._pong_timeout = pong_timeout
         self._on_open = on_open  # called after every successful open (counters)
         self.connects = 0
 
@@ -126,20 +140,28 @@ class StreamSource:
             self._on_open()
         try:
             ws.send(data_sync_request(self._cursor()))
-            last_ping = time.monotonic()
+            # When we first asked for an answer that has not come (0.0: every one answered).
+            last_ping = awaiting = time.monotonic()
             while not stop.is_set():
                 tick()
                 now = time.monotonic()
                 if now - last_ping >= self._ping_interval:
                     ws.send(PING_FRAME)  # R-9: the application ping, not a websocket ping
                     last_ping = now
+                    awaiting = awaiting or now
                 sock = ws.sock
                 if sock is None:
                     return
                 pending = getattr(sock, "pending", lambda: 0)()
                 if not pending and not select.select([sock], [], [], 0.2)[0]:
+                    # Judged only when nothing waits to be read, so time this
+                    # process spent busy (a big publish) is never held against FeatBit.
+                    if awaiting and time.monotonic() - awaiting > self._pong_timeout:
+                        log.warning("featbit_shm: no answer from FeatBit for %.1f s (ping unanswered); reconnecting", self._pong_timeout)
+                        return
                     continue
                 opcode, frame = ws.recv_data_frame(True)
+                awaiting = 0.0  # anything at all proves the peer alive
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
                     code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
                     if close_is_terminal(code):

@@ -74,3 +74,40 @@ def test_reconnects_counter_counts_every_reconnect_and_a_new_leaders_connection(
     assert eventually(lambda: len(processes_of(env.namespace)) == 2)
     os.kill(reader.control.leader_pid, signal.SIGKILL)  # the new leader's connection is a reconnect of the store
     assert eventually(lambda: env.server.connections_accepted == 4 and reader.control.counter("reconnects") == 3, timeout=20)
+
+
+def test_a_silent_connection_is_abandoned_and_the_missed_patch_arrives_by_cursor() -> None:
+    """A connection that goes silent for good (a dead peer or middlebox: the
+    socket looks open, nothing arrives, pings go unanswered) held the sync
+    process forever: it reported OK while FeatBit moved on. Now a ping left
+    unanswered for ``pong_timeout`` (5 s by default; R-9 allows a documented
+    liveness timeout) ends the connection, and the reconnect's cursor (R-7)
+    fetches what was lost."""
+    import threading
+
+    from featbit_shm.sync.sources import StreamSource
+
+    with FeatBitStandIn(flags=[flag("a", "a1", T0)]) as server:
+        seen: list[str] = []
+        states: list[SyncState] = []
+        cursor = [0]
+
+        def on_data(message) -> None:  # type: ignore[no-untyped-def]
+            for f in message.flags:
+                cursor[0] = max(cursor[0], f["version"])
+                seen.append(f["key"] + "=" + str(f["version"]))
+
+        stop = threading.Event()
+        source = StreamSource(server.secret, server.streaming_url, lambda: cursor[0], ping_interval=0.2, pong_timeout=0.8)
+        thread = threading.Thread(target=source.run, args=(on_data, states.append, lambda: None, stop), daemon=True)
+        thread.start()
+        try:
+            assert eventually(lambda: seen == [f"a={T0}"])
+            server.silence(3.0, lose=True)  # a black hole: the next push is lost on this connection
+            server.update_flag(flag("a", "a2", T0 + 1))
+            assert eventually(lambda: f"a={T0 + 1}" in seen, timeout=30), "the lost patch never arrived"
+            assert server.connections_accepted >= 2
+            assert SyncState.INTERRUPTED in states
+        finally:
+            stop.set()
+            thread.join(15)
