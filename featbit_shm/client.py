@@ -309,7 +309,17 @@ class FBClient:
         True on completion, False on timeout (e.g. no sync process running).
         """
         events = self._events
-        return True if events is None else events.flush_and_wait(timeout)
+        if events is None or events.flush_and_wait(timeout):
+            return True
+        source = self._backing()
+        if isinstance(source, SnapshotReader) and not self._leader_alive(source):
+            warn_limited(
+                "flush-no-sync",
+                f"featbit_shm: flush_and_wait() timed out in pid {os.getpid()}: no sync process is running for "
+                f"store {self._names.tag}; events stay in shared memory until one starts "
+                "(gunicorn hooks, a uWSGI mule or `featbit-shm sync`)",
+            )
+        return False
 
     def __enter__(self) -> FBClient:
         return self

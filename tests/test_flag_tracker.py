@@ -382,6 +382,22 @@ def test_external_json_in_a_forked_child_warns_that_siblings_do_not_see_it(clien
     assert not any("updates this process only" in m for m in messages)  # the parent is not warned
 
 
+def test_flush_and_wait_without_a_sync_process_says_why(env: SyncFixture, caplog: pytest.LogCaptureFixture) -> None:
+    proc = env.spawn()
+    client = FBClient(Config(env.server.secret, env.server.event_url, env.server.streaming_url, namespace=env.namespace), start_wait=10)
+    try:
+        assert client.variation("a", USER) == "a1"
+        env.kill_all()  # no sync process any more (and none started: autostart is off in tests)
+        proc.wait(10)
+        client.variation("a", USER)
+        with caplog.at_level(logging.WARNING, logger="featbit_shm"):
+            assert client.flush_and_wait(0.2) is False
+            assert client.flush_and_wait(0.2) is False
+        assert caplog.text.count("no sync process is running") == 1  # rate-limited
+    finally:
+        client.stop()
+
+
 def test_warn_limited_limits_per_key() -> None:
     assert warn_limited("test-key-1", "first", every=60)
     assert not warn_limited("test-key-1", "again", every=60)
