@@ -337,28 +337,10 @@ def test_listeners_registered_before_fork_fire_in_the_child(client: FBClient) ->
     assert rec.keys == []  # the parent saw nothing: its data did not change
 
 
-def test_watcher_started_before_fork_is_reported_loudly_in_the_child(client: FBClient, caplog: pytest.LogCaptureFixture) -> None:
-    client.flag_tracker.add_flag_changed_listener(Recorder())
-    client.flag_tracker.start_watching(0.05)
-    handler_records: list[str] = []
-
-    class Grab(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            handler_records.append(record.getMessage())
-
-    logger = logging.getLogger("featbit_shm")
-    grab = Grab(logging.WARNING)
-    logger.addHandler(grab)
-    try:
-        got = _in_child(lambda: {"watching": client.flag_tracker.watching, "log": handler_records})
-    finally:
-        logger.removeHandler(grab)
-    assert got["watching"] is False
-    assert any("does not run in forked pid" in m for m in got["log"])
-    assert client.flag_tracker.watching  # the parent's watcher goes on
-
-
-def test_external_json_in_a_forked_child_warns_that_siblings_do_not_see_it(client: FBClient) -> None:
+@pytest.fixture
+def warnings_seen() -> Iterator[list[str]]:
+    """WARNING messages of the featbit_shm logger, in this process and (as
+    the list is inherited) in a forked child."""
     messages: list[str] = []
 
     class Grab(logging.Handler):
@@ -368,18 +350,28 @@ def test_external_json_in_a_forked_child_warns_that_siblings_do_not_see_it(clien
     logger = logging.getLogger("featbit_shm")
     grab = Grab(logging.WARNING)
     logger.addHandler(grab)
-    try:
+    yield messages
+    logger.removeHandler(grab)
 
-        def child() -> dict[str, Any]:
-            for _ in range(50):  # rate-limited: one warning however often it is called
-                client.initialize_from_external_json(doc([sflag("a", "c", T0 + 4)]))
-            return {"log": [m for m in messages if "updates this process only" in m]}
 
-        got = _in_child(child)
-    finally:
-        logger.removeHandler(grab)
+def test_watcher_started_before_fork_is_reported_loudly_in_the_child(client: FBClient, warnings_seen: list[str]) -> None:
+    client.flag_tracker.add_flag_changed_listener(Recorder())
+    client.flag_tracker.start_watching(0.05)
+    got = _in_child(lambda: {"watching": client.flag_tracker.watching, "log": warnings_seen})
+    assert got["watching"] is False
+    assert any("does not run in forked pid" in m for m in got["log"])
+    assert client.flag_tracker.watching  # the parent's watcher goes on
+
+
+def test_external_json_in_a_forked_child_warns_that_siblings_do_not_see_it(client: FBClient, warnings_seen: list[str]) -> None:
+    def child() -> dict[str, Any]:
+        for _ in range(50):  # rate-limited: one warning however often it is called
+            client.initialize_from_external_json(doc([sflag("a", "c", T0 + 4)]))
+        return {"log": [m for m in warnings_seen if "updates this process only" in m]}
+
+    got = _in_child(child)
     assert len(got["log"]) == 1
-    assert not any("updates this process only" in m for m in messages)  # the parent is not warned
+    assert not any("updates this process only" in m for m in warnings_seen)  # the parent is not warned
 
 
 def test_flush_and_wait_without_a_sync_process_says_why(env: SyncFixture, caplog: pytest.LogCaptureFixture) -> None:
