@@ -303,12 +303,22 @@ def test_eval_encoder_bytes_equal_encode_eval_whatever_the_user_history(users: l
             if user is shared:
                 shared.clear()
                 shared.update(u)  # the same object, mutated in place
-            assert encoder.eval(7, user, "f", "v", "x", True) == encode_eval(PACKER, 7, user, "f", "v", "x", True)
-            assert encoder.eval(8, user, "g", "w", "y", False) == encode_eval(PACKER, 8, user, "g", "w", "y", False)
+            for ts in (7, 1_700_000_000_000, 2**32, 2**32 - 1, 2**64 - 1):  # small, real and edge timestamps
+                assert encoder.eval(ts, user, "f", "v", "x", True) == encode_eval(PACKER, ts, user, "f", "v", "x", True)
+                assert encoder.eval(ts, user, "g", "w", "y", False) == encode_eval(PACKER, ts, user, "g", "w", "y", False)
     same = {"key": "k", "age": 1}
     assert encoder.eval(1, same, "f", "v", "x", True) == encode_eval(PACKER, 1, same, "f", "v", "x", True)
     same["age"] = True  # equal to 1, different bytes
     assert encoder.eval(1, same, "f", "v", "x", True) == encode_eval(PACKER, 1, same, "f", "v", "x", True)
+
+
+def test_eval_encoder_tail_cache_is_bounded_and_stays_exact() -> None:
+    encoder = EvalEncoder()
+    user = {"key": "k", "name": "n"}
+    for i in range(EvalEncoder.MAX_TAILS + 10):
+        ts = 1_700_000_000_000 + i
+        assert encoder.eval(ts, user, f"flag-{i}", "v", "x", i % 2 == 0) == encode_eval(PACKER, ts, user, f"flag-{i}", "v", "x", i % 2 == 0)
+        assert len(encoder._tails) <= EvalEncoder.MAX_TAILS
 
 
 # --------------------------------------------------------------------------- real processes against the stand-in

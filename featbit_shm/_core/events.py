@@ -48,6 +48,11 @@ class RecordError(ValueError):
 
 _HEAD_LEN: Final = struct.Struct("<H")
 _FRAME: Final = struct.Struct("<IH")  # ring length prefix (u32) + head length (u16)
+# msgpack of ``(EVAL, ts_ms, ...)`` begins: fixarray of 6, positive fixint EVAL,
+# uint64 marker and the big-endian timestamp (msgpack's choice for 2**32..2**64-1).
+_EVAL_PREFIX: Final = struct.Struct(">BBBQ")
+_UINT64_MIN: Final = 1 << 32
+_UINT64_MAX: Final = (1 << 64) - 1
 
 
 def frame(packer: msgpack.Packer, head: tuple[Any, ...], user: Mapping[str, Any]) -> bytes:
@@ -63,22 +68,31 @@ def encode_eval(packer: msgpack.Packer, ts_ms: int, user: Mapping[str, Any], fla
 
 
 class EvalEncoder:
-    """Encodes evaluation records (one per recorded evaluation, the hot path).
+    """Encodes evaluation records (one per recorded evaluation, the hot path),
+    byte for byte as :func:`encode_eval` does, with two caches:
 
-    A request usually evaluates several flags for one user dict, so the
-    packed user is kept while the same dict comes back unchanged: same
-    object, equal to a copy taken when it was packed. Only users whose
-    values are all strings are kept this way -- for them equality means
-    identical bytes, where ``1 == 1.0 == True`` would not.
+    * the packed user, kept while the same dict comes back unchanged (a
+      request evaluates several flags for one user): same object, equal to a
+      copy taken when it was packed. Only users whose values are all strings
+      are kept -- for them equality means identical bytes, where
+      ``1 == 1.0 == True`` would not;
+    * the packed tail of the head (flag key, variation id, value,
+      experiment), per distinct tail, bounded. The head is a msgpack array
+      ``[EVAL, ts, ...tail]`` and a millisecond timestamp after 1970-02-19
+      always packs as a uint64, so head = fixed prefix + 8 timestamp bytes +
+      cached tail.
     """
 
-    __slots__ = ("_pack", "_user", "_copy", "_packed")
+    __slots__ = ("_pack", "_user", "_copy", "_packed", "_tails")
+
+    MAX_TAILS: Final = 4096
 
     def __init__(self) -> None:
         self._pack = msgpack.Packer(autoreset=True).pack
         self._user: Any = None
         self._copy: dict[Any, Any] | None = None
         self._packed = b""
+        self._tails: dict[tuple[str, str, str, bool], bytes] = {}
 
     def user_bytes(self, user: Mapping[str, Any]) -> bytes:
         if user is self._user and user == self._copy:
@@ -92,9 +106,23 @@ class EvalEncoder:
 
     def eval(self, ts_ms: int, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bytes:
         """The framed record, as :func:`encode_eval` makes it."""
-        packed_user = self.user_bytes(user)
-        head: bytes = self._pack((EVAL, ts_ms, flag_key, variation_id, value, expt))
-        return _FRAME.pack(2 + len(head) + len(packed_user), len(head)) + head + packed_user
+        if user is self._user and user == self._copy:
+            packed_user = self._packed
+        else:
+            packed_user = self.user_bytes(user)
+        if not _UINT64_MIN <= ts_ms <= _UINT64_MAX:
+            head: bytes = self._pack((EVAL, ts_ms, flag_key, variation_id, value, expt))
+            return _FRAME.pack(2 + len(head) + len(packed_user), len(head)) + head + packed_user
+        key = (flag_key, variation_id, value, expt)
+        tail = self._tails.get(key)
+        if tail is None:
+            pack = self._pack
+            tail = pack(flag_key) + pack(variation_id) + pack(value) + pack(expt)
+            if len(self._tails) >= self.MAX_TAILS:
+                self._tails.clear()
+            self._tails[key] = tail
+        n = _EVAL_PREFIX.size + len(tail)
+        return _FRAME.pack(2 + n + len(packed_user), n) + _EVAL_PREFIX.pack(0x96, EVAL, 0xCF, ts_ms) + tail + packed_user
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
