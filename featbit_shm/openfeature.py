@@ -146,6 +146,10 @@ _SUCCESS: dict[ReasonKind, Reason] = {
     ReasonKind.RULE_MATCH: Reason.TARGETING_MATCH,
     ReasonKind.FALLTHROUGH: Reason.DEFAULT,  # SPLIT when the fallthrough buckets users
 }
+# Compared by identity on the hot path: hashing an Enum member runs Python code.
+_OFF = ReasonKind.OFF
+_TARGET_MATCH = ReasonKind.TARGET_MATCH
+_RULE_MATCH = ReasonKind.RULE_MATCH
 _FALLTHROUGH = ReasonKind.FALLTHROUGH
 _RESERVED_ATTRIBUTES = frozenset({"key", "keyId", "keyid"})  # the user key's names (R-84)
 _PLAIN = frozenset({str, int, float, bool})
@@ -292,19 +296,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-_METADATA_BY_REASON: dict[tuple[ReasonKind, str], Mapping[str, str]] = {}
+_METADATA_BY_REASON: dict[str, tuple[ReasonKind, Mapping[str, str]]] = {}
 
 
 def _metadata(detail: EvalDetail) -> Mapping[str, str]:
     """``{"reasonKind", "reason"}`` of a served detail: one read-only mapping per
-    (kind, text), built once (success texts are a handful of constants)."""
-    key = (detail.kind, detail.reason)
-    found = _METADATA_BY_REASON.get(key)
-    if found is None:
-        found = MappingProxyType({"reasonKind": detail.kind.value, "reason": detail.reason})
-        if len(_METADATA_BY_REASON) < 64:
-            _METADATA_BY_REASON[key] = found
-    return found
+    (text, kind), built once (success texts are a handful of constants)."""
+    kind, text = detail.kind, detail.reason
+    found = _METADATA_BY_REASON.get(text)
+    if found is not None and found[0] is kind:
+        return found[1]
+    mapping = MappingProxyType({"reasonKind": kind.value, "reason": text})
+    if len(_METADATA_BY_REASON) < 64:
+        _METADATA_BY_REASON[text] = (kind, mapping)
+    return mapping
 
 
 def _object_problem(value: Any) -> str | None:
@@ -482,15 +487,21 @@ class FeatBitProvider(AbstractProvider):
             client = self._touch()
             user = user_from_context(context)
             detail = detail_of(client, flag_key, user, default)
-            reason = _SUCCESS.get(detail.kind)
-            if reason is None:
+            kind = detail.kind
+            if kind is _FALLTHROUGH:
+                reason = Reason.DEFAULT
+            elif kind is _RULE_MATCH or kind is _TARGET_MATCH:
+                reason = Reason.TARGETING_MATCH
+            elif kind is _OFF:
+                reason = Reason.DISABLED
+            else:
                 return FlagResolutionDetails(default, error_code_for(detail), detail.reason, Reason.ERROR)
             value = detail.variation
             if check is not None:
                 problem = check(value)
                 if problem is not None:
                     return FlagResolutionDetails(default, ErrorCode.TYPE_MISMATCH, problem, Reason.ERROR)
-            if detail.kind is _FALLTHROUGH and _fallthrough_splits(client, flag_key):
+            if kind is _FALLTHROUGH and _fallthrough_splits(client, flag_key):
                 reason = Reason.SPLIT
             return FlagResolutionDetails(value, None, None, reason, detail.variation_id or None, _metadata(detail))
         except _Failure as failure:
