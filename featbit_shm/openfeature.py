@@ -3,6 +3,7 @@
 ::
 
     from openfeature import api
+    from openfeature.evaluation_context import EvaluationContext
     from featbit_shm.openfeature import FeatBitProvider
 
     api.set_provider_and_wait(FeatBitProvider())          # binds featbit_shm.get() on first use
@@ -79,6 +80,19 @@ no data yet                         ERROR, ``PROVIDER_NOT_READY``
 
 FATAL is never used: OpenFeature stops calling a FATAL provider, and the
 client keeps serving its last good snapshot whatever the sync process does.
+
+Threads and fork. Nothing here starts a thread, but openfeature-sdk may:
+0.10's ``api.set_provider`` runs ``initialize`` on a new thread (use
+``api.set_provider_and_wait``, which runs it on the caller's), and event
+handlers (``api.add_handler``) run on the SDK's own executor, started the
+first time an event has a handler. Threads do not survive ``fork()``, so
+register handlers in each worker, never in a pre-fork master.
+
+Known limits: an object flag whose JSON is a scalar records its insight
+event before the provider reports TYPE_MISMATCH (the client's JSON
+conversion succeeded); SPLIT is read from the flag in the client's current
+view right after the evaluation, so a generation published in between
+labels the result by the newer flag.
 """
 
 from __future__ import annotations
