@@ -27,6 +27,10 @@ from typing import Any, Protocol
 from ._core.dataset import DataSet
 from ._core.evaluator import evaluate, send_to_experiment
 from ._core.results import (
+    ERROR_EXCEPTION,
+    ERROR_FLAG_NOT_FOUND,
+    ERROR_INVALID_USER,
+    ERROR_MALFORMED_FLAG,
     REASON_CLIENT_NOT_READY,
     REASON_ERROR,
     REASON_FLAG_NOT_FOUND,
@@ -37,6 +41,7 @@ from ._core.results import (
     to_float,
     to_int,
     to_json,
+    to_json_object,
     to_number,
     to_str,
 )
@@ -62,6 +67,7 @@ _NOT_READY = ReasonKind.CLIENT_NOT_READY
 _REGISTERED: set[tuple[str, int]] = set()  # (store, pid) already in the store's client registry
 _ERROR = ReasonKind.ERROR
 _WRONG = ReasonKind.WRONG_TYPE
+_FALLTHROUGH = ReasonKind.FALLTHROUGH
 
 
 class FlagSource(Protocol):
@@ -368,23 +374,26 @@ class FBClient:
         try:
             flag = view.flag(key)
         except Exception as exc:  # a flag that cannot even be built  # noqa: BLE001
-            return EvalDetail(f"malformed flag: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+            return EvalDetail(f"malformed flag: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_MALFORMED_FLAG)
         if flag is None:
-            return EvalDetail(REASON_FLAG_NOT_FOUND, default, key if isinstance(key, str) else FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, "", _ERROR)
+            return EvalDetail(
+                REASON_FLAG_NOT_FOUND, default, key if isinstance(key, str) else FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_FLAG_NOT_FOUND
+            )
         try:
             u = make_user(user)
         except InvalidUser as exc:
-            return EvalDetail(f"invalid user: {exc}", default, key, flag.name, "", _ERROR)
+            return EvalDetail(f"invalid user: {exc}", default, key, flag.name, "", _ERROR, ERROR_INVALID_USER)
         kind, var, reason, _rule, expt = evaluate(flag, u, view.segment)
         if var is None:
-            return EvalDetail(reason, default, key, flag.name, "", kind)
+            return EvalDetail(reason, default, key, flag.name, "", kind, ERROR_MALFORMED_FLAG if kind is _ERROR else "")
         value = var.converted() if convert is None else convert(var.value)
         if value is WRONG_TYPE:
             return EvalDetail(REASON_WRONG_TYPE, default, key, flag.name, "", _WRONG)
         events = self._events if record else None
         if events is not None:  # R-66: one event per successful evaluation, after conversion
             events.record_eval(user, key, var.id, var.value, send_to_experiment(expt))
-        return EvalDetail(reason, value, key, flag.name, var.id, kind)
+        split = kind is _FALLTHROUGH and flag.fallthrough.needs_bucket
+        return EvalDetail(reason, value, key, flag.name, var.id, kind, "", split)
 
     def variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
         """The flag's value for this user, converted by the flag's type, or ``default``.
@@ -464,7 +473,7 @@ class FBClient:
             return self._detail(key, user, default, convert, record)
         except Exception as exc:
             log.exception("featbit_shm: unexpected evaluation error")
-            return EvalDetail(f"{REASON_ERROR}: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+            return EvalDetail(f"{REASON_ERROR}: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_EXCEPTION)
 
     # Typed variations (R-58): strict conversion, WrongType + default on failure.
 
@@ -506,6 +515,13 @@ class FBClient:
     def json_variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
         return self._typed(key, user, default, to_json)
 
+    def object_variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
+        """A JSON object or array; any other value is WrongType (no event, R-66)."""
+        return self._typed(key, user, default, to_json_object).variation
+
+    def object_variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
+        return self._typed(key, user, default, to_json_object)
+
     # ------------------------------------------------------------------ bulk
 
     def get_all_latest_flag_variations(self, user: Mapping[str, Any]) -> AllFlagStates:
@@ -533,15 +549,15 @@ class FBClient:
                     continue
                 kind, var, reason, _rule, _expt = evaluate(flag, u, view.segment)
                 if var is None:
-                    details[key] = EvalDetail(reason, None, key, flag.name, "", kind)
+                    details[key] = EvalDetail(reason, None, key, flag.name, "", kind, ERROR_MALFORMED_FLAG if kind is _ERROR else "")
                     continue
                 value = var.converted()
                 if value is WRONG_TYPE:
                     details[key] = EvalDetail(REASON_WRONG_TYPE, None, key, flag.name, "", _WRONG)
                 else:
-                    details[key] = EvalDetail(reason, value, key, flag.name, var.id, kind)
+                    details[key] = EvalDetail(reason, value, key, flag.name, var.id, kind, "", kind is _FALLTHROUGH and flag.fallthrough.needs_bucket)
             except Exception as exc:  # noqa: BLE001 - one bad flag never fails the rest
-                details[key] = EvalDetail(f"{REASON_ERROR}: {exc}", None, key, FLAG_NAME_UNKNOWN, "", _ERROR)
+                details[key] = EvalDetail(f"{REASON_ERROR}: {exc}", None, key, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_EXCEPTION)
         return AllFlagStates(True, "OK", details)
 
     @property

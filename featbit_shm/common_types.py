@@ -12,7 +12,7 @@ import json
 from collections.abc import KeysView, Mapping
 from typing import Any
 
-from ._core.results import ReasonKind
+from ._core.results import ERROR_FLAG_NOT_FOUND, ReasonKind
 
 FLAG_KEY_UNKNOWN = "flag key unknown"
 FLAG_NAME_UNKNOWN = "flag name unknown"
@@ -21,7 +21,7 @@ FLAG_NAME_UNKNOWN = "flag name unknown"
 class EvalDetail:
     """A flag's value with how it was calculated."""
 
-    __slots__ = ("reason", "variation", "key_name", "name", "kind", "variation_id")
+    __slots__ = ("reason", "variation", "key_name", "name", "kind", "variation_id", "error", "split")
 
     def __init__(
         self,
@@ -31,6 +31,8 @@ class EvalDetail:
         name: str | None = None,
         variation_id: str = "",
         kind: ReasonKind = ReasonKind.ERROR,
+        error: str = "",
+        split: bool = False,
     ) -> None:
         self.reason = reason
         self.variation = variation
@@ -38,6 +40,11 @@ class EvalDetail:
         self.name = name
         self.variation_id = variation_id
         self.kind = kind
+        # featbit_shm extensions: why kind is Error (FlagNotFound, MalformedFlag,
+        # InvalidUser, Exception; "" otherwise), and whether a fallthrough
+        # percentage rollout chose the variation (OpenFeature's SPLIT).
+        self.error = error
+        self.split = split
 
     @property
     def is_default(self) -> bool:
@@ -101,7 +108,7 @@ class AllFlagStates:
     def get(self, key_name: str, default: Any = None) -> EvalDetail:
         detail = self._details.get(key_name)
         if detail is None:
-            return EvalDetail("flag not found", default, key_name, FLAG_NAME_UNKNOWN, "", ReasonKind.ERROR)
+            return EvalDetail("flag not found", default, key_name, FLAG_NAME_UNKNOWN, "", ReasonKind.ERROR, ERROR_FLAG_NOT_FOUND)
         return detail
 
     def get_variation(self, key_name: str, default: Any = None) -> Any:

@@ -111,7 +111,7 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import featbit_shm
 
-from ._core.results import REASON_FLAG_NOT_FOUND, ReasonKind
+from ._core.results import ERROR_FLAG_NOT_FOUND, ERROR_INVALID_USER, ERROR_MALFORMED_FLAG, ReasonKind
 from ._core.user import attr_string
 from .client import FBClient
 from .common_types import EvalDetail
@@ -150,9 +150,11 @@ Detail = Callable[[FBClient, str, Any, Any], EvalDetail]  # an unbound FBClient 
 PROVIDER_NAME = "featbit-shm"
 _METADATA = Metadata(name=PROVIDER_NAME)
 
-# Reason texts the client builds with details after them (client.py, _core/evaluator.py).
-_MALFORMED = "malformed flag"
-_INVALID_USER = "invalid user"
+_ERROR_CODES: dict[str, ErrorCode] = {  # EvalDetail.error -> OpenFeature code
+    ERROR_FLAG_NOT_FOUND: ErrorCode.FLAG_NOT_FOUND,
+    ERROR_MALFORMED_FLAG: ErrorCode.PARSE_ERROR,  # the flag's data cannot be evaluated (R-37, R-42, R-47)
+    ERROR_INVALID_USER: ErrorCode.INVALID_CONTEXT,
+}
 
 _SUCCESS: dict[ReasonKind, Reason] = {
     ReasonKind.OFF: Reason.DISABLED,
@@ -185,10 +187,10 @@ class _Failure(Exception):
 # ---------------------------------------------------------------------- mappings (pure)
 
 
-def reason_for(detail: EvalDetail, split: bool = False) -> Reason:
-    """The OpenFeature reason of a detail; ``split``: the fallthrough bucketed the user."""
+def reason_for(detail: EvalDetail) -> Reason:
+    """The OpenFeature reason of a detail (SPLIT: a fallthrough percentage rollout chose it)."""
     if detail.kind is _FALLTHROUGH:
-        return Reason.SPLIT if split else Reason.DEFAULT
+        return Reason.SPLIT if detail.split else Reason.DEFAULT
     return _SUCCESS.get(detail.kind, Reason.ERROR)
 
 
@@ -201,14 +203,7 @@ def error_code_for(detail: EvalDetail) -> ErrorCode | None:
         return ErrorCode.PROVIDER_NOT_READY
     if kind is ReasonKind.WRONG_TYPE:
         return ErrorCode.TYPE_MISMATCH
-    reason = detail.reason if isinstance(detail.reason, str) else ""
-    if reason == REASON_FLAG_NOT_FOUND:
-        return ErrorCode.FLAG_NOT_FOUND
-    if reason.startswith(_MALFORMED):
-        return ErrorCode.PARSE_ERROR  # the flag's data cannot be evaluated (R-37, R-42, R-47)
-    if reason.startswith(_INVALID_USER):
-        return ErrorCode.INVALID_CONTEXT
-    return ErrorCode.GENERAL
+    return _ERROR_CODES.get(detail.error, ErrorCode.GENERAL)
 
 
 def status_for(ready: bool, state: State) -> tuple[ProviderStatus, ErrorCode | None, str]:
@@ -324,12 +319,6 @@ def _metadata(detail: EvalDetail) -> Mapping[str, str]:
     if len(_METADATA_BY_REASON) < 64:
         _METADATA_BY_REASON[text] = (kind, mapping)
     return mapping
-
-
-def _object_problem(value: Any) -> str | None:
-    if isinstance(value, (dict, list)):
-        return None
-    return f"the flag's JSON value is a {type(value).__name__}, not an object or an array"
 
 
 # ---------------------------------------------------------------------- the provider
@@ -495,7 +484,6 @@ class FeatBitProvider(AbstractProvider):
         default: T,
         context: EvaluationContext | None,
         detail_of: Detail,
-        check: Callable[[Any], str | None] | None = None,
     ) -> FlagResolutionDetails[T]:
         try:
             client = self._touch()
@@ -510,14 +498,9 @@ class FeatBitProvider(AbstractProvider):
                 reason = Reason.DISABLED
             else:
                 return FlagResolutionDetails(default, error_code_for(detail), detail.reason, Reason.ERROR)
-            value = detail.variation
-            if check is not None:
-                problem = check(value)
-                if problem is not None:
-                    return FlagResolutionDetails(default, ErrorCode.TYPE_MISMATCH, problem, Reason.ERROR)
-            if kind is _FALLTHROUGH and _fallthrough_splits(client, flag_key):
+            if detail.split:
                 reason = Reason.SPLIT
-            return FlagResolutionDetails(value, None, None, reason, detail.variation_id or None, _metadata(detail))
+            return FlagResolutionDetails(detail.variation, None, None, reason, detail.variation_id or None, _metadata(detail))
         except _Failure as failure:
             return FlagResolutionDetails(default, failure.code, str(failure), Reason.ERROR)
         except Exception as exc:  # noqa: BLE001 - evaluation never raises (STYLE 6)
@@ -550,9 +533,8 @@ class FeatBitProvider(AbstractProvider):
         default_value: Sequence[FlagValueType] | Mapping[str, FlagValueType],
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[Sequence[FlagValueType] | Mapping[str, FlagValueType]]:
-        return self._resolve(
-            flag_key, default_value, evaluation_context, FBClient.json_variation_detail, _object_problem
-        )
+        # A JSON scalar is WrongType inside the client, so no event is recorded for it (R-66).
+        return self._resolve(flag_key, default_value, evaluation_context, FBClient.object_variation_detail)
 
     # ------------------------------------------------------------------ tracking
 
@@ -584,19 +566,6 @@ class FeatBitProvider(AbstractProvider):
             warn_limited(
                 "openfeature-track", f"featbit_shm: OpenFeature track({tracking_event_name!r}) failed: {exc!r}"
             )
-
-
-def _fallthrough_splits(client: FBClient, flag_key: str) -> bool:
-    """Whether the flag's fallthrough buckets users (a percentage rollout).
-
-    The detail says only "Fallthrough", so this reads the flag from the
-    client's current view (already compiled by the evaluation just made).
-    Should a new generation land in between, the answer is the new flag's.
-    """
-    source = getattr(client, "_source", None)
-    view = source.current() if source is not None else None
-    flag = view.flag(flag_key) if view is not None else None
-    return flag is not None and flag.fallthrough.needs_bucket
 
 
 def _after_fork_in_child() -> None:

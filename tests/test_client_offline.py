@@ -335,3 +335,35 @@ def test_variation_never_raises_even_with_unhashable_key_and_config_defaults() -
     client = offline_client(b.flag("f"), defaults={"f": True})
     assert client.variation(["not", "hashable"], U, "d") == "d"  # type: ignore[arg-type]
     assert client.variation_detail(["x"], U, "d").variation == "d"  # type: ignore[arg-type]
+
+
+def test_detail_error_and_split_are_stable_fields() -> None:
+    """EvalDetail.error names why kind is Error without parsing the reason
+    text; EvalDetail.split says a fallthrough percentage rollout chose the
+    value (OpenFeature's SPLIT)."""
+    client = offline_client(
+        b.flag("split", variations=["a", "b"], variation_type="string", fallthrough=b.split((0, 0, 0.5, 1), (1, 0.5, 1, 1))),
+        b.flag("plain", variations=["a", "b"], variation_type="string"),
+        b.flag("seg", rules=[b.rule([b.in_segment("missing")], b.serve(0))]),
+    )
+    user = {"key": "u1"}
+    d = client.string_variation_detail("split", user, "d")
+    assert d.kind is ReasonKind.FALLTHROUGH and d.split and d.error == ""
+    d = client.string_variation_detail("plain", user, "d")
+    assert d.kind is ReasonKind.FALLTHROUGH and not d.split
+    assert client.variation_detail("nope", user, "d").error == "FlagNotFound"
+    assert client.variation_detail("plain", {"name": "no key"}, "d").error == "InvalidUser"
+    assert client.variation_detail("seg", user, False).error == "MalformedFlag"  # R-47
+    assert client.string_variation_detail("plain", user, "d").error == ""
+
+
+def test_object_variation_takes_objects_and_arrays_only() -> None:
+    client = offline_client(
+        b.flag("obj", variations=['{"a": 1}', "[]"], variation_type="json"),
+        b.flag("scalar", variations=["42", "0"], variation_type="json"),
+    )
+    user = {"key": "u1"}
+    assert client.object_variation("obj", user, {}) == {"a": 1}
+    d = client.object_variation_detail("scalar", user, {"dflt": True})
+    assert (d.variation, d.kind) == ({"dflt": True}, ReasonKind.WRONG_TYPE)  # R-58: no event either (R-66)
+    assert client.json_variation("scalar", user, None) == 42

@@ -325,25 +325,25 @@ def test_a_context_featbit_cannot_use_is_invalid_context(flags: OpenFeatureClien
 def test_mapping_tables() -> None:
     """Every reason kind of R-57 has its OpenFeature reason or error code (no server needed)."""
 
-    def detail(kind: ReasonKind, reason: str, vid: str = "") -> EvalDetail:
-        return EvalDetail(reason, None, "f", "f", vid, kind)
+    def detail(kind: ReasonKind, reason: str, vid: str = "", error: str = "", split: bool = False) -> EvalDetail:
+        return EvalDetail(reason, None, "f", "f", vid, kind, error, split)
 
     served = [
-        (detail(ReasonKind.OFF, "flag off", "v"), False, Reason.DISABLED),
-        (detail(ReasonKind.TARGET_MATCH, "target match", "v"), False, Reason.TARGETING_MATCH),
-        (detail(ReasonKind.RULE_MATCH, "rule match", "v"), True, Reason.TARGETING_MATCH),
-        (detail(ReasonKind.FALLTHROUGH, "fall through all rules", "v"), False, Reason.DEFAULT),
-        (detail(ReasonKind.FALLTHROUGH, "fall through all rules", "v"), True, Reason.SPLIT),
+        (detail(ReasonKind.OFF, "flag off", "v"), Reason.DISABLED),
+        (detail(ReasonKind.TARGET_MATCH, "target match", "v"), Reason.TARGETING_MATCH),
+        (detail(ReasonKind.RULE_MATCH, "rule match", "v"), Reason.TARGETING_MATCH),
+        (detail(ReasonKind.FALLTHROUGH, "fall through all rules", "v"), Reason.DEFAULT),
+        (detail(ReasonKind.FALLTHROUGH, "fall through all rules", "v", split=True), Reason.SPLIT),
     ]
-    for d, split, reason in served:
-        assert (reason_for(d, split), error_code_for(d)) == (reason, None)
+    for d, reason in served:
+        assert (reason_for(d), error_code_for(d)) == (reason, None)
     failed = [
         (detail(ReasonKind.CLIENT_NOT_READY, "client not ready"), ErrorCode.PROVIDER_NOT_READY),
         (detail(ReasonKind.WRONG_TYPE, "wrong type"), ErrorCode.TYPE_MISMATCH),
-        (detail(ReasonKind.ERROR, "flag not found"), ErrorCode.FLAG_NOT_FOUND),
-        (detail(ReasonKind.ERROR, "malformed flag: rule 'r' has no rollout for this user"), ErrorCode.PARSE_ERROR),
-        (detail(ReasonKind.ERROR, "invalid user: user key must be a non-blank string"), ErrorCode.INVALID_CONTEXT),
-        (detail(ReasonKind.ERROR, "error in evaluation: boom"), ErrorCode.GENERAL),
+        (detail(ReasonKind.ERROR, "flag not found", error="FlagNotFound"), ErrorCode.FLAG_NOT_FOUND),
+        (detail(ReasonKind.ERROR, "malformed flag: rule 'r' has no rollout", error="MalformedFlag"), ErrorCode.PARSE_ERROR),
+        (detail(ReasonKind.ERROR, "invalid user: user key must be a non-blank string", error="InvalidUser"), ErrorCode.INVALID_CONTEXT),
+        (detail(ReasonKind.ERROR, "error in evaluation: boom", error="Exception"), ErrorCode.GENERAL),
     ]
     for d, code in failed:
         assert (reason_for(d), error_code_for(d)) == (Reason.ERROR, code)

@@ -35,6 +35,14 @@ class ReasonKind(str, Enum):
         return self.value
 
 
+# Why an evaluation ended in kind Error: ``EvalDetail.error``, stable for
+# code to branch on (the reason text carries the details and may change).
+ERROR_FLAG_NOT_FOUND = "FlagNotFound"  # unknown or archived key
+ERROR_MALFORMED_FLAG = "MalformedFlag"  # data that cannot be evaluated (R-37, R-42, R-47)
+ERROR_INVALID_USER = "InvalidUser"  # a user dict FeatBit cannot take (R-59, R-84)
+ERROR_EXCEPTION = "Exception"  # a bug: logged with its traceback
+
+
 # Reason texts: fbclient's where fbclient has one (R-87), so code that compares
 # them keeps working after a migration; the kind is the stable contract.
 REASON_CLIENT_NOT_READY: Final = "client not ready"
@@ -110,6 +118,13 @@ def to_json(raw: str) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):
         return WRONG_TYPE
+
+
+def to_json_object(raw: str) -> Any:
+    """A JSON object or array (a fresh one per call), or WRONG_TYPE -- what
+    structured values (OpenFeature's object flags) accept."""
+    value = to_json(raw)
+    return value if isinstance(value, (dict, list)) else WRONG_TYPE
 
 
 def to_str(raw: str) -> str:
