@@ -45,7 +45,7 @@ from collections.abc import Callable
 
 import filelock
 
-from .._core.dataset import DataSet
+from .._core.dataset import Changes, DataSet
 from .._core.wire import DataSyncMessage
 from ..events.pump import EventPump, HttpSender
 from ..events.ring import Registry
@@ -222,14 +222,25 @@ class SyncProcess:
 
     # ------------------------------------------------------------------ callbacks
 
-    def _on_data(self, message: DataSyncMessage) -> None:
-        """Commit one valid full or patch, then publish readiness (R-14)."""
+    def _on_data(self, messages: list[DataSyncMessage]) -> None:
+        """Commit valid fulls and patches, in order, as ONE generation, then
+        publish readiness (R-13, R-14): each message stays atomic, and a batch
+        that arrived together becomes visible together."""
         assert self.writer is not None
-        for skipped in message.skipped:
-            log.warning("featbit_shm: skipped malformed %s %r: %s", skipped.kind, skipped.key, skipped.error)
-        dataset, changes = self.dataset.apply(message)
-        if changes or self.state is not SyncState.OK or self.writer.generation == 0:
-            self.writer.publish(dataset, None if changes.full else changes, SyncState.OK)
+        dataset = self.dataset
+        full = False
+        flags: set[str] = set()
+        segments: set[str] = set()
+        for message in messages:
+            for skipped in message.skipped:
+                log.warning("featbit_shm: skipped malformed %s %r: %s", skipped.kind, skipped.key, skipped.error)
+            dataset, changes = dataset.apply(message)
+            full = full or changes.full
+            flags |= changes.flags
+            segments |= changes.segments
+        changed = Changes(full, frozenset(flags), frozenset(segments))
+        if changed or self.state is not SyncState.OK or self.writer.generation == 0:
+            self.writer.publish(dataset, None if full else changed, SyncState.OK)
         self.dataset = dataset
         self.state = SyncState.OK
         self.writer.set_state(SyncState.OK)

@@ -1,7 +1,8 @@
 """Where a sync process gets flag data: FeatBit's websocket, or a file.
 
 Both sources run in the sync process's main thread and call back into it:
-``on_data(message)`` for every valid data-sync message, ``on_state(state)``
+``on_data(messages)`` with valid data-sync messages, in order, to be
+published as one generation, ``on_state(state)``
 for connection state changes, ``tick()`` often (at least every 0.25 s) so
 the process can write its heartbeat and watch its owner, and they return when
 ``stop`` is set.
@@ -43,12 +44,20 @@ from ..store.control import SyncState
 
 log = logging.getLogger("featbit_shm.sync")
 
-OnData = Callable[[DataSyncMessage], None]
+OnData = Callable[[list[DataSyncMessage]], None]  # in order; published as one generation
 OnState = Callable[[SyncState], None]
 Tick = Callable[[], None]
 
 
+MAX_BATCH = 256  # messages already waiting that are read and published together
+MAX_BATCH_S = 0.1
 PONG_TIMEOUT_S = 5.0  # after a ping or data-sync request, how long FeatBit may stay silent (R-9, R-21)
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    if getattr(sock, "pending", lambda: 0)():  # TLS: bytes already decrypted
+        return True
+    return bool(select.select([sock], [], [], timeout)[0])
 
 
 class Terminal(Exception):
@@ -71,6 +80,22 @@ class StreamSource:
     may not notice for many minutes -- and the connection is replaced; the
     new one's cursor fetches whatever was missed. A dead connection is thus
     noticed within ``ping_interval + pong_timeout`` (20 s by default).
+
+    The barrier: a push may reach a new connection before the reply to its
+    data-sync request, and both are ``data-sync`` patches that nothing tells
+    apart. Applied alone, such a push would publish a data version (the
+    cursor, R-7) newer than changes the reply has yet to bring: workers
+    would see a snapshot that claims version V but lacks older updates, and
+    if the connection or the leader died before the reply, the next cursor
+    would skip those updates for good (on a first connection, a push before
+    the full would even publish a one-flag store as ready, R-22). So a ping
+    follows the request at once, and everything that arrives before its
+    pong is held: the server answers a connection's messages in order, so
+    the reply comes before the pong, and the held messages are then applied
+    together, reply included. If no pong comes within ``pong_timeout``, what
+    arrived is applied anyway. After the barrier, messages already waiting
+    are read and applied as one batch, so a slow publish or a burst of
+    pushes costs one generation, not one per message.
     """
 
     def __init__(
@@ -140,11 +165,18 @@ class StreamSource:
             self._on_open()
         try:
             ws.send(data_sync_request(self._cursor()))
+            ws.send(PING_FRAME)  # the barrier: its pong follows the data-sync reply (class docstring)
             # When we first asked for an answer that has not come (0.0: every one answered).
-            last_ping = awaiting = time.monotonic()
+            requested = last_ping = awaiting = time.monotonic()
+            held: list[DataSyncMessage] | None = []  # messages before the barrier; None once past it
             while not stop.is_set():
                 tick()
                 now = time.monotonic()
+                if held is not None and now - requested > self._pong_timeout:
+                    if held:
+                        log.warning("featbit_shm: FeatBit did not answer the ping after data-sync; applying what arrived")
+                        self._deliver(held, on_data)
+                    held = None
                 if now - last_ping >= self._ping_interval:
                     ws.send(PING_FRAME)  # R-9: the application ping, not a websocket ping
                     last_ping = now
@@ -152,32 +184,51 @@ class StreamSource:
                 sock = ws.sock
                 if sock is None:
                     return
-                pending = getattr(sock, "pending", lambda: 0)()
-                if not pending and not select.select([sock], [], [], 0.2)[0]:
+                if not _readable(sock, 0.2):
                     # Judged only when nothing waits to be read, so time this
                     # process spent busy (a big publish) is never held against FeatBit.
                     if awaiting and time.monotonic() - awaiting > self._pong_timeout:
                         log.warning("featbit_shm: no answer from FeatBit for %.1f s (ping unanswered); reconnecting", self._pong_timeout)
                         return
                     continue
-                opcode, frame = ws.recv_data_frame(True)
-                awaiting = 0.0  # anything at all proves the peer alive
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
+                # Everything already waiting is read as one batch (bounded in
+                # count and time) and published as one generation.
+                batch: list[DataSyncMessage] = []
+                closed, code = False, None  # a close frame, and its status code if it had one
+                failure: BaseException | None = None
+                began = time.monotonic()
+                for _ in range(MAX_BATCH):
+                    try:
+                        opcode, frame = ws.recv_data_frame(True)
+                    except (OSError, websocket.WebSocketException, socket.timeout) as exc:
+                        failure = exc
+                        break
+                    awaiting = 0.0  # anything at all proves the peer alive
+                    if opcode == websocket.ABNF.OPCODE_CLOSE:
+                        closed = True
+                        code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
+                        break
+                    if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                        parsed = parse_frame(frame.data)
+                        if isinstance(parsed, DataSyncMessage):
+                            (held if held is not None else batch).append(parsed)
+                        elif isinstance(parsed, Pong) and held is not None:
+                            batch[:0], held = held, None  # past the barrier: the reply is in
+                        elif isinstance(parsed, Ignored):
+                            log.warning("featbit_shm: ignored a message from FeatBit: %s", parsed.reason)
+                    if time.monotonic() - began > MAX_BATCH_S or ws.sock is None or not _readable(ws.sock, 0):
+                        break
+                # Data that came before a close or a failure is good: keep it.
+                # What is still held (before the barrier) is dropped with the
+                # connection; the next one's cursor asks for it again.
+                self._deliver(batch, on_data)
+                if failure is not None:
+                    raise failure
+                if closed:
                     if close_is_terminal(code):
                         raise Terminal(f"close {code}")
                     log.warning("featbit_shm: server closed the stream (code %s); reconnecting", code)
                     return
-                if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                    continue
-                parsed = parse_frame(frame.data)
-                if isinstance(parsed, DataSyncMessage):
-                    on_data(parsed)
-                    self._backoff.reset()  # a good connection: start the schedule again
-                elif isinstance(parsed, Ignored):
-                    log.warning("featbit_shm: ignored a message from FeatBit: %s", parsed.reason)
-                elif isinstance(parsed, Pong):
-                    pass
         except (OSError, websocket.WebSocketException, socket.timeout) as exc:
             # The server may have closed with a status before our write
             # failed: read it, so a 4003 is never mistaken for a drop.
@@ -191,6 +242,10 @@ class StreamSource:
             except Exception:  # noqa: BLE001 - closing a broken socket
                 pass
 
+    def _deliver(self, messages: list[DataSyncMessage], on_data: OnData) -> None:
+        if messages:
+            on_data(messages)
+            self._backoff.reset()  # a good connection: start the schedule again
 
     @staticmethod
     def _pending_close_code(ws: websocket.WebSocket) -> int | None:
@@ -244,6 +299,6 @@ class FileSource:
                     self.loads += 1
                     flags = list(result.dataset.flags.values())
                     segments = list(result.dataset.segments.values())
-                    on_data(DataSyncMessage("full", flags, segments, []))
+                    on_data([DataSyncMessage("full", flags, segments, [])])
             tick()
             stop.wait(self.interval)

@@ -266,6 +266,9 @@ class FeatBitStandIn:
         self.connections_rejected = 0
         self.clock_offset_ms = 0
         self.silent = False  # when True, data-sync and ping get no answer
+        # A slow server: seconds to wait before answering a data-sync request
+        # (pushes to other threads' changes still go out meanwhile).
+        self.reply_delay = 0.0
         # (until, lose): while monotonic() < until nothing is sent on any
         # websocket; held and sent afterwards, or lost when ``lose``.
         self._silence: tuple[float, bool] | None = None
@@ -531,6 +534,8 @@ class FeatBitStandIn:
         if kind == "ping":
             conn.send_json({"messageType": "pong", "data": {}})
         elif kind == "data-sync":
+            if self.reply_delay:
+                time.sleep(self.reply_delay)
             body = message.get("data") or {}
             timestamp = body.get("timestamp") if isinstance(body, dict) else None
             conn.send_json({"messageType": "data-sync", "data": self._payload(int(timestamp or 0))})

@@ -92,8 +92,8 @@ def test_a_silent_connection_is_abandoned_and_the_missed_patch_arrives_by_cursor
         states: list[SyncState] = []
         cursor = [0]
 
-        def on_data(message) -> None:  # type: ignore[no-untyped-def]
-            for f in message.flags:
+        def on_data(messages) -> None:  # type: ignore[no-untyped-def]
+            for f in (f for m in messages for f in m.flags):
                 cursor[0] = max(cursor[0], f["version"])
                 seen.append(f["key"] + "=" + str(f["version"]))
 
@@ -111,3 +111,45 @@ def test_a_silent_connection_is_abandoned_and_the_missed_patch_arrives_by_cursor
         finally:
             stop.set()
             thread.join(15)
+
+
+def test_a_push_before_the_initial_full_never_publishes_a_partial_store() -> None:
+    """Soak finding (R-22, R-7): a push that overtook the reply to the first
+    data-sync request was published alone -- a one-flag store, marked
+    ready, with the data version of that push."""
+    with FeatBitStandIn(flags=[flag("a", "a1", T0), flag("b", "b1", T0)]) as server, sync_env(server) as env:
+        server.reply_delay = 1.0  # the server is slow to answer data-sync
+        env.spawn()
+        reader = env.reader()
+        assert eventually(lambda: server.open_connections == 1)
+        server.update_flag(flag("a", "a2", T0 + 1))  # reaches the client before the full
+        assert eventually(lambda: reader.current() is not None and reader.generation > 0)
+        first = reader.current()
+        assert first.flag("b") is not None, "published before the full arrived"
+        assert served(env, reader, "a") == "a2"
+
+
+def test_a_push_before_the_reply_does_not_advance_the_cursor_past_what_the_reply_brings() -> None:
+    """Soak finding: after a reconnect, a push that overtook the reply was
+    applied and published at once. The snapshot claimed the push's version
+    while lacking older changes the reply would bring; when that connection
+    dropped before the reply, the next cursor skipped those changes for good
+    (the soak saw flags served 10 s stale under a newer data version)."""
+    with FeatBitStandIn(flags=[flag("a", "a1", T0), flag("b", "b1", T0)]) as server, sync_env(server) as env:
+        env.spawn(standby=False)
+        reader = env.reader()
+        assert eventually(lambda: env.leader_ready(reader))
+        server.reply_delay = 1.5
+        server.drop_connections()
+        server.update_flag(flag("b", "b2", T0 + 1))  # while the client is away: only a reply brings it
+        assert eventually(lambda: server.open_connections == 1, timeout=20)
+        server.update_flag(flag("a", "a2", T0 + 2))  # overtakes the delayed reply
+        import time
+
+        time.sleep(0.5)  # the push is in; the reply is still a second away
+        server.drop_connections()  # ... and never comes on this connection
+        server.reply_delay = 0.0
+        assert eventually(lambda: served(env, reader, "a") == "a2", timeout=20)
+        assert eventually(lambda: served(env, reader, "b") == "b2", timeout=10), "b2 was skipped by the cursor"
+        view = reader.current()
+        assert view.version == T0 + 2
