@@ -50,7 +50,9 @@ _HEAD_LEN: Final = struct.Struct("<H")
 _FRAME: Final = struct.Struct("<IH")  # ring length prefix (u32) + head length (u16)
 # msgpack of ``(EVAL, ts_ms, ...)`` begins: fixarray of 6, positive fixint EVAL,
 # uint64 marker and the big-endian timestamp (msgpack's choice for 2**32..2**64-1).
-_EVAL_PREFIX: Final = struct.Struct(">BBBQ")
+_EVAL_MARKERS: Final = bytes((0x96, EVAL, 0xCF))
+_TS: Final = struct.Struct(">Q")
+_EVAL_HEAD_FIXED: Final = len(_EVAL_MARKERS) + _TS.size
 _UINT64_MIN: Final = 1 << 32
 _UINT64_MAX: Final = (1 << 64) - 1
 
@@ -83,7 +85,7 @@ class EvalEncoder:
       cached tail.
     """
 
-    __slots__ = ("_pack", "_user", "_copy", "_packed", "_tails")
+    __slots__ = ("_pack", "_user", "_copy", "_packed", "_tails", "_prefixes")
 
     MAX_TAILS: Final = 4096
 
@@ -93,6 +95,8 @@ class EvalEncoder:
         self._copy: dict[Any, Any] | None = None
         self._packed = b""
         self._tails: dict[tuple[str, str, str, bool], bytes] = {}
+        # frame length prefix + array/EVAL/uint64 markers, by (tail, user) lengths
+        self._prefixes: dict[int, bytes] = {}
 
     def user_bytes(self, user: Mapping[str, Any]) -> bytes:
         if user is self._user and user == self._copy:
@@ -121,8 +125,15 @@ class EvalEncoder:
             if len(self._tails) >= self.MAX_TAILS:
                 self._tails.clear()
             self._tails[key] = tail
-        n = _EVAL_PREFIX.size + len(tail)
-        return _FRAME.pack(2 + n + len(packed_user), n) + _EVAL_PREFIX.pack(0x96, EVAL, 0xCF, ts_ms) + tail + packed_user
+        lengths = len(tail) << 32 | len(packed_user)
+        prefix = self._prefixes.get(lengths)
+        if prefix is None:
+            n = _EVAL_HEAD_FIXED + len(tail)
+            prefix = _FRAME.pack(2 + n + len(packed_user), n) + _EVAL_MARKERS
+            if len(self._prefixes) >= self.MAX_TAILS:
+                self._prefixes.clear()
+            self._prefixes[lengths] = prefix
+        return prefix + _TS.pack(ts_ms) + tail + packed_user
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
