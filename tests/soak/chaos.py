@@ -222,7 +222,6 @@ class Soak:
         self.heals: list[dict[str, Any]] = []
         self.lag_ms: list[int] = []
         self.slow_until = 0.0
-        self.lag_trace: list[tuple[float, int]] = []
         self.standby_restores: list[dict[str, Any]] = []
         self.worker_kills: list[float] = []
         self.gunicorn: subprocess.Popen[bytes] | None = None
@@ -361,7 +360,6 @@ class Soak:
             pointer = self.block.read_pointer()
             if pointer is not None:  # how far the published data is behind the server, in ms of versions
                 self.lag_ms.append(max(0, self.world.version - pointer.data_version))
-                self.lag_trace.append((round(time.monotonic() - self.t0, 2), self.world.version - pointer.data_version))
 
     def take_events(self) -> None:
         for event in self.server.take_events():
