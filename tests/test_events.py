@@ -245,6 +245,26 @@ sys.stdin.readline()
     assert names.existing("r") == []
 
 
+def test_a_worker_that_asked_for_a_flush_and_exited_is_reclaimed_cleanly(names: StoreNames, caplog: pytest.LogCaptureFixture) -> None:
+    """gunicorn's worker_exit stops the client, which asks for a flush, and
+    the worker is gone by the next cycle: its events are sent, its ring is
+    reclaimed, and the cycle does not touch the closed ring (found by
+    bench_fleet: "operation forbidden on released memoryview")."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        recorder = EventRecorder(names, ring_bytes=1 << 16)
+        recorder.record_eval({"key": "leaving"}, "f", "v", "on", False)
+        recorder.flush()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    post = Recorder()
+    pump = EventPump(names, post, sleep=lambda s: None, spare_rings=0)
+    assert pump.cycle(force=True)  # raises nothing; everything drained
+    assert [o["user"]["keyId"] for body in post.bodies for o in body] == ["leaving"]
+    assert Registry(names).slots() == [] and names.existing("r") == []
+    pump.close()
+
+
 def test_spare_rings_are_ready_before_a_worker_records_and_claimed_without_allocation(names: StoreNames) -> None:
     """Issue 6 (attach <= 5 ms): reserving a ring's memory is the slow part of
     a worker's first event, so the sync process keeps spares: two more than

@@ -173,10 +173,13 @@ class EventPump:
             if ring.pending_bytes:
                 drained_all = False
                 self._left_bytes += ring.pending_bytes
+            elif not self._alive(pid):
+                # Drained and its process is gone: reclaim it now. Its flush
+                # request (gunicorn's worker_exit stops the client, which asks
+                # for one) has no waiter left, and the ring is closed here.
+                self._reclaim(slot, ring_id)
             elif requested > ring.words[W_FLUSH_DONE]:
                 flushes.append((ring, requested))
-            if not ring.pending_bytes and not self._alive(pid):
-                self._reclaim(slot, ring_id)
             if records:
                 self._record_bytes = sum(map(len, records)) // len(records)
         for ring_id in list(self._rings):
