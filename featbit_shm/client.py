@@ -122,10 +122,11 @@ class FBClient:
             # (started by the server's hooks, a mule or `featbit-shm sync`).
             reader = SnapshotReader(self._names, retry_interval=0.05)
             self._source = reader
+            registry = Registry(self._names)  # one lock file handle for both uses (cold start)
             if not config.disable_events:
                 # Events go into this process's ring; the sync process posts them.
-                self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes)
-            self._join_host(reader)
+                self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes, registry=registry)
+            self._join_host(reader, registry)
             self._wait_ready(reader, start_wait)
         elif config.shared:
             # R-71: offline is ready at once, with the host's shared snapshot
@@ -144,7 +145,7 @@ class FBClient:
             self._report(result, config.bootstrap_file)
             self._use_memory(result.dataset)
 
-    def _join_host(self, reader: SnapshotReader) -> None:
+    def _join_host(self, reader: SnapshotReader, registry: Registry) -> None:
         """Register this process as a client of the host's store, and start a
         sync process when none is running (DESIGN: "a client starts one when
         none is running"). That sync process has no owner: it exits once no
@@ -155,7 +156,7 @@ class FBClient:
         config = self._config
         try:
             if (self._names.tag, os.getpid()) not in _REGISTERED:
-                Registry(self._names).register_client()
+                registry.register_client()
                 _REGISTERED.add((self._names.tag, os.getpid()))
             if not config.start_sync or self._leader_alive(reader):
                 return
