@@ -267,7 +267,7 @@ def test_a_worker_that_asked_for_a_flush_and_exited_is_reclaimed_cleanly(names: 
 
 def test_spare_rings_are_ready_before_a_worker_records_and_claimed_without_allocation(names: StoreNames) -> None:
     """Issue 6 (attach <= 5 ms): reserving a ring's memory is the slow part of
-    a worker's first event, so the sync process keeps spares: two more than
+    a worker's first event, so the sync process keeps spares: one more than
     the registered clients without a ring. A claim takes a spare of its
     capacity; other capacities make their own; spares never count as live
     processes and go away at a clean stop."""
@@ -277,18 +277,18 @@ def test_spare_rings_are_ready_before_a_worker_records_and_claimed_without_alloc
     registry.register_client()  # this process: a client with no ring yet
     pump.cycle()
     spares = sorted(names.existing("r"))
-    assert len(spares) == 3 and registry.spares_wanted(lambda pid: True) == (3, 3)
+    assert len(spares) == 2 and registry.spares_wanted(lambda pid: True) == (2, 2)
     assert registry.live_processes(lambda pid: pid == os.getpid()) == 1  # spares are not processes
     recorder = EventRecorder(names, ring_bytes=1 << 16)
     assert recorder.record_eval({"key": "k"}, "f", "v", "val", False)
     assert sorted(names.existing("r")) == spares  # the claim took a spare: nothing new was created
     assert [pid for _slot, pid, *_rest in registry.slots()] == [os.getpid()]
     other = registry.claim(1 << 15)  # another capacity: a new ring of its own
-    assert other.capacity == 1 << 15 and len(names.existing("r")) == 4
+    assert other.capacity == 1 << 15 and len(names.existing("r")) == 3
     other.close()
     clock[0] += 1
-    pump.cycle()  # this process now has a ring: two spares wanted, two there
-    assert registry.spares_wanted(lambda pid: True) == (2, 2)
+    pump.cycle()  # this process now has a ring: one spare wanted, one there
+    assert registry.spares_wanted(lambda pid: True) == (1, 1)
     assert pump.drain(5) and pump.sent == 1
     pump.close()  # a clean stop removes the spares, not the claimed rings
     assert len(names.existing("r")) == 2

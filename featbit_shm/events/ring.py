@@ -47,8 +47,9 @@ killed with SIGKILL loses nothing it had already recorded.
 
 Spare rings: reserving a ring's memory (``posix_fallocate`` of 16 MiB) takes
 milliseconds, which a worker would pay on its first request. So the sync
-process keeps a few empty rings ready (state SPARE, no pid): two more than
-the registered clients that have no ring yet. A worker's claim takes a spare
+process keeps a few empty rings ready (state SPARE, no pid): one more than
+the registered clients that have no ring yet (a client registers when it is
+built, in gunicorn's post_fork, well before its first event). A worker's claim takes a spare
 of its capacity when there is one, and creates its own only otherwise.
 """
 
@@ -337,7 +338,7 @@ class Registry:
 
     def spares_wanted(self, alive: Callable[[int], bool]) -> tuple[int, int]:
         """(spares there are, spares wanted): one per live registered client
-        that has no ring yet, plus two for the next workers to start."""
+        that has no ring yet, plus one for the next worker to start."""
         with self._locked():
             mm = self._map()
             clients, owners, spares = set(), set(), 0
@@ -349,7 +350,7 @@ class Registry:
                     owners.add(pid)
                 elif state == CLIENT and alive(pid):
                     clients.add(pid)
-            return spares, len(clients - owners) + 2
+            return spares, len(clients - owners) + 1
 
     def drop_spares(self) -> int:
         """Unlink every spare ring and free its slot (a clean shutdown)."""
