@@ -65,10 +65,10 @@ FLAGS = 5_000
 WORKERS = 8
 LOAD_RATE = 120.0  # requests per second, in total (10 evaluations each)
 LOAD_THREADS = 4
-# gunicorn recycling: each worker after 1,500..6,000 requests (about 100..400 s
+# gunicorn recycling: each worker after 2,000..6,000 requests (about 130..400 s
 # at this load), so some recycle early and some live long enough to show a leak.
-MAX_REQUESTS = 1_500
-MAX_REQUESTS_JITTER = 4_500
+MAX_REQUESTS = 2_000
+MAX_REQUESTS_JITTER = 4_000
 CONVERGE_WITHIN_S = 2.0
 RSS_DRIFT_MAX = 0.10
 # A worker's first minute is warm-up: its private memory grows by about 15%
@@ -137,9 +137,18 @@ def schedule(seed: int, seconds: float) -> tuple[list[Step], list[Step]]:
     kinds = list(FAULTS)
     rng.shuffle(kinds)  # every kind at least once, in a seeded order
     gap = min(6.0, seconds * 0.8 / len(FAULTS))
+    # SIGHUP replaces every worker: beyond the first pass, at most one per
+    # 150 s and only in the first 40% of the run, so the workers of the last
+    # reload live long enough for the memory check.
+    hups = max(1, int(seconds // 150))
     t = 2.0
     while t < seconds - 1.0:
-        kind = kinds.pop() if kinds else rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+        if kinds:
+            kind = kinds.pop()
+        else:
+            allowed = {k: w for k, w in WEIGHTS.items() if k != "sighup" or (hups > 0 and t < 0.4 * seconds)}
+            kind = rng.choices(list(allowed), weights=list(allowed.values()))[0]
+        hups -= kind == "sighup"
         arg = round(rng.uniform(0.2, 1.0), 2) if kind == "slow_writer_10s" else 0.0
         faults.append(Step(t, kind, arg))
         t += rng.uniform(0.5, 1.5) * gap
@@ -162,6 +171,15 @@ def children(pid: int) -> list[int]:
         if ppid == pid:
             found.append(int(entry))
     return found
+
+
+def started_at(pid: int) -> int:
+    """Start time of a process (clock ticks since boot)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def is_sync(pid: int) -> bool:
@@ -408,7 +426,10 @@ class Soak:
         if not workers:
             self.record("worker_kill", pid=None)
             return
-        pid = random.Random(f"{self.seed}-{len(self.log)}").choice(workers)
+        # Any worker but the two that have run longest: the memory check needs
+        # long-lived workers (they still go with max_requests and SIGHUP).
+        by_age = sorted(workers, key=started_at)
+        pid = random.Random(f"{self.seed}-{len(self.log)}").choice(by_age[2:] or by_age)
         self.worker_kills.append(time.monotonic())
         kill(pid)
         self.window("worker_kill", 0, pid=pid)
