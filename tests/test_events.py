@@ -178,13 +178,53 @@ def test_r68_500_then_200_is_retried_once_200ms_apart(names: StoreNames) -> None
     pump.close()
 
 
-def test_r68_two_failures_count_as_failed(names: StoreNames) -> None:
+def test_r68_two_failures_keep_the_events_for_the_next_flush(names: StoreNames) -> None:
+    """Issue 9 (the soak): a slice that fails both attempts is not thrown away;
+    it is tried again a flush interval later, in the ring until then."""
     record_evals(names, 10)
     post = Recorder([503, None])
-    pump = EventPump(names, post, sleep=lambda s: None)
-    pump.drain(5)
-    assert len(post.bodies) == 2 and pump.failed == 10 and pump.sent == 0
+    now = [0.0]
+    pump = EventPump(names, post, sleep=lambda s: None, clock=lambda: now[0])
+    pump.cycle(force=True)
+    assert len(post.bodies) == 2 and pump.failed == 0 and pump.sent == 0
+    pump.cycle()
+    assert len(post.bodies) == 2  # not before the next flush
+    now[0] += 1.0
+    pump.cycle()
+    assert len(post.bodies) == 3 and post.bodies[2] == post.bodies[0] and pump.sent == 10  # same payload (R-65)
     pump.close()
+
+
+def test_events_left_at_the_shutdown_deadline_by_exited_workers_count_as_failed(names: StoreNames) -> None:
+    record_evals(names, 10)
+    post = Recorder([503] * 1000)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    pump = EventPump(names, post, sleep=sleep, clock=lambda: now[0], alive=lambda pid: False)
+    assert not pump.shutdown(timeout=2.0)
+    assert pump.failed == 10 and pump.sent == 0
+    assert Registry(names).slots() == []  # the exited worker's ring is gone
+    pump.close()
+
+
+def test_a_pump_killed_before_sending_leaves_its_events_for_the_next(names: StoreNames) -> None:
+    """Issue 9 (the soak): records taken into a pump's buffer stay in the ring
+    until FeatBit accepted them, so a sync process SIGKILLed between taking
+    and sending loses none (its successor sends them)."""
+    record_evals(names, 10)
+    first = EventPump(names, Recorder(), sleep=lambda s: None, flush_interval=3600)
+    first.cycle()  # taken, not due yet
+    assert first.sent == 0
+    # (killed here: nothing more of it runs)
+    post = Recorder()
+    second = EventPump(names, post, sleep=lambda s: None)
+    assert second.drain(5)
+    assert sorted(o["user"]["keyId"] for body in post.bodies for o in body) == [f"u{i}" for i in range(10)]
+    first.close()
+    second.close()
 
 
 def test_r68_401_stops_delivery_for_good(names: StoreNames) -> None:

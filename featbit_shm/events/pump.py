@@ -10,6 +10,17 @@ worker asked for a flush (R-69). Each slice gets at most 2 attempts 200 ms
 apart; a terminal 4xx stops delivery for good (R-68). Rings whose process
 is dead are drained, then unlinked and their registry slot freed. On stop it
 keeps going until everything is sent or the shutdown deadline passes (R-70).
+
+Nothing is lost that is not counted. A ring's space is freed (its tail
+committed) only once its records were accepted by FeatBit or failed for
+good, so a sync process killed with events in its buffer or in flight leaves
+them in the rings and its successor sends them (a post that succeeded just
+before the kill may arrive twice: at-least-once). A slice that fails its two
+attempts for a retryable reason (5xx, 408, 429, network) is not thrown away:
+it stays first in the buffer and is tried again at the next flush, so an
+outage of the insight endpoint makes events wait -- in the buffer, then in
+the rings -- and only a full ring drops new events, counted (R-67). What the
+shutdown deadline leaves in the rings of exited workers is counted as failed.
 """
 
 from __future__ import annotations
@@ -31,7 +42,6 @@ from .._core.events import (
     Outcome,
     RecordError,
     Renderer,
-    batches,
     classify,
     join_json,
 )
@@ -133,7 +143,10 @@ class EventPump:
         self._sleep = sleep
         self._alive = alive
         self._rings: dict[int, Ring] = {}
-        self._buffer: list[bytes] = []  # rendered payload objects
+        # Rendered payload objects (None: a malformed record), each with its
+        # ring and the ring position just past it, committed once it is done.
+        self._buffer: list[tuple[bytes | None, int, int]] = []
+        self._retry_at = 0.0  # after a retryable failure, no send before this
         self._left_bytes = 0
         self._record_bytes = 128
         self._renderer = Renderer()
@@ -154,6 +167,7 @@ class EventPump:
         drained_all = True
         slots = self.registry.slots()
         live_ids = set()
+        dead: list[tuple[int, int]] = []
         for slot, pid, ring_id, _state, _at in slots:
             live_ids.add(ring_id)
             ring = self._ring(ring_id)
@@ -161,36 +175,40 @@ class EventPump:
                 continue
             requested = int(ring.words[W_FLUSH_REQ])
             room = self._max_buffer - len(self._buffer)
-            records = ring.take(max(0, room))
+            records = ring.take_positions(max(0, room))
             render = self._renderer.render
-            for record in records:
+            for record, end in records:
                 try:
-                    self._buffer.append(render(record))
+                    self._buffer.append((render(record), ring_id, end))
                 except RecordError:
                     ring.words[W_MALFORMED] += 1
                     self.malformed += 1
-            ring.commit()
-            if ring.pending_bytes:
+                    self._buffer.append((None, ring_id, end))
+            if ring.unread_bytes:
                 drained_all = False
-                self._left_bytes += ring.pending_bytes
+                self._left_bytes += ring.unread_bytes
             elif not self._alive(pid):
-                # Drained and its process is gone: reclaim it now. Its flush
-                # request (gunicorn's worker_exit stops the client, which asks
-                # for one) has no waiter left, and the ring is closed here.
-                self._reclaim(slot, ring_id)
+                # Its process is gone: no flush waiter is left. The ring is
+                # reclaimed below, once every record taken from it is done.
+                dead.append((slot, ring_id))
             elif requested > ring.words[W_FLUSH_DONE]:
                 flushes.append((ring, requested))
             if records:
-                self._record_bytes = sum(map(len, records)) // len(records)
+                self._record_bytes = sum(len(r) for r, _end in records) // len(records)
         for ring_id in list(self._rings):
             if ring_id not in live_ids:
                 self._rings.pop(ring_id).close()
-        due = force or bool(flushes) or self._clock() - self._last_send >= self._flush_interval
-        if self._buffer and (due or len(self._buffer) >= MAX_BATCH):
+        now = self._clock()
+        due = force or bool(flushes) or now - self._last_send >= self._flush_interval
+        if self._buffer and (due or len(self._buffer) >= MAX_BATCH) and (force or now >= self._retry_at):
             self._send(all_of_it=due)
         if not self._buffer:
             for ring, requested in flushes:
                 ring.words[W_FLUSH_DONE] = requested  # processed: sent or failed (R-69)
+        for slot, ring_id in dead:
+            ring = self._rings.get(ring_id)
+            if ring is not None and not ring.pending_bytes:  # every record of it sent or failed
+                self._reclaim(slot, ring_id)
         self._publish_counters()
         self._top_up_spares()
         return drained_all and not self._buffer
@@ -234,32 +252,52 @@ class EventPump:
         self.registry.release(slot, ring_id)
 
     def _send(self, *, all_of_it: bool) -> None:
-        objects = self._buffer
+        n = len(self._buffer)
         if not all_of_it:
-            cut = len(objects) - len(objects) % MAX_BATCH
-            objects, self._buffer = objects[:cut], objects[cut:]
-        else:
-            self._buffer = []
-        for batch in batches(objects):
-            if self.stopped:
-                self.failed += len(batch)
-                continue
-            body = join_json(batch)
-            for attempt in range(ATTEMPTS):
-                outcome = classify(self._post(body))
+            n -= n % MAX_BATCH
+        while n > 0:
+            chunk = self._buffer[: min(n, MAX_BATCH)]
+            payloads = [p for p, _ring, _end in chunk if p is not None]
+            if self.stopped or not payloads:
+                self.failed += len(payloads)
+            else:
+                body = join_json(payloads)
+                outcome = Outcome.RETRY
+                for attempt in range(ATTEMPTS):
+                    outcome = classify(self._post(body))
+                    if outcome is not Outcome.RETRY:
+                        break
+                    if attempt + 1 < ATTEMPTS:
+                        self._sleep(RETRY_DELAY_S)
                 if outcome is Outcome.SUCCESS:
-                    self.sent += len(batch)
-                    break
-                if outcome is Outcome.TERMINAL:
+                    self.sent += len(payloads)
+                elif outcome is Outcome.TERMINAL:
                     log.error("featbit_shm: FeatBit refused events (terminal 4xx); event delivery stops (R-68)")
                     self.stopped = True
-                    self.failed += len(batch)
+                    self.failed += len(payloads)
+                else:
+                    # Both attempts failed for a reason that may pass: keep
+                    # this slice and the rest; try again at the next flush.
+                    self._retry_at = self._clock() + self._flush_interval
                     break
-                if attempt + 1 < ATTEMPTS:
-                    self._sleep(RETRY_DELAY_S)
-            else:
-                self.failed += len(batch)
+            # Done with this slice: free its ring space now, so a kill
+            # after this point resends nothing of it.
+            self._complete(len(chunk))
+            n -= len(chunk)
         self._last_send = self._clock()
+
+    def _complete(self, n: int) -> None:
+        """The first ``n`` buffered records were sent or failed: free their ring space."""
+        upto: dict[int, tuple[int, int]] = {}
+        for _payload, ring_id, end in self._buffer[:n]:
+            position, count = upto.get(ring_id, (0, 0))
+            upto[ring_id] = (max(position, end), count + 1)
+        del self._buffer[:n]
+        for ring_id, (position, count) in upto.items():
+            ring = self._rings.get(ring_id)
+            if ring is not None:
+                ring.commit_to(position, count)
+        self._publish_counters()  # per slice: a killed pump's successor continues from here
 
     def _publish_counters(self) -> None:
         block = self._control
@@ -302,7 +340,9 @@ class EventPump:
         container) leaves a short race: workers may record on their way out.
         So for up to ``owners_grace`` seconds the drain waits for processes
         that still own a ring to exit, then ends with every ring drained and
-        the rings of exited workers removed.
+        the rings of exited workers removed. At the deadline, what is left in
+        the rings of exited workers is counted as failed and they are
+        removed; the rings of live processes keep theirs for a successor.
         """
         deadline = self._clock() + timeout
         grace_end = self._clock() + min(owners_grace, timeout)
@@ -312,7 +352,21 @@ class EventPump:
             if empty and (not owners or self._clock() >= grace_end):
                 return True
             self._sleep(0.01)
+        self._give_up_on_exited()
         return False
+
+    def _give_up_on_exited(self) -> None:
+        exited = {(slot, ring_id) for slot, pid, ring_id, *_rest in self.registry.slots() if not self._alive(pid)}
+        gone = {ring_id for _slot, ring_id in exited}
+        self.failed += sum(1 for p, ring_id, _end in self._buffer if ring_id in gone and p is not None)
+        self._buffer = [e for e in self._buffer if e[1] not in gone]
+        for slot, ring_id in exited:
+            ring = self._rings.get(ring_id)
+            if ring is not None:
+                self.failed += len(ring.take(1 << 30))
+                ring.commit()
+            self._reclaim(slot, ring_id)
+        self._publish_counters()
 
     def close(self) -> None:
         for ring in self._rings.values():

@@ -34,7 +34,9 @@ would run past the end is written at offset 0 instead, after a u32
 
 Ordering: the producer writes the record, THEN stores ``head``; the consumer
 reads ``head``, THEN the bytes below it, and stores ``tail`` only after it
-has copied them out. So neither side ever reads bytes the other may still be
+has copied them out -- and, in the sync process, only once FeatBit accepted
+them (or they failed for good), so a sync process killed with events in
+flight leaves them in the ring for its successor. So neither side ever reads bytes the other may still be
 writing (x86-64 keeps stores in order; the consumer validates every length
 and skips a ring whose bytes make no sense, counting it).
 
@@ -111,7 +113,9 @@ class Ring:
         if self.capacity <= 0 or self.capacity % 8 or HEADER + self.capacity > len(mm):
             raise SharedMemoryError(f"{name} has a bad capacity")
         self.data = memoryview(mm)[HEADER : HEADER + self.capacity]
-        self._taking = 0
+        # Consumer side: the read cursor runs ahead of the committed tail
+        # while taken records are on their way to FeatBit (see take/commit_to).
+        self._read = int(self.words[W_TAIL])
         self._taken = 0
         # Producer-side copies (only the owning process appends).
         self._head = int(self.words[W_HEAD])
@@ -186,15 +190,21 @@ class Ring:
     # ------------------------------------------------------------------ consumer
 
     def take(self, limit: int) -> list[bytes]:
-        """Copy out up to ``limit`` records; :meth:`commit` frees their space."""
+        """Copy out up to ``limit`` records after those already taken; :meth:`commit` frees their space."""
+        return [record for record, _end in self.take_positions(limit)]
+
+    def take_positions(self, limit: int) -> list[tuple[bytes, int]]:
+        """Like :meth:`take`, with the ring position just past each record (for :meth:`commit_to`).
+
+        Taken records keep their space until committed: a consumer that dies
+        before committing leaves them for the next one (at-least-once)."""
         w = self.words
         cap = self.capacity
         head = w[W_HEAD]
-        tail = w[W_TAIL]
+        tail = max(self._read, int(w[W_TAIL]))
         data = self.data
-        records: list[bytes] = []
-        taken = 0
-        while tail < head and taken < limit:
+        records: list[tuple[bytes, int]] = []
+        while tail < head and len(records) < limit:
             pos = tail % cap
             if cap - pos < 4:
                 tail += cap - pos
@@ -210,22 +220,32 @@ class Ring:
                 w[W_MALFORMED] += 1
                 tail = head
                 break
-            records.append(bytes(data[pos + 4 : pos + 4 + n]))
             tail += total
-            taken += 1
-        self._taking = tail
-        self._taken = taken
+            records.append((bytes(data[pos + 4 : pos + 4 + n]), tail))
+        self._read = tail
+        self._taken += len(records)
         return records
 
     def commit(self) -> None:
-        """Free the space of the records the last :meth:`take` produced."""
-        self.words[W_TAIL] = self._taking
-        self.words[W_CONSUMED] += self._taken
-        self._taken = 0
+        """Free the space of every record taken so far."""
+        self.commit_to(self._read, self._taken)
+
+    def commit_to(self, position: int, records: int) -> None:
+        """Free the space up to ``position`` (a position :meth:`take_positions`
+        gave), which holds ``records`` more taken records."""
+        if position > self.words[W_TAIL]:
+            self.words[W_TAIL] = position
+        self.words[W_CONSUMED] += records
+        self._taken = max(0, self._taken - records)
+
+    @property
+    def unread_bytes(self) -> int:
+        """Bytes written and not yet taken."""
+        return int(self.words[W_HEAD]) - max(self._read, int(self.words[W_TAIL]))
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes written and not yet consumed (0: the ring is empty)."""
+        """Bytes written and not yet committed (0: the ring is empty)."""
         return int(self.words[W_HEAD] - self.words[W_TAIL])
 
     def close(self) -> None:
