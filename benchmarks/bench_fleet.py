@@ -89,6 +89,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import bench_sync
+
 from featbit_shm.store.names import PREFIX, SHM_DIR, StoreNames
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
@@ -120,18 +122,8 @@ QUICK = Plan(patches=100, gap=0.010, recycles=3, load_requests=10_000, load_seco
 
 
 def wire_flags(n: int) -> list[dict[str, Any]]:
-    """n string flags with a targeting rule and a 50/50 split, plus the probe flag."""
-    flags = [
-        b.flag(
-            f"flag-{i:05d}",
-            variations=[f"on-{i}", "off"],
-            variation_type="string",
-            rules=[b.rule([b.cond("country", "IsOneOf", ["us", "fr"])], b.split((0, 0, 0.5, 1), (1, 0.5, 1, 1)))],
-            updated_at=T0,
-        )
-        for i in range(n)
-    ]
-    return [*flags, probe_flag(0)]
+    """bench_sync's n string flags (a targeting rule and a 50/50 split), plus the probe flag."""
+    return [*bench_sync.flags(n), probe_flag(0)]
 
 
 def probe_flag(i: int) -> dict[str, Any]:

@@ -24,7 +24,6 @@ Writes benchmarks/results/bench_openfeature.md.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_eval import USERS, flags_and_segments, p99
+from bench_eval import USERS, flags_and_segments, p99, time_batches
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 
@@ -94,12 +93,12 @@ def main() -> int:
     for case, key, batch in cases:
         calls = [(label, make(key)) for label, make in paths]
         for _label, call in calls:  # warm-up
-            timed(call, batch, 20, time.monotonic() + 5)
+            time_batches(call, batch, 20, time.monotonic() + 5)
         samples: dict[str, list[float]] = {label: [] for label, _ in calls}
         deadline = time.monotonic() + 60 * scale
         for _ in range(int(400 * scale)):
             for label, call in calls:
-                samples[label] += timed(call, batch, 1, deadline)
+                samples[label] += time_batches(call, batch, 1, deadline)
             if time.monotonic() > deadline:
                 break
         for label, _ in calls:
@@ -130,25 +129,6 @@ def main() -> int:
             json.dump(rows, fh, indent=2)
     api.shutdown()
     return 0
-
-
-def timed(call: Callable[[dict[str, Any]], Any], batch: int, batches: int, deadline: float) -> list[float]:
-    """ns per call for each of ``batches`` batches of ``batch`` calls (users in turn); GC off while timing."""
-    out: list[float] = []
-    clock = time.perf_counter_ns
-    gc.disable()
-    try:
-        for i in range(batches):
-            u = USERS[i % len(USERS)]
-            start = clock()
-            for _ in range(batch):
-                call(u)
-            out.append((clock() - start) / batch)
-            if time.monotonic() > deadline:
-                break
-    finally:
-        gc.enable()
-    return out
 
 
 def _us(ns: float) -> str:

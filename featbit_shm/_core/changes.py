@@ -57,8 +57,7 @@ def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
     Unchanged entities are usually the same object (a patch shares them), so
     the identity test answers most keys without comparing content.
     """
-    changed = {k for k in new.keys() - old.keys()}
-    changed.update(old.keys() - new.keys())
+    changed = set(new.keys() ^ old.keys())  # added or removed
     for key, entity in new.items():
         before = old.get(key)
         if before is not None and before is not entity and before != entity:
