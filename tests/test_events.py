@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgpack
+import posix_ipc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,7 +31,18 @@ from featbit_shm._core.events import (
 )
 from featbit_shm.events.pump import EventPump
 from featbit_shm.events.recorder import EventRecorder
-from featbit_shm.events.ring import W_DROPPED, W_MALFORMED, Registry, Ring, ring_name
+from featbit_shm.events.ring import (
+    HEADER,
+    PAGE,
+    RESERVE,
+    W_DROPPED,
+    W_HEAD,
+    W_MALFORMED,
+    W_NOSPACE,
+    Registry,
+    Ring,
+    ring_name,
+)
 from featbit_shm.store.control import SIZE, ControlBlock
 from featbit_shm.store.names import StoreNames
 from featbit_shm.testing import builders as b
@@ -124,6 +136,137 @@ def test_r67_full_ring_drops_the_new_event_and_counts_it(names: StoreNames) -> N
     consumer = Ring.open(ring.name)
     records = consumer.take(10_000)
     assert records == [b"x" * 100] * appended  # the old events were kept, not overwritten
+
+
+def test_ring_memory_follows_the_backlog_not_the_capacity(names: StoreNames) -> None:
+    # Issue 8: a 16 MiB ring per worker must not cost 16 MiB while the sync
+    # process keeps it drained. Three laps of a 4 MiB ring, drained every
+    # 100 records: the ring never holds more than its last reservations.
+    ring = Registry(names).claim(4 * 1024 * 1024)
+    consumer = Ring.open(ring.name)
+    assert ring.resident_bytes <= HEADER + RESERVE
+    record = b"e" * 200
+    peak = 0
+    for i in range(65_000):
+        assert ring.append_record(record)
+        if i % 100 == 99:
+            assert consumer.take(1000) == [record] * 100
+            consumer.commit()
+        if i % 50 == 0:
+            peak = max(peak, ring.resident_bytes)
+    assert ring.words[W_HEAD] > 3 * ring.capacity
+    assert peak <= HEADER + 3 * RESERVE, peak
+
+
+def test_ring_without_consumer_grows_to_its_capacity_then_gives_memory_back(names: StoreNames) -> None:
+    ring = Registry(names).claim(1024 * 1024)
+    consumer = Ring.open(ring.name)
+    written = 0
+    while ring.append_record(b"k" * 500):
+        written += 1
+    assert ring.resident_bytes >= ring.capacity  # every page holds unread events (R-67: kept, not overwritten)
+    assert consumer.take(10**6) == [b"k" * 500] * written
+    consumer.commit()
+    for _ in range(2 * RESERVE // 508):  # the next reservation releases the drained lap
+        assert ring.append_record(b"k" * 500)
+    assert ring.resident_bytes <= HEADER + 3 * RESERVE
+    assert len(consumer.take(10**6)) == 2 * RESERVE // 508
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pages=st.integers(1, 12),
+    reserve_pages=st.sampled_from([1, 2, 16]),
+    ops=st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 6)), min_size=1, max_size=300),
+)
+def test_released_pages_never_hold_unread_records(pages: int, reserve_pages: int, ops: list[tuple[int, int]]) -> None:
+    # Any interleaving of appends, takes and commits, any ring and
+    # reservation size: what comes out is exactly what went in, in order --
+    # a page released too early would read back as zeros.
+    import featbit_shm.events.ring as ring_module
+
+    names = StoreNames.for_env("", f"ev-{uuid.uuid4().hex[:10]}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ring_module, "RESERVE", reserve_pages * PAGE)
+        ring = Registry(names).claim(pages * PAGE)
+        consumer = Ring.open(ring.name)
+        try:
+            sent: list[bytes] = []
+            got: list[bytes] = []
+            for n, (size, action) in enumerate(ops):
+                record = bytes([n % 251 + 1]) * size
+                if ring.append_record(record):
+                    sent.append(record)
+                if action == 0:
+                    got += consumer.take(3)
+                elif action == 1:
+                    consumer.commit()
+            got += consumer.take(10**6)
+            consumer.commit()
+            assert got == sent
+            assert consumer.words[W_MALFORMED] == 0
+        finally:
+            consumer.close()
+            ring.close()
+            for name in names.all_objects():
+                try:
+                    posix_ipc.unlink_shared_memory(name)
+                except posix_ipc.ExistentialError:
+                    pass
+
+
+def test_release_spares_consumed_pages_that_the_next_lap_already_rewrote(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The one case where "below tail" is not enough: a nearly full ring, a
+    # reservation that spans a whole lap, and a producer that re-read tail
+    # when the ring looked full and wrote into the next lap before its next
+    # reservation. Positions in KiB; records are 1 KiB framed.
+    import featbit_shm.events.ring as ring_module
+
+    monkeypatch.setattr(ring_module, "RESERVE", 4 * PAGE)
+    ring = Registry(names).claim(4 * PAGE)  # 16 KiB
+    consumer = Ring.open(ring.name)
+    record = iter(bytes([i % 250 + 1]) * 1020 for i in range(10**6))
+    sent: list[bytes] = []
+
+    def write_until(kib: int) -> None:
+        while ring.words[W_HEAD] < kib * 1024:
+            sent.append(next(record))
+            assert ring.append_record(sent[-1])
+
+    got: list[bytes] = []
+    write_until(9)
+    got += consumer.take(9)
+    consumer.commit()  # tail 9
+    write_until(25)  # one reservation at 16: releases [0, 8), reserves [16, 32)
+    got += consumer.take(11)
+    consumer.commit()  # tail 20; the producer still believes 9
+    write_until(32)  # looks full at 25: re-reads tail, writes [25, 32) into ring offsets 9..16
+    write_until(33)  # the next reservation must not release offsets 9..16
+    got += consumer.take(10**6)
+    assert got == sent and consumer.words[W_MALFORMED] == 0
+
+
+def test_full_dev_shm_drops_and_counts_events_instead_of_sigbus(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import featbit_shm.events.ring as ring_module
+
+    ring = Registry(names).claim(1024 * 1024)
+    kept = 0
+    while ring.words[W_HEAD] + 1000 < RESERVE:
+        assert ring.append_record(b"a" * 900)
+        kept += 1
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ring_module, "_fallocate", no_space)
+    refused = sum(1 for _ in range(10) if not ring.append_record(b"a" * 900))
+    assert refused == 10 and ring.words[W_NOSPACE] == 10 and ring.words[W_DROPPED] == 10
+    monkeypatch.setattr(ring_module, "_fallocate", os.posix_fallocate)  # room again: events flow again
+    assert ring.append_record(b"b" * 900)
+    consumer = Ring.open(ring.name)
+    assert consumer.take(10**6) == [b"a" * 900] * kept + [b"b" * 900]
 
 
 def test_fork_child_claims_its_own_ring(names: StoreNames) -> None:

@@ -127,7 +127,12 @@ class EventRecorder:
 
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._ring = None  # the parent's ring: never write into it
+        parent_ring, self._ring = self._ring, None  # the parent's ring: never write into it
+        if parent_ring is not None:
+            try:
+                parent_ring.close()  # this process's mapping and descriptor only
+            except (BufferError, OSError):
+                pass
         self._packer = msgpack.Packer(autoreset=True)
         self._encoder = EvalEncoder()
 

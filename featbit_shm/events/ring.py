@@ -9,8 +9,8 @@ bounds check, a memcpy and one 8-byte store -- no syscall, no lock shared
 between processes, never a wait. A full ring drops the NEW event and counts
 it (R-67).
 
-Ring layout: a 128-byte header of little-endian u64 words, then ``capacity``
-data bytes::
+Ring layout: a header page (4096 bytes; only the first 12 little-endian u64
+words are used), then ``capacity`` data bytes, a whole number of pages::
 
     word  field              written by
        0  magic "FBSHMRNG"   creator
@@ -19,7 +19,7 @@ data bytes::
        3  head               producer: bytes ever written (monotonic)
        4  tail               consumer: bytes ever consumed (monotonic)
        5  dropped            producer: events refused, ring full
-       6  (unused)
+       6  no space           producer: events refused, /dev/shm full
        7  pid                producer
        8  flush requested    producer: incremented by flush()/flush_and_wait()
        9  flush done         consumer: the last request it has processed
@@ -40,6 +40,29 @@ flight leaves them in the ring for its successor. So neither side ever reads byt
 writing (x86-64 keeps stores in order; the consumer validates every length
 and skips a ring whose bytes make no sense, counting it).
 
+Memory follows the backlog, not the capacity
+-------------------------------------------
+The default capacity holds 10 s of 10k events/s (16 MiB), but a healthy
+sync process keeps a ring nearly empty, so a ring holds memory only for the
+pages between ``tail`` and ``head``. The producer, and only the producer,
+commits and releases pages, at most once per 64 KiB written:
+
+* before writing into pages it has not reserved, it reserves the next
+  64 KiB with ``posix_fallocate`` -- so a full /dev/shm refuses the event
+  (counted in ``dropped`` and ``no space``) instead of killing the worker
+  with SIGBUS on a page fault;
+* at the same moment it releases (``madvise(MADV_REMOVE)``, a hole punched
+  in the tmpfs file) every whole page below the committed ``tail`` that
+  the next lap has not reached.
+
+Only the producer does both, under its own lock, so no page is released
+while a write into it is in flight. The consumer never reads below
+``tail``. A page at ring offset ``p`` released at absolute position ``a``
+comes back at ``a + capacity``; the producer writes there only after the
+next reservation. An idle worker keeps at most the pages of its last
+64 KiB; a worker whose sync process is dead grows its ring up to the
+capacity, then drops (R-67).
+
 Registry (``fbshm.<hash>.reg``): 256 slots of (pid, ring id, state, time),
 changed only under a file lock. A worker claims a slot on its first event
 (after a fork the child claims its own: it never writes its parent's ring).
@@ -57,6 +80,7 @@ of its capacity when there is one, and creates its own only otherwise.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
@@ -71,13 +95,17 @@ from ..errors import SharedMemoryError
 from ..store.names import StoreNames
 from ..store.writer import create_object
 
+log = logging.getLogger("featbit_shm.events")
+
 MAGIC: Final = b"FBSHMRNG"
-LAYOUT: Final = 1
-HEADER: Final = 128
+LAYOUT: Final = 2
+HEADER: Final = 4096  # one page: the data starts page-aligned (see "Memory follows the backlog")
+PAGE: Final = mmap.PAGESIZE
+RESERVE: Final = 64 * 1024  # bytes the producer commits at a time
 WRAP: Final = 0xFFFFFFFF
 _LEN: Final = struct.Struct("<I")
 
-W_CAP, W_HEAD, W_TAIL, W_DROPPED, _W_UNUSED, W_PID, W_FLUSH_REQ, W_FLUSH_DONE, W_MALFORMED, W_CONSUMED = range(2, 12)
+W_CAP, W_HEAD, W_TAIL, W_DROPPED, W_NOSPACE, W_PID, W_FLUSH_REQ, W_FLUSH_DONE, W_MALFORMED, W_CONSUMED = range(2, 12)
 
 REG_MAGIC: Final = b"FBSHMREG"
 REG_SLOTS: Final = 256
@@ -88,8 +116,17 @@ FREE, CLAIMED, CLIENT, SPARE = 0, 1, 2, 3
 
 
 def ring_capacity(requested: int) -> int:
-    """The data capacity a ring is created with for a requested size."""
-    return max(4096, requested - requested % 8)
+    """The data capacity a ring is created with for a requested size (whole pages)."""
+    return max(PAGE, requested - requested % PAGE)
+
+
+# The producer's two system calls; module attributes so tests can make
+# /dev/shm look full.
+_fallocate = os.posix_fallocate
+
+
+def _release(mm: mmap.mmap, start: int, length: int) -> None:
+    mm.madvise(mmap.MADV_REMOVE, start, length)
 
 
 def ring_name(names: StoreNames, ring_id: int) -> str:
@@ -103,14 +140,15 @@ def registry_name(names: StoreNames) -> str:
 class Ring:
     """A mapped ring; the producer and consumer use different methods."""
 
-    def __init__(self, mm: mmap.mmap, name: str) -> None:
+    def __init__(self, mm: mmap.mmap, name: str, fd: int = -1) -> None:
         self.name = name
         self._mm = mm
+        self._fd = fd  # the producer reserves pages through it; -1 when closed
         self.words = memoryview(mm)[:HEADER].cast("Q")
         if bytes(mm[:8]) != MAGIC or self.words[1] != LAYOUT:
-            raise SharedMemoryError(f"{name} is not an event ring")
+            raise SharedMemoryError(f"{name} is not an event ring (layout {LAYOUT})")
         self.capacity = int(self.words[W_CAP])
-        if self.capacity <= 0 or self.capacity % 8 or HEADER + self.capacity > len(mm):
+        if self.capacity <= 0 or self.capacity % PAGE or HEADER + self.capacity > len(mm):
             raise SharedMemoryError(f"{name} has a bad capacity")
         self.data = memoryview(mm)[HEADER : HEADER + self.capacity]
         # Consumer side: the read cursor runs ahead of the committed tail
@@ -120,27 +158,44 @@ class Ring:
         # Producer-side copies (only the owning process appends).
         self._head = int(self.words[W_HEAD])
         self._tail = int(self.words[W_TAIL])
+        # Pages in [page of head, _reserved) are committed; pages below
+        # _released were given back (nothing is known of a ring opened
+        # rather than created, so the first append reserves and releases).
+        self._reserved = self._head
+        self._released = max(0, self._tail - self.capacity) // PAGE * PAGE
 
     @classmethod
     def create(cls, names: StoreNames, ring_id: int, capacity: int, mode: int) -> Ring:
+        """A new empty ring: the header page and the first 64 KiB are
+        reserved now (a full /dev/shm raises :class:`SharedMemoryError`),
+        the rest as it is written."""
         capacity = ring_capacity(capacity)
         name = ring_name(names, ring_id)
+        first = min(RESERVE, capacity)
+
+        def reserve(fd: int, offset: int, length: int) -> None:
+            _fallocate(fd, offset, length)
+            os.ftruncate(fd, HEADER + capacity)
+
         try:
-            shm = create_object(name, HEADER + capacity, mode=mode, gid=None, fallocate=os.posix_fallocate)
+            shm = create_object(name, HEADER + first, mode=mode, gid=None, fallocate=reserve)
         except posix_ipc.ExistentialError:
             posix_ipc.unlink_shared_memory(name)  # a stale ring with a recycled id
-            shm = create_object(name, HEADER + capacity, mode=mode, gid=None, fallocate=os.posix_fallocate)
+            shm = create_object(name, HEADER + first, mode=mode, gid=None, fallocate=reserve)
         try:
             mm = mmap.mmap(shm.fd, HEADER + capacity)
-        finally:
+        except BaseException:
             shm.close_fd()
+            raise
         mm[:8] = MAGIC
         words = memoryview(mm)[:HEADER].cast("Q")
         words[1] = LAYOUT
         words[W_CAP] = capacity
         words[W_PID] = os.getpid()
         words.release()
-        return cls(mm, name)
+        ring = cls(mm, name, shm.fd)
+        ring._reserved = first
+        return ring
 
     @classmethod
     def open(cls, name: str) -> Ring:
@@ -148,19 +203,21 @@ class Ring:
         try:
             size = os.fstat(shm.fd).st_size
             mm = mmap.mmap(shm.fd, size)
-        finally:
+            return cls(mm, name, shm.fd)
+        except BaseException:
             shm.close_fd()
-        return cls(mm, name)
+            raise
 
     # ------------------------------------------------------------------ producer
 
     def append(self, framed: bytes) -> bool:
         """Write one framed record (u32 length + record, as the encoders of
         :mod:`featbit_shm._core.events` return it); False, and counted, when it
-        does not fit (R-67).
+        does not fit (R-67) or /dev/shm has no page for it.
 
         ``head`` is ours alone, so it is kept in a Python int; the consumer's
-        ``tail`` is read again only when the ring looks full.
+        ``tail`` is read again only when the ring looks full or a new 64 KiB
+        is reserved.
         """
         size = len(framed)
         total = (size + 7) & ~7
@@ -174,6 +231,8 @@ class Ring:
             if end - self._tail > cap:
                 self.words[W_DROPPED] += 1
                 return False
+        if end > self._reserved and not self._reserve(head, end):
+            return False
         data = self.data
         if waste:
             _LEN.pack_into(data, pos, WRAP)
@@ -183,9 +242,56 @@ class Ring:
         self.words[W_HEAD] = self._head = end
         return True
 
+    def _reserve(self, head: int, end: int) -> bool:
+        """Give back the pages consumed since the last call, then commit the
+        pages from ``head`` to at least ``end`` (see the module docstring)."""
+        cap = self.capacity
+        self._tail = tail = int(self.words[W_TAIL])
+        # Release: whole pages below tail, but none whose next-lap copy
+        # (position + cap) lies below head -- those hold unread records.
+        low = max(self._released, -((cap - head) // PAGE) * PAGE)  # ceil to a page of head - cap
+        high = tail // PAGE * PAGE
+        if high > low:
+            try:
+                for offset, length in self._spans(low, high):
+                    _release(self._mm, HEADER + offset, length)
+            except OSError as exc:  # e.g. an old kernel: the pages just stay
+                _warn_once("release", f"featbit_shm: cannot release event ring pages ({exc}); the ring keeps its memory")
+            self._released = high
+        start = head // PAGE * PAGE
+        stop = min(max(-(-end // PAGE) * PAGE, start + RESERVE), start + cap)
+        if self._fd < 0:
+            return False
+        try:
+            for offset, length in self._spans(start, stop):
+                _fallocate(self._fd, HEADER + offset, length)
+        except OSError as exc:
+            self.words[W_DROPPED] += 1
+            self.words[W_NOSPACE] += 1
+            _warn_once("reserve", f"featbit_shm: /dev/shm has no room for events, they are dropped and counted: {exc}")
+            return False
+        self._reserved = stop
+        return True
+
+    def _spans(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Ring offsets of the absolute positions [start, stop) (< one lap): one or two spans."""
+        cap = self.capacity
+        offset = start % cap
+        length = stop - start
+        if offset + length <= cap:
+            return [(offset, length)]
+        return [(offset, cap - offset), (0, length - (cap - offset))]
+
     def append_record(self, record: bytes) -> bool:
         """Frame and write a raw record (tests, tools)."""
         return self.append(_LEN.pack(len(record)) + record)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of memory the ring holds now (header page included)."""
+        if self._fd < 0:
+            return 0
+        return os.fstat(self._fd).st_blocks * 512
 
     # ------------------------------------------------------------------ consumer
 
@@ -252,6 +358,18 @@ class Ring:
         for view in (self.words, self.data):
             view.release()
         self._mm.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
 
 
 class Registry:
