@@ -19,7 +19,9 @@ because an exception in a hook halts the arbiter):
 * ``when_ready(server)`` -- the master starts the sync process (a fresh
   interpreter, configured through the environment; it owns the websocket and
   exits if the master disappears) and waits up to ``FEATBIT_START_WAIT``
-  seconds (default 5) for the first snapshot, so workers start with data.
+  seconds (default 5) for the first snapshot, so workers start with data;
+  then runs a worker's attach path once, so every forked worker inherits
+  that code warmed (about a millisecond less cold start; nothing is kept).
 * ``post_fork(server, worker)`` -- the worker attaches to the shared snapshot
   (two small mappings: no socket, no thread).
 * ``worker_exit(server, worker)`` -- stops the worker's client within a bound.
@@ -79,6 +81,9 @@ def when_ready(server: Any) -> None:
             view = reader.current()
             if view is not None and view.generation > 0:
                 _log(server, "info", "featbit_shm: snapshot generation %d ready", view.generation)
+                from featbit_shm.client import warm_attach_path
+
+                warm_attach_path(reader.names)  # workers fork with the attach code warmed
                 return
             if reader.state() is SyncState.OFF or _sync.poll() is not None:
                 break

@@ -448,6 +448,91 @@ def test_a_worker_that_asked_for_a_flush_and_exited_is_reclaimed_cleanly(names: 
     pump.close()
 
 
+def test_a_client_registers_and_claims_its_ring_under_one_lock(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 8 cold start: the registry's file lock is the slow part of a fresh
+    # fork's attach; building a client takes it once, for both.
+    import featbit_shm.client as client_module
+
+    taken = []
+    real_locked = Registry._locked
+
+    def counting(self: Registry) -> Any:
+        taken.append(1)
+        return real_locked(self)
+
+    monkeypatch.setattr(Registry, "_locked", counting)
+    monkeypatch.setattr(client_module.StoreNames, "for_env", staticmethod(lambda secret, namespace: names))
+    client = FBClient(Config("secret", "http://127.0.0.1:9", "ws://127.0.0.1:9", start_sync=False, event_ring_bytes=1 << 16), start_wait=0)
+    try:
+        assert len(taken) == 1
+        ring = client._events._ring
+        assert ring is not None and ring.capacity == 1 << 16
+        states = Registry(names)
+        assert [(pid, ring_id) for _slot, pid, ring_id, *_rest in states.slots()] == [(os.getpid(), int(ring.name.rsplit(".r", 1)[1]))]
+        client.variation("missing", {"key": "u"}, "d")
+        assert len(taken) == 1  # the first event needed no lock
+    finally:
+        client.stop()
+
+
+def test_registry_lock_excludes_other_processes_and_dies_with_its_holder(names: StoreNames) -> None:
+    import threading
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from featbit_shm.events.ring import Registry\n"
+         "from featbit_shm.store.names import StoreNames\n"
+         f"r = Registry(StoreNames({names.tag!r}))\n"
+         "with r._locked():\n    print('held', flush=True)\n    time.sleep(600)\n"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        got = threading.Event()
+
+        def take() -> None:
+            with Registry(names)._locked():
+                got.set()
+
+        waiter = threading.Thread(target=take, daemon=True)
+        waiter.start()
+        assert not got.wait(0.5)  # excluded while the holder lives
+        holder.send_signal(signal.SIGKILL)
+        assert got.wait(30)  # the kernel released it with the dead holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_warm_attach_path_leaves_nothing_behind(names: StoreNames) -> None:
+    from featbit_shm.client import warm_attach_path
+
+    warm_attach_path(names)  # no store at all: a no-op, no exception
+    registry = Registry(names)
+    assert registry.slots() == [] and registry.live_processes(lambda pid: True) == 0
+    assert names.existing("r") == []
+
+
+def test_registration_survives_a_ring_that_cannot_be_had(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import featbit_shm.events.ring as ring_module
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    registry = Registry(names)
+    with registry._locked():
+        registry._map()  # the registry itself exists already
+    monkeypatch.setattr(ring_module, "_fallocate", no_space)
+    assert registry.register_client(1 << 16) is None
+    assert registry.live_processes(lambda pid: pid == os.getpid()) == 1  # registered all the same
+    assert names.existing("r") == []  # no half-made ring left behind
+    monkeypatch.setattr(ring_module, "_fallocate", os.posix_fallocate)
+    recorder = EventRecorder(names, ring_bytes=1 << 16, registry=registry)
+    assert recorder.record_identify({"key": "k"})  # the first event claims it now
+
+
 def test_spare_rings_are_ready_before_a_worker_records_and_claimed_without_allocation(names: StoreNames) -> None:
     """Issue 6 (attach <= 5 ms): reserving a ring's memory is the slow part of
     a worker's first event, so the sync process keeps spares: one more than
@@ -485,7 +570,7 @@ def test_a_vanished_spare_is_skipped(names: StoreNames) -> None:
     assert ring_id is not None
     posix_ipc.unlink_shared_memory(names.existing("r")[0])
     ring = registry.claim(1 << 16)
-    assert ring.name != names.existing("r") or ring_id != int(ring.name.rsplit("r", 1)[1])
+    assert ring.name != names.existing("r") or ring_id != int(ring.name.rsplit(".r", 1)[1])
     assert registry.spares_wanted(lambda pid: False)[0] == 0
     ring.close()
 

@@ -1,9 +1,12 @@
 """The worker side of events: record into this process's ring, ask for flushes.
 
-One :class:`EventRecorder` per client. The ring is claimed on the first
-event, not at construction, so a client made in a server's master before it
-forks workers (``preload_app``) claims nothing there; after a fork the child
-forgets the parent's ring (``os.register_at_fork``) and claims its own.
+One :class:`EventRecorder` per client. The client claims the process's ring
+together with its registration, under one file lock (a worker's cold start
+pays for the lock once); when that fails, the first event claims it. After a
+fork the child forgets the parent's ring (``os.register_at_fork``) and claims
+its own on its first event -- so a client made in a server's master before
+it forks workers (``preload_app``) leaves the master one idle ring: a header
+page and 64 KiB (see :mod:`.ring`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ class EventRecorder:
             log.error("featbit_shm: cannot claim an event ring, events are dropped: %s", exc)
             return None
         return self._ring
+
+    def adopt(self, ring: Ring) -> None:
+        """Use ``ring``, claimed for this process with its client registration."""
+        with self._lock:
+            if self._ring is None and not self.closed:
+                self._ring = ring
+                return
+        ring.close()  # unused; the sync process reclaims it with this process
 
     def _append(self, record: bytes) -> bool:
         with self._lock:

@@ -64,31 +64,33 @@ next reservation. An idle worker keeps at most the pages of its last
 capacity, then drops (R-67).
 
 Registry (``fbshm.<hash>.reg``): 256 slots of (pid, ring id, state, time),
-changed only under a file lock. A worker claims a slot on its first event
-(after a fork the child claims its own: it never writes its parent's ring).
-The sync process drains every claimed ring; once a ring's pid is dead and
-the ring is empty, it unlinks the ring and frees the slot -- so a worker
-killed with SIGKILL loses nothing it had already recorded.
+changed only under a file lock (``flock``; see :meth:`Registry._locked`). A
+client registers its process and claims the process's ring in one locked
+step when it is built; after a fork the child claims its own on its first
+event (it never writes its parent's ring). The sync process drains every
+claimed ring; once a ring's pid is dead and the ring is empty, it unlinks
+the ring and frees the slot -- so a worker killed with SIGKILL loses
+nothing it had already recorded.
 
-Spare rings: reserving a ring's memory (``posix_fallocate`` of 16 MiB) takes
-milliseconds, which a worker would pay on its first request. So the sync
-process keeps a few empty rings ready (state SPARE, no pid): one more than
-the registered clients that have no ring yet (a client registers when it is
-built, in gunicorn's post_fork, well before its first event). A worker's claim takes a spare
-of its capacity when there is one, and creates its own only otherwise.
+Spare rings: creating a ring (an object, a mapping, its first 64 KiB) is
+still a few system calls a worker would pay while holding the lock. So the
+sync process keeps a few empty rings ready (state SPARE, no pid): one more
+than the registered clients that have no ring yet. A claim takes a spare of
+its capacity when there is one, and creates its own only otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import mmap
 import os
 import struct
 import time
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from typing import Final
 
-import filelock
 import posix_ipc
 
 from ..errors import SharedMemoryError
@@ -378,16 +380,32 @@ class Registry:
     def __init__(self, names: StoreNames, mode: int = 0o600) -> None:
         self.names = names
         self.name = registry_name(names)
-        lock_path = names.lock_path + ".registry"
-        os.makedirs(os.path.dirname(lock_path), mode=0o700, exist_ok=True)
-        self.lock = filelock.FileLock(lock_path, thread_local=False)
+        self.lock_path = names.lock_path + ".registry"
+        os.makedirs(os.path.dirname(self.lock_path), mode=0o700, exist_ok=True)
         self._mode = mode
         self._mm: mmap.mmap | None = None
 
-    def _locked(self) -> Any:
-        """The registry lock, polled every 2 ms (filelock's default 50 ms would
-        add up to 50 ms to a worker's first event whenever the lock is busy)."""
-        return self.lock.acquire(poll_interval=0.002)
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The registry lock: ``flock`` on a lock file, held while the body runs.
+
+        A plain ``fcntl.flock`` rather than a ``filelock.FileLock``: the
+        semantics are the same (an exclusive lock on an open file, released
+        by the kernel when its holder dies, so a SIGKILLed worker never
+        wedges the registry), but filelock 4 resets its fork-tracking state
+        in every new process, which cost a freshly forked worker about
+        1.4 ms of its 5 ms cold start (bench_fleet), twice the rest of the
+        registration. Each use opens its own descriptor, so threads of one
+        process exclude each other too; a waiter is woken by the kernel
+        when the holder lets go (no polling). Leader election keeps
+        filelock (:mod:`featbit_shm.sync`), where a millisecond is nothing.
+        """
+        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _map(self) -> mmap.mmap:
         if self._mm is not None:
@@ -423,35 +441,36 @@ class Registry:
     def claim(self, capacity: int) -> Ring:
         """A ring for this process, registered under the lock: a spare of this
         capacity when the sync process left one ready, else a new one."""
-        capacity = ring_capacity(capacity)
         with self._locked():
-            mm = self._map()
-            for i in range(REG_SLOTS):
-                _pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-                if state != SPARE:
-                    continue
-                try:
-                    ring = Ring.open(ring_name(self.names, ring_id))
-                except (posix_ipc.Error, OSError, SharedMemoryError):
-                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)  # vanished or damaged
-                    continue
-                if ring.capacity != capacity or ring.words[W_HEAD] != ring.words[W_TAIL]:
-                    ring.close()
-                    continue
-                ring.words[W_PID] = os.getpid()
-                _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), ring_id, CLAIMED, time.time())
-                return ring
-            for i in range(REG_SLOTS):
-                pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-                if state == FREE:
-                    break
-            else:
-                raise SharedMemoryError(f"all {REG_SLOTS} event rings are claimed")
-            next_id = struct.unpack_from("<Q", mm, 8)[0] + 1
-            struct.pack_into("<Q", mm, 8, next_id)
-            ring = Ring.create(self.names, next_id, capacity, self._mode)
-            _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), next_id, CLAIMED, time.time())
+            return self._claim_locked(self._map(), ring_capacity(capacity))
+
+    def _claim_locked(self, mm: mmap.mmap, capacity: int) -> Ring:
+        for i in range(REG_SLOTS):
+            _pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+            if state != SPARE:
+                continue
+            try:
+                ring = Ring.open(ring_name(self.names, ring_id))
+            except (posix_ipc.Error, OSError, SharedMemoryError):
+                _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)  # vanished or damaged
+                continue
+            if ring.capacity != capacity or ring.words[W_HEAD] != ring.words[W_TAIL]:
+                ring.close()
+                continue
+            ring.words[W_PID] = os.getpid()
+            _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), ring_id, CLAIMED, time.time())
             return ring
+        for i in range(REG_SLOTS):
+            pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
+            if state == FREE:
+                break
+        else:
+            raise SharedMemoryError(f"all {REG_SLOTS} event rings are claimed")
+        next_id = struct.unpack_from("<Q", mm, 8)[0] + 1
+        struct.pack_into("<Q", mm, 8, next_id)
+        ring = Ring.create(self.names, next_id, capacity, self._mode)
+        _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), next_id, CLAIMED, time.time())
+        return ring
 
     def add_spare(self, capacity: int) -> int | None:
         """Create one empty ring for a future worker (sync process). Returns its
@@ -506,16 +525,28 @@ class Registry:
                     dropped += 1
         return dropped
 
-    def register_client(self) -> int:
-        """Note that this process runs a client (so an idle sync process stays)."""
+    def register_client(self, ring_bytes: int | None = None) -> Ring | None:
+        """Note that this process runs a client (so an idle sync process stays).
+
+        With ``ring_bytes``, also claim this process's event ring under the
+        same lock (a worker's cold start takes the file lock once, not twice);
+        a ring that cannot be had now is not an error here -- the recorder
+        claims one on its first event, and logs why it cannot."""
         with self._locked():
             mm = self._map()
             for i in range(REG_SLOTS):
                 pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
                 if state == FREE:
                     _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), 0, CLIENT, time.time())
-                    return i
-        raise SharedMemoryError(f"all {REG_SLOTS} registry slots are taken")
+                    break
+            else:
+                raise SharedMemoryError(f"all {REG_SLOTS} registry slots are taken")
+            if ring_bytes is None:
+                return None
+            try:
+                return self._claim_locked(mm, ring_capacity(ring_bytes))
+            except (posix_ipc.Error, OSError, SharedMemoryError):
+                return None
 
     def live_processes(self, alive: Callable[[int], bool]) -> int:
         """Processes with a client or a ring that are still running; frees the
