@@ -5,8 +5,12 @@
 Against the FeatBit stand-in and a real sync process:
 
 * (a) ``variation()`` with events on against events off, in the same process
-  on the same store (median ns per call over batches; the sync process drains
-  the ring meanwhile). Target: <= 1 us added per event.
+  on the same store (median ns per call over interleaved batches, the sync
+  process paused so it does not compete for the 2 cores; then once more with
+  it draining). Events on is measured twice: with the C fast path of the
+  event ring (``featbit_shm.events._fastring``, built at install when a
+  compiler is there) and without it (``FEATBIT_SHM_PURE_PYTHON=1``, what an
+  install without a compiler runs). Target: <= 1 us added per event.
 * (b) drain throughput: 8 worker processes record as fast as they can; from
   the first record until the stand-in has received every event. Target:
   >= 100,000 events/s.
@@ -58,16 +62,16 @@ def per_call_ns(client: FBClient, user: dict[str, Any], batches: int, batch: int
     return statistics.median(samples)
 
 
-def interleaved_ns(a: FBClient, b: FBClient, user: dict[str, Any], batches: int, batch: int = 1000) -> tuple[float, float]:
-    """Median ns per call of each client, batches alternated so drift hits both."""
-    sa, sb = [], []
+def interleaved_ns(clients: list[FBClient], user: dict[str, Any], batches: int, batch: int = 1000) -> list[float]:
+    """Median ns per call of each client, batches alternated so drift hits all."""
+    samples: list[list[float]] = [[] for _ in clients]
     for _ in range(batches):
-        for client, samples in ((a, sa), (b, sb)):
+        for client, mine in zip(clients, samples):
             start = time.perf_counter_ns()
             for _ in range(batch):
                 client.variation("f", user, "d")
-            samples.append((time.perf_counter_ns() - start) / batch)
-    return statistics.median(sa), statistics.median(sb)
+            mine.append((time.perf_counter_ns() - start) / batch)
+    return [statistics.median(mine) for mine in samples]
 
 
 def main() -> int:
@@ -85,16 +89,27 @@ def main() -> int:
             off = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace, disable_events=True, start_sync=False), start_wait=30)
             user = {"key": "bench-user", "name": "bench", "country": "us"}
             assert on.variation("f", user, "d") == "on" and off.variation("f", user, "d") == "on"
+            # The same without the C fast path (an install without a compiler):
+            # the variable is read when the client's ring is claimed.
+            pure = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace, start_sync=False), start_wait=30)
+            os.environ["FEATBIT_SHM_PURE_PYTHON"] = "1"
+            try:
+                assert pure.variation("f", user, "d") == "on"
+            finally:
+                del os.environ["FEATBIT_SHM_PURE_PYTHON"]
+            fast_path = on._events is not None and on._events._ring is not None and on._events._ring.writer is not None
+            assert pure._events is not None and pure._events._ring is not None and pure._events._ring.writer is None
             batches = 30 if args.quick else 100
             # The worker's own cost: the sync process is paused (SIGSTOP) so its
             # draining does not compete for this 2-core machine; the ring holds
             # every event meanwhile. Then the same with the sync process running.
             os.kill(sync.pid, signal.SIGSTOP)
             try:
-                ns_off, ns_on = interleaved_ns(off, on, user, batches)
+                ns_off, ns_on, ns_pure = interleaved_ns([off, on, pure], user, batches)
             finally:
                 os.kill(sync.pid, signal.SIGCONT)
             on.flush_and_wait(60)
+            pure.flush_and_wait(60)
             ns_on_draining = per_call_ns(on, user, batches)
             on.flush_and_wait(60)
             time.sleep(1.5)  # the sync process's counters catch up
@@ -157,8 +172,10 @@ def main() -> int:
     print("| variation() | ns per call |")
     print("|---|---:|")
     print(f"| events off | {ns_off:.0f} |")
-    print(f"| events on | {ns_on:.0f} |")
-    print(f"| added per event | {ns_on - ns_off:.0f} |")
+    print(f"| events on ({'C fast path' if fast_path else 'C fast path NOT BUILT: pure Python'}) | {ns_on:.0f} |")
+    print(f"| added per event | {ns_on - ns_off:.0f} ({(ns_on - ns_off) / ns_off:.2f} plain evaluations) |")
+    print(f"| events on, pure Python (FEATBIT_SHM_PURE_PYTHON=1) | {ns_pure:.0f} |")
+    print(f"| added per event, pure Python | {ns_pure - ns_off:.0f} ({(ns_pure - ns_off) / ns_off:.2f} plain evaluations) |")
     print(f"| events on, sync process draining on the same 2 cores | {ns_on_draining:.0f} |")
     print()
     print(f"drain: 8 workers x {per_worker + 1:,} events -> {received:,} received at the stand-in, {rate:,.0f} events/s")
@@ -167,7 +184,7 @@ def main() -> int:
     print(f"target >= 100,000 events/s: {'met' if rate >= 100_000 else 'MISSED'}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"ns_off": ns_off, "ns_on": ns_on, "ns_on_draining": ns_on_draining, "rate": rate, "received": received, "expected": total}, fh, indent=2)
+            json.dump({"ns_off": ns_off, "ns_on": ns_on, "ns_pure": ns_pure, "fast_path": fast_path, "ns_on_draining": ns_on_draining, "rate": rate, "received": received, "expected": total}, fh, indent=2)
     return 0
 
 

@@ -23,12 +23,14 @@ from featbit_shm._core.events import (
     EvalEncoder,
     Outcome,
     RecordError,
+    Renderer,
     classify,
     encode_eval,
     encode_identify,
     encode_metrics,
     to_payload,
 )
+from featbit_shm.events import ring as ring_module
 from featbit_shm.events.pump import EventPump
 from featbit_shm.events.recorder import EventRecorder
 from featbit_shm.events.ring import (
@@ -70,7 +72,7 @@ def names() -> Iterator[StoreNames]:
 
 
 def test_r62_golden_evaluation_payload() -> None:
-    record = encode_eval(PACKER, 1700000000123, {"key": "u1-Id", "name": "u1-name", "custom": "value", "country": "us"}, "hello", "v1Id", "v1", True)
+    record = encode_eval(PACKER, 1700000000123_456789, {"key": "u1-Id", "name": "u1-name", "custom": "value", "country": "us"}, "hello", "v1Id", "v1", True)
     assert to_payload(record) == {
         "user": {"keyId": "u1-Id", "name": "u1-name", "customizedProperties": [{"name": "custom", "value": "value"}, {"name": "country", "value": "us"}]},
         "variations": [{"featureFlagKey": "hello", "variation": {"id": "v1Id", "value": "v1"}, "timestamp": 1700000000123, "sendToExperiment": True}],
@@ -404,6 +406,7 @@ def test_malformed_records_are_skipped_counted_and_the_rest_delivered(names: Sto
 def test_dead_process_ring_is_drained_then_reclaimed(names: StoreNames) -> None:
     code = f"""
 import sys
+from featbit_shm.events import ring as ring_module
 from featbit_shm.events.recorder import EventRecorder
 from featbit_shm.store.names import StoreNames
 r = EventRecorder(StoreNames({names.tag!r}), ring_bytes=1 << 20)
@@ -606,7 +609,98 @@ def test_eval_encoder_tail_cache_is_bounded_and_stays_exact() -> None:
     for i in range(EvalEncoder.MAX_TAILS + 10):
         ts = 1_700_000_000_000 + i
         assert encoder.eval(ts, user, f"flag-{i}", "v", "x", i % 2 == 0) == encode_eval(PACKER, ts, user, f"flag-{i}", "v", "x", i % 2 == 0)
-        assert len(encoder._tails) <= EvalEncoder.MAX_TAILS
+        assert len(encoder.tails) <= EvalEncoder.MAX_TAILS
+
+
+class _CountingWriter:
+    def __init__(self, writer: Any) -> None:
+        self.writer, self.fast = writer, 0
+
+    def append_eval(self, ts_ns: int, tail: bytes, user: bytes) -> bool:
+        done = bool(self.writer.append_eval(ts_ns, tail, user))
+        self.fast += done
+        return done
+
+    def release(self) -> None:
+        self.writer.release()
+
+
+@pytest.mark.skipif(ring_module._FastWriter is None, reason="the C fast path was not built (no compiler at install)")
+@settings(max_examples=40, deadline=None)
+@given(
+    pages=st.integers(1, 6),
+    ops=st.lists(
+        st.tuples(st.sampled_from([{"key": "a", "name": "n"}, {"key": "b", "n": 1}, {"key": "c" * 300}]), st.integers(0, 2000), st.booleans(), st.integers(0, 4)),
+        min_size=1,
+        max_size=150,
+    ),
+)
+def test_c_fast_path_writes_exactly_what_the_python_path_writes(pages: int, ops: list[tuple[dict[str, Any], int, bool, int]]) -> None:
+    # Two recorders, one with the C fast path and one without, fed the same
+    # events at the same clock: every byte and header word of their rings
+    # stays equal, across wraps, reservations, releases and full rings.
+    clock = iter(range(1_700_000_000_000_000_000, 1_800_000_000_000_000_000, 1_000_003))
+    sides = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("featbit_shm.events.recorder._time_ns", lambda: ts[0])
+        ts = [0]
+        for pure in (False, True):
+            names = StoreNames.for_env("", f"ev-{uuid.uuid4().hex[:10]}")
+            mp.setenv("FEATBIT_SHM_PURE_PYTHON", "1") if pure else mp.delenv("FEATBIT_SHM_PURE_PYTHON", raising=False)
+            recorder = EventRecorder(names, ring_bytes=pages * PAGE)
+            assert recorder.record_eval({"key": "first"}, "f", "v", "x", False)
+            ring = recorder._ring
+            assert (ring.writer is None) == pure
+            if not pure:
+                ring.writer = counting = _CountingWriter(ring.writer)
+            sides.append((names, recorder, ring, Ring.open(ring.name)))
+        try:
+            for user, size, expt, action in ops:
+                ts[0] = next(clock)
+                results = [recorder.record_eval(user, "flag", "var", "v" * size, expt) for _n, recorder, _r, _c in sides]
+                assert results[0] == results[1]
+                if action == 0:
+                    for _n, _rec, _r, consumer in sides:
+                        consumer.take(2)
+                        consumer.commit()
+                (_, _, fast, _), (_, _, slow, _) = sides
+                assert bytes(fast.data) == bytes(slow.data)
+                assert fast.words.tolist()[:13] == slow.words.tolist()[:13]
+            assert counting.fast > 0 or all(size > pages * PAGE // 2 for _u, size, _e, _a in ops) or len(ops) < 3
+        finally:
+            for names, recorder, ring, consumer in sides:
+                recorder.stop()
+                consumer.close()
+                ring.close()
+                for name in names.all_objects():
+                    try:
+                        posix_ipc.unlink_shared_memory(name)
+                    except posix_ipc.ExistentialError:
+                        pass
+
+
+def test_pure_python_recorder_delivers_the_same_payloads(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATBIT_SHM_PURE_PYTHON", "1")
+    recorder = EventRecorder(names, ring_bytes=1 << 16)
+    user = {"key": "u", "name": "N", "country": "fr"}
+    assert recorder.record_eval(user, "flag", "v1", "on", True)
+    assert recorder._ring.writer is None
+    record = Ring.open(recorder._ring.name).take(1)[0]
+    payload = Renderer().render(record)
+    assert json.loads(payload)["variations"][0]["variation"] == {"id": "v1", "value": "on"}
+    assert json.loads(payload)["user"] == {"keyId": "u", "name": "N", "customizedProperties": [{"name": "country", "value": "fr"}]}
+
+
+def test_recorded_bytes_equal_encode_eval(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The recorder inlines EvalEncoder.eval (and, with the C fast path,
+    # frames in C): what lands in the ring is encode_eval's record.
+    monkeypatch.setattr("featbit_shm.events.recorder._time_ns", lambda: 1_700_000_000_123_456_789)
+    recorder = EventRecorder(names, ring_bytes=1 << 18)
+    consumer = None
+    for user in ({"key": "u"}, {"key": "u", "n": 1.5}, {"key": "w" * 70000}):
+        assert recorder.record_eval(user, "flag", "v1", "on", False)
+        consumer = consumer or Ring.open(recorder._ring.name)
+        assert consumer.take(1) == [encode_eval(PACKER, 1_700_000_000_123_456_789, user, "flag", "v1", "on", False)[4:]]
 
 
 # --------------------------------------------------------------------------- real processes against the stand-in

@@ -9,10 +9,19 @@ inputs.
 A record is ``u16 head length | head | user``, both msgpack (the encoders
 return it framed with the ring's u32 length prefix)::
 
-    head = [1, ts_ms, flag_key, variation_id, value, send_to_experiment]   evaluation
     head = [2, ts_ms, [[event_name, numeric_value], ...]]                  metrics
     head = [3, ts_ms]                                                      identify
     user = the caller's validated user dict, packed as it is
+
+An evaluation -- the one recorded on every ``variation()`` -- has a binary
+head instead, so a worker writes it with one ``struct`` pack and one join::
+
+    u16 0xFFFF | u64 ts_ns (little-endian) | u16 tail length | tail | user
+    tail = msgpack(flag_key) msgpack(variation_id) msgpack(value) msgpack(send_to_experiment)
+
+The tail is the same bytes for every event of one flag variation, and the
+user the same bytes for every flag of one request, so both are cached; the
+clock is stored as ``time.time_ns()`` gives it (the sync process divides).
 
 Turning the user into FeatBit's ``{keyId, name, customizedProperties}`` is
 the sync process's work, and it is cached by the user's packed bytes: one
@@ -34,7 +43,7 @@ import msgpack
 from .protocol import APP_TYPE
 from .user import RESERVED, attr_string
 
-EVAL: Final = 1
+# Record kinds in a msgpack head (an evaluation's binary head is marked by EVAL_MARK instead).
 METRIC: Final = 2
 IDENTIFY: Final = 3
 MAX_BATCH: Final = 50  # R-67: payload objects per request
@@ -48,25 +57,25 @@ class RecordError(ValueError):
 
 _HEAD_LEN: Final = struct.Struct("<H")
 _FRAME: Final = struct.Struct("<IH")  # ring length prefix (u32) + head length (u16)
-# msgpack of ``(EVAL, ts_ms, ...)`` begins: fixarray of 6, positive fixint EVAL,
-# uint64 marker and the big-endian timestamp (msgpack's choice for 2**32..2**64-1).
-_EVAL_MARKERS: Final = bytes((0x96, EVAL, 0xCF))
-_TS: Final = struct.Struct(">Q")
-_EVAL_HEAD_FIXED: Final = len(_EVAL_MARKERS) + _TS.size
-_UINT64_MIN: Final = 1 << 32
-_UINT64_MAX: Final = (1 << 64) - 1
+EVAL_MARK: Final = 0xFFFF  # in the head-length field: a binary evaluation head follows
+_EVAL_HEAD: Final = struct.Struct("<IHQH")  # ring length prefix, EVAL_MARK, ts_ns, tail length
+_EVAL_REST: Final = struct.Struct("<QH")  # ts_ns, tail length (after the mark)
+EVAL_HEAD_SIZE: Final = _EVAL_HEAD.size - 4  # the record's bytes before the tail
 
 
 def frame(packer: msgpack.Packer, head: tuple[Any, ...], user: Mapping[str, Any]) -> bytes:
     """A record with its u32 ring length prefix, built in one concatenation:
-    the ring copies it in as it is (this runs once per recorded event)."""
+    the ring copies it in as it is."""
     packed = packer.pack(head)
     packed_user = packer.pack(user)
     return _FRAME.pack(2 + len(packed) + len(packed_user), len(packed)) + packed + packed_user  # type: ignore[no-any-return]
 
 
-def encode_eval(packer: msgpack.Packer, ts_ms: int, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bytes:
-    return frame(packer, (EVAL, ts_ms, flag_key, variation_id, value, expt), user)
+def encode_eval(packer: msgpack.Packer, ts_ns: int, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bytes:
+    """An evaluation record, framed (what :class:`EvalEncoder` must equal)."""
+    tail = packer.pack(flag_key) + packer.pack(variation_id) + packer.pack(value) + packer.pack(expt)
+    packed_user = packer.pack(user)
+    return _EVAL_HEAD.pack(EVAL_HEAD_SIZE + len(tail) + len(packed_user), EVAL_MARK, ts_ns, len(tail)) + tail + packed_user  # type: ignore[no-any-return]
 
 
 class EvalEncoder:
@@ -78,62 +87,52 @@ class EvalEncoder:
       copy taken when it was packed. Only users whose values are all strings
       are kept -- for them equality means identical bytes, where
       ``1 == 1.0 == True`` would not;
-    * the packed tail of the head (flag key, variation id, value,
-      experiment), per distinct tail, bounded. The head is a msgpack array
-      ``[EVAL, ts, ...tail]`` and a millisecond timestamp after 1970-02-19
-      always packs as a uint64, so head = fixed prefix + 8 timestamp bytes +
-      cached tail.
+    * the tail (flag key, variation id, value, experiment), per distinct
+      tail, bounded.
+
+    :meth:`eval` is the whole encoding. The recorder runs the same steps
+    inline, reading these attributes (its hot path; a test holds the two to
+    the same bytes).
     """
 
-    __slots__ = ("_pack", "_user", "_copy", "_packed", "_tails", "_prefixes")
+    __slots__ = ("_pack", "user", "copy", "packed", "tails")
 
     MAX_TAILS: Final = 4096
 
     def __init__(self) -> None:
         self._pack = msgpack.Packer(autoreset=True).pack
-        self._user: Any = None
-        self._copy: dict[Any, Any] | None = None
-        self._packed = b""
-        self._tails: dict[tuple[str, str, str, bool], bytes] = {}
-        # frame length prefix + array/EVAL/uint64 markers, by (tail, user) lengths
-        self._prefixes: dict[int, bytes] = {}
+        self.user: Any = None
+        self.copy: dict[Any, Any] | None = None
+        self.packed = b""
+        self.tails: dict[tuple[str, str, str, bool], bytes] = {}
 
     def user_bytes(self, user: Mapping[str, Any]) -> bytes:
-        if user is self._user and user == self._copy:
-            return self._packed
+        if user is self.user and user == self.copy:
+            return self.packed
         packed: bytes = self._pack(user)
         if all(type(v) is str for v in user.values()):
-            self._user, self._copy, self._packed = user, dict(user), packed
+            self.user, self.copy, self.packed = user, dict(user), packed
         else:
-            self._user = self._copy = None
+            self.user = self.copy = None
         return packed
 
-    def eval(self, ts_ms: int, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bytes:
-        """The framed record, as :func:`encode_eval` makes it."""
-        if user is self._user and user == self._copy:
-            packed_user = self._packed
-        else:
-            packed_user = self.user_bytes(user)
-        if not _UINT64_MIN <= ts_ms <= _UINT64_MAX:
-            head: bytes = self._pack((EVAL, ts_ms, flag_key, variation_id, value, expt))
-            return _FRAME.pack(2 + len(head) + len(packed_user), len(head)) + head + packed_user
+    def tail(self, flag_key: str, variation_id: str, value: str, expt: bool) -> bytes:
+        tails = self.tails
         key = (flag_key, variation_id, value, expt)
-        tail = self._tails.get(key)
+        tail = tails.get(key)
         if tail is None:
             pack = self._pack
             tail = pack(flag_key) + pack(variation_id) + pack(value) + pack(expt)
-            if len(self._tails) >= self.MAX_TAILS:
-                self._tails.clear()
-            self._tails[key] = tail
-        lengths = len(tail) << 32 | len(packed_user)
-        prefix = self._prefixes.get(lengths)
-        if prefix is None:
-            n = _EVAL_HEAD_FIXED + len(tail)
-            prefix = _FRAME.pack(2 + n + len(packed_user), n) + _EVAL_MARKERS
-            if len(self._prefixes) >= self.MAX_TAILS:
-                self._prefixes.clear()
-            self._prefixes[lengths] = prefix
-        return prefix + _TS.pack(ts_ms) + tail + packed_user
+            if len(tails) >= self.MAX_TAILS:
+                tails.clear()
+            tails[key] = tail
+        return tail
+
+    def eval(self, ts_ns: int, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bytes:
+        """The framed record, as :func:`encode_eval` makes it."""
+        packed_user = self.packed if user is self.user and user == self.copy else self.user_bytes(user)
+        tail = self.tails.get((flag_key, variation_id, value, expt)) or self.tail(flag_key, variation_id, value, expt)
+        return _EVAL_HEAD.pack(EVAL_HEAD_SIZE + len(tail) + len(packed_user), EVAL_MARK, ts_ns, len(tail)) + tail + packed_user
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -182,7 +181,40 @@ class Renderer:
 
     def __init__(self) -> None:
         self._users: dict[bytes, bytes] = {}
-        self._variations: dict[tuple[str, str, str], bytes] = {}
+        self._variations: dict[bytes, tuple[bytes, bytes]] = {}  # eval tail -> JSON around the timestamp
+
+    def _eval(self, record: bytes) -> bytes:
+        if len(record) < EVAL_HEAD_SIZE:
+            raise RecordError("evaluation record is too short")
+        ts_ns, tail_len = _EVAL_REST.unpack_from(record, 2)
+        end = EVAL_HEAD_SIZE + tail_len
+        if end > len(record):
+            raise RecordError("evaluation tail overruns the record")
+        tail = record[EVAL_HEAD_SIZE:end]
+        user = self._user(record[end:])
+        rendered = self._variations.get(tail)
+        if rendered is None:
+            unpacker = msgpack.Unpacker(raw=False)
+            unpacker.feed(tail)
+            try:
+                items = list(unpacker)
+            except Exception as exc:  # msgpack raises several types  # noqa: BLE001
+                raise RecordError(f"evaluation tail does not decode: {exc}") from None
+            if len(items) != 4:
+                raise RecordError("evaluation tail has the wrong shape")
+            flag_key, var_id, value, expt = items
+            if not (isinstance(flag_key, str) and isinstance(var_id, str) and isinstance(value, str) and isinstance(expt, bool)):
+                raise RecordError("evaluation record has the wrong types")
+            rendered = (
+                b'{"featureFlagKey":' + json.dumps(flag_key).encode()
+                + b',"variation":' + json.dumps({"id": var_id, "value": value}, separators=(",", ":")).encode()
+                + b',"timestamp":',
+                b',"sendToExperiment":true}]}' if expt else b',"sendToExperiment":false}]}',
+            )  # fmt: skip
+            if len(self._variations) >= self.MAX_CACHE:
+                self._variations.clear()
+            self._variations[tail] = rendered
+        return b'{"user":' + user + b',"variations":[' + rendered[0] + str(ts_ns // 1_000_000).encode() + rendered[1]
 
     def _user(self, raw: bytes) -> bytes:
         cached = self._users.get(raw)
@@ -201,6 +233,8 @@ class Renderer:
         if len(record) < 2:
             raise RecordError("record is too short")
         head_len = _HEAD_LEN.unpack_from(record)[0]
+        if head_len == EVAL_MARK:
+            return self._eval(record)
         if 2 + head_len > len(record):
             raise RecordError("record head overruns the record")
         head = _unpack(record[2 : 2 + head_len])
@@ -208,24 +242,6 @@ class Renderer:
         if not isinstance(head, list) or len(head) < 2 or not isinstance(head[1], int) or isinstance(head[1], bool):
             raise RecordError("record head has the wrong shape")
         kind, ts = head[0], head[1]
-        if kind == EVAL and len(head) == 6:
-            _k, _t, flag_key, var_id, value, expt = head
-            if not (isinstance(flag_key, str) and isinstance(var_id, str) and isinstance(value, str)):
-                raise RecordError("evaluation record has the wrong types")
-            key = (flag_key, var_id, value)
-            variation = self._variations.get(key)
-            if variation is None:
-                variation = (
-                    b'{"featureFlagKey":' + json.dumps(flag_key).encode()
-                    + b',"variation":' + json.dumps({"id": var_id, "value": value}, separators=(",", ":")).encode()
-                )  # fmt: skip
-                if len(self._variations) >= self.MAX_CACHE:
-                    self._variations.clear()
-                self._variations[key] = variation
-            return (
-                b'{"user":' + user + b',"variations":[' + variation + b',"timestamp":' + str(ts).encode()
-                + (b',"sendToExperiment":true}]}' if expt else b',"sendToExperiment":false}]}')
-            )  # fmt: skip
         if kind == METRIC and len(head) == 3 and isinstance(head[2], list):
             metrics = []
             for m in head[2]:

@@ -5,9 +5,13 @@ Theory of operation
 
 Each worker process owns one ring (``fbshm.<hash>.r<id>``): it is the only
 producer; the sync process is the only consumer. Recording an event is a
-bounds check, a memcpy and one 8-byte store -- no syscall, no lock shared
-between processes, never a wait. A full ring drops the NEW event and counts
-it (R-67).
+bounds check, a memcpy and one 8-byte store -- no lock shared between
+processes, never a wait, and a system call only once per 64 KiB written
+(see "Memory follows the backlog"). A full ring drops the NEW event and
+counts it (R-67). Evaluation events -- one per ``variation()`` -- take a C
+fast path when it was built (:mod:`._fastring`, :meth:`Ring.enable_fast_path`):
+it writes the same bytes as :meth:`Ring.append` for a record that fits in
+reserved pages before the end of the ring, and leaves anything else to it.
 
 Ring layout: a header page (4096 bytes; only the first 12 little-endian u64
 words are used), then ``capacity`` data bytes, a whole number of pages::
@@ -25,6 +29,7 @@ words are used), then ``capacity`` data bytes, a whole number of pages::
        9  flush done         consumer: the last request it has processed
       10  malformed          consumer: records it could not decode
       11  consumed           consumer: records taken out
+      12  reserved           producer: pages below this position are committed
 
 A record is a u32 length and that many bytes, padded to 8 (the producer
 hands the ring records already framed with their length, so writing one is
@@ -89,13 +94,18 @@ import os
 import struct
 import time
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import posix_ipc
 
 from ..errors import SharedMemoryError
 from ..store.names import StoreNames
 from ..store.writer import create_object
+
+try:  # the optional C fast path of evaluation events (see enable_fast_path)
+    from ._fastring import Writer as _FastWriter
+except ImportError:  # no compiler at install time: the pure-Python path
+    _FastWriter = None
 
 log = logging.getLogger("featbit_shm.events")
 
@@ -107,7 +117,7 @@ RESERVE: Final = 64 * 1024  # bytes the producer commits at a time
 WRAP: Final = 0xFFFFFFFF
 _LEN: Final = struct.Struct("<I")
 
-W_CAP, W_HEAD, W_TAIL, W_DROPPED, W_NOSPACE, W_PID, W_FLUSH_REQ, W_FLUSH_DONE, W_MALFORMED, W_CONSUMED = range(2, 12)
+W_CAP, W_HEAD, W_TAIL, W_DROPPED, W_NOSPACE, W_PID, W_FLUSH_REQ, W_FLUSH_DONE, W_MALFORMED, W_CONSUMED, W_RESERVED = range(2, 13)
 
 REG_MAGIC: Final = b"FBSHMREG"
 REG_SLOTS: Final = 256
@@ -157,14 +167,15 @@ class Ring:
         # while taken records are on their way to FeatBit (see take/commit_to).
         self._read = int(self.words[W_TAIL])
         self._taken = 0
-        # Producer-side copies (only the owning process appends).
-        self._head = int(self.words[W_HEAD])
+        # Producer side (only the owning process appends). head and the
+        # reserved mark live in the header, where the C fast path reads and
+        # advances them too; tail is a cache, re-read when the ring looks
+        # full. Pages in [page of head, reserved) are committed; pages below
+        # _released were given back (unknown for a ring opened rather than
+        # created: the first reservation releases the whole drained lap).
         self._tail = int(self.words[W_TAIL])
-        # Pages in [page of head, _reserved) are committed; pages below
-        # _released were given back (nothing is known of a ring opened
-        # rather than created, so the first append reserves and releases).
-        self._reserved = self._head
         self._released = max(0, self._tail - self.capacity) // PAGE * PAGE
+        self.writer: Any = None  # the C fast path, once enable_fast_path() made it
 
     @classmethod
     def create(cls, names: StoreNames, ring_id: int, capacity: int, mode: int) -> Ring:
@@ -196,7 +207,7 @@ class Ring:
         words[W_PID] = os.getpid()
         words.release()
         ring = cls(mm, name, shm.fd)
-        ring._reserved = first
+        ring.words[W_RESERVED] = first
         return ring
 
     @classmethod
@@ -224,7 +235,8 @@ class Ring:
         size = len(framed)
         total = (size + 7) & ~7
         cap = self.capacity
-        head = self._head
+        words = self.words
+        head = words[W_HEAD]
         pos = head % cap
         waste = cap - pos if pos + total > cap else 0
         end = head + waste + total
@@ -233,7 +245,7 @@ class Ring:
             if end - self._tail > cap:
                 self.words[W_DROPPED] += 1
                 return False
-        if end > self._reserved and not self._reserve(head, end):
+        if end > words[W_RESERVED] and not self._reserve(head, end):
             return False
         data = self.data
         if waste:
@@ -241,7 +253,7 @@ class Ring:
             pos = 0
         data[pos : pos + size] = framed
         # The record is complete; only now may the consumer see it.
-        self.words[W_HEAD] = self._head = end
+        words[W_HEAD] = end
         return True
 
     def _reserve(self, head: int, end: int) -> bool:
@@ -272,7 +284,7 @@ class Ring:
             self.words[W_NOSPACE] += 1
             _warn_once("reserve", f"featbit_shm: /dev/shm has no room for events, they are dropped and counted: {exc}")
             return False
-        self._reserved = stop
+        self.words[W_RESERVED] = stop
         return True
 
     def _spans(self, start: int, stop: int) -> list[tuple[int, int]]:
@@ -356,7 +368,23 @@ class Ring:
         """Bytes written and not yet committed (0: the ring is empty)."""
         return int(self.words[W_HEAD] - self.words[W_TAIL])
 
+    def enable_fast_path(self) -> bool:
+        """Let this process's producer write evaluations through the C fast
+        path (:mod:`._fastring`, built when a compiler was there at install).
+        False: not available, :meth:`append` does it all."""
+        if os.environ.get("FEATBIT_SHM_PURE_PYTHON"):
+            return False
+        if self.writer is None and _FastWriter is not None:
+            try:
+                self.writer = _FastWriter(self._mm)
+            except (ValueError, BufferError, TypeError):
+                return False
+        return self.writer is not None
+
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
         for view in (self.words, self.data):
             view.release()
         self._mm.close()
