@@ -50,7 +50,7 @@ What is measured, in this order, on one server while the other is idle
    (``/proc/PID/smaps``) of the master, every worker and the sync process
    and its standby, without their mappings of ``/dev/shm/fbshm.*``, plus the
    bytes those objects hold in /dev/shm (snapshot, control block, registry,
-   and the event rings, which are reserved up front), mapped or not. Threads
+   and the event rings: the pages they hold, st_blocks), mapped or not. Threads
    per worker: ``Threads:`` of ``/proc/PID/status`` minus the probe thread
    (the main thread included);
 6. events -- gunicorn is stopped gracefully (SIGTERM to the master, wait for
@@ -782,8 +782,8 @@ def report(results: list[Result], plan: Plan, quick: bool, wall: float) -> str:
         *table(results),
         "",
         "Total memory, MiB: PSS of each process without its /dev/shm mappings, plus the bytes featbit_shm's "
-        "/dev/shm objects hold (event rings are reserved up front: one per worker and two spares, "
-        "FEATBIT_SHM_RING_BYTES = 16 MiB by default):",
+        "/dev/shm objects hold (allocated pages; an event ring of FEATBIT_SHM_RING_BYTES = 16 MiB capacity "
+        "holds only the pages of events not yet sent, 64 KiB at a time: one ring per worker and spares):",
         "",
         *memory_table(results),
         "",
