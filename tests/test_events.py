@@ -55,17 +55,19 @@ from .sync_helpers import SyncFixture, eventually, processes_of, sync_env
 PACKER = msgpack.Packer(autoreset=True)
 
 
-@pytest.fixture
-def names() -> Iterator[StoreNames]:
-    n = StoreNames.for_env("", f"ev-{uuid.uuid4().hex[:10]}")
-    yield n
-    import posix_ipc
-
-    for name in n.all_objects():
+def _unlink_store(names: StoreNames) -> None:
+    for name in names.all_objects():
         try:
             posix_ipc.unlink_shared_memory(name)
         except posix_ipc.ExistentialError:
             pass
+
+
+@pytest.fixture
+def names() -> Iterator[StoreNames]:
+    n = StoreNames.for_env("", f"ev-{uuid.uuid4().hex[:10]}")
+    yield n
+    _unlink_store(n)
 
 
 # --------------------------------------------------------------------------- payloads (golden, R-62..R-64)
@@ -210,11 +212,7 @@ def test_released_pages_never_hold_unread_records(pages: int, reserve_pages: int
         finally:
             consumer.close()
             ring.close()
-            for name in names.all_objects():
-                try:
-                    posix_ipc.unlink_shared_memory(name)
-                except posix_ipc.ExistentialError:
-                    pass
+            _unlink_store(names)
 
 
 def test_release_spares_consumed_pages_that_the_next_lap_already_rewrote(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -672,11 +670,7 @@ def test_c_fast_path_writes_exactly_what_the_python_path_writes(pages: int, ops:
                 recorder.stop()
                 consumer.close()
                 ring.close()
-                for name in names.all_objects():
-                    try:
-                        posix_ipc.unlink_shared_memory(name)
-                    except posix_ipc.ExistentialError:
-                        pass
+                _unlink_store(names)
 
 
 def test_pure_python_recorder_delivers_the_same_payloads(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
