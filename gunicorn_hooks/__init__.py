@@ -21,7 +21,7 @@ because an exception in a hook halts the arbiter):
   exits if the master disappears) and waits up to ``FEATBIT_START_WAIT``
   seconds (default 5) for the first snapshot, so workers start with data;
   then runs a worker's attach path once, so every forked worker inherits
-  that code warmed (about a millisecond less cold start; nothing is kept).
+  that code warmed (about 0.4 ms less per worker attach; nothing is kept).
 * ``post_fork(server, worker)`` -- the worker attaches to the shared snapshot
   (two small mappings: no socket, no thread).
 * ``worker_exit(server, worker)`` -- stops the worker's client within a bound.

@@ -51,7 +51,6 @@ class EventRecorder:
             return None
         try:
             self._ring = self._registry.claim(self._ring_bytes)
-            self._ring.enable_fast_path()
         except Exception as exc:  # noqa: BLE001 - recording never raises
             self._failed_at = now
             log.error("featbit_shm: cannot claim an event ring, events are dropped: %s", exc)
@@ -62,7 +61,6 @@ class EventRecorder:
         """Use ``ring``, claimed for this process with its client registration."""
         with self._lock:
             if self._ring is None and not self.closed:
-                ring.enable_fast_path()
                 self._ring = ring
                 return
         ring.close()  # unused; the sync process reclaims it with this process

@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import mmap
 import os
 import struct
@@ -99,6 +98,7 @@ from typing import Any, Final
 import posix_ipc
 
 from ..errors import SharedMemoryError
+from ..forksafety import warn_limited
 from ..store.names import StoreNames
 from ..store.writer import create_object
 
@@ -106,8 +106,6 @@ try:  # the optional C fast path of evaluation events (see enable_fast_path)
     from ._fastring import Writer as _FastWriter
 except ImportError:  # no compiler at install time: the pure-Python path
     _FastWriter = None
-
-log = logging.getLogger("featbit_shm.events")
 
 MAGIC: Final = b"FBSHMRNG"
 LAYOUT: Final = 2
@@ -259,6 +257,8 @@ class Ring:
     def _reserve(self, head: int, end: int) -> bool:
         """Give back the pages consumed since the last call, then commit the
         pages from ``head`` to at least ``end`` (see the module docstring)."""
+        if self._fd < 0:  # closed
+            return False
         cap = self.capacity
         self._tail = tail = int(self.words[W_TAIL])
         # Release: whole pages below tail, but none whose next-lap copy
@@ -270,19 +270,17 @@ class Ring:
                 for offset, length in self._spans(low, high):
                     _release(self._mm, HEADER + offset, length)
             except OSError as exc:  # e.g. an old kernel: the pages just stay
-                _warn_once("release", f"featbit_shm: cannot release event ring pages ({exc}); the ring keeps its memory")
+                warn_limited("event-ring-release", f"featbit_shm: cannot release event ring pages ({exc}); the ring keeps its memory")
             self._released = high
         start = head // PAGE * PAGE
         stop = min(max(-(-end // PAGE) * PAGE, start + RESERVE), start + cap)
-        if self._fd < 0:
-            return False
         try:
             for offset, length in self._spans(start, stop):
                 _fallocate(self._fd, HEADER + offset, length)
         except OSError as exc:
             self.words[W_DROPPED] += 1
             self.words[W_NOSPACE] += 1
-            _warn_once("reserve", f"featbit_shm: /dev/shm has no room for events, they are dropped and counted: {exc}")
+            warn_limited("event-ring-reserve", f"featbit_shm: /dev/shm has no room for events, they are dropped and counted: {exc}")
             return False
         self.words[W_RESERVED] = stop
         return True
@@ -393,15 +391,6 @@ class Ring:
             self._fd = -1
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(message)
-
-
 class Registry:
     """The table of claimed rings (one per worker process)."""
 
@@ -473,6 +462,12 @@ class Registry:
             return self._claim_locked(self._map(), ring_capacity(capacity))
 
     def _claim_locked(self, mm: mmap.mmap, capacity: int) -> Ring:
+        """Claim a ring for this process, the producer: with the C fast path on."""
+        ring = self._take_or_create(mm, capacity)
+        ring.enable_fast_path()
+        return ring
+
+    def _take_or_create(self, mm: mmap.mmap, capacity: int) -> Ring:
         for i in range(REG_SLOTS):
             _pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
             if state != SPARE:
