@@ -8,7 +8,7 @@ Against the FeatBit stand-in and a real sync process:
   on the same store (median ns per call over interleaved batches, the sync
   process paused so it does not compete for the 2 cores; then once more with
   it draining). Events on is measured twice: with the C fast path of the
-  event ring (``featbit_shm.events._fastring``, built at install when a
+  event ring (``featbit_shm.shm._fastring``, built at install when a
   compiler is there) and without it (``FEATBIT_SHM_PURE_PYTHON=1``, what an
   install without a compiler runs). Target: <= 1 us added per event.
 * (b) drain throughput: 8 worker processes record as fast as they can; from
@@ -118,8 +118,8 @@ def main() -> int:
             # Acknowledged (2xx) events, from the sync process's own counter
             # (read before the workers start); the stand-in's received list is
             # checked afterwards.
-            from featbit_shm.store.names import StoreNames
-            from featbit_shm.store.reader import SnapshotReader
+            from featbit_shm.shm.names import StoreNames
+            from featbit_shm.shm.reader import SnapshotReader
 
             control = SnapshotReader(StoreNames.for_env(server.secret, namespace)).control
             assert control is not None
@@ -160,7 +160,7 @@ def main() -> int:
             # registry) would wait for a next leader to reclaim them.
             import posix_ipc
 
-            from featbit_shm.store.names import StoreNames
+            from featbit_shm.shm.names import StoreNames
 
             for name in StoreNames.for_env(server.secret, namespace).all_objects():
                 try:

@@ -91,7 +91,7 @@ from typing import Any, BinaryIO
 
 import bench_sync
 
-from featbit_shm.store.names import PREFIX, SHM_DIR, StoreNames
+from featbit_shm.shm.names import PREFIX, SHM_DIR, StoreNames
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 

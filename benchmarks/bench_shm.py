@@ -46,9 +46,9 @@ from typing import Any
 
 from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.wire import parse_data_sync
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader, generation_bytes
-from featbit_shm.store.writer import SnapshotWriter
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader, generation_bytes
+from featbit_shm.shm.writer import SnapshotWriter
 from featbit_shm.testing import builders as b
 
 
@@ -116,8 +116,8 @@ def bench_generation_check(names: StoreNames) -> dict[str, float]:
 
 READER = r"""
 import json, sys, time
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader, generation_bytes
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader, generation_bytes
 reader = SnapshotReader(StoreNames(sys.argv[1]), retry_interval=0.0)
 target = int(sys.argv[2])
 seen = {}
@@ -184,8 +184,8 @@ def bench_latency(n_flags: int, publishes: int) -> dict[str, Any]:
 
 SHM_WORKER = r"""
 import sys, time
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader, generation_bytes
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader, generation_bytes
 from featbit_shm._core.evaluator import evaluate
 from featbit_shm._core.user import make_user
 reader = SnapshotReader(StoreNames(sys.argv[1]))

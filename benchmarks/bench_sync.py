@@ -25,9 +25,9 @@ import time
 import uuid
 from typing import Any
 
-from featbit_shm.store.control import SyncState
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader
+from featbit_shm.shm.control import SyncState
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader
 from featbit_shm.sync import SyncSettings, spawn_sync_process
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
@@ -36,8 +36,8 @@ T0 = 1_700_000_000_000
 
 READER = r"""
 import json, sys, time
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader
 reader = SnapshotReader(StoreNames(sys.argv[1]), retry_interval=0.01)
 last_version = int(sys.argv[2])
 seen = {}

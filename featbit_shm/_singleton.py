@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import threading
 
+from ._core.errors import ConfigError
+from ._runtime.environment import env_bool, env_str
 from .client import FBClient
 from .config import Config
-from .errors import ConfigError
 
 _lock = threading.RLock()
 _config: Config | None = None
@@ -43,7 +44,7 @@ def get() -> FBClient:
         if _client is None or _client_pid != os.getpid():
             config = _config
             if config is None:
-                if not os.environ.get("FEATBIT_ENV_SECRET") and not os.environ.get("FEATBIT_OFFLINE"):
+                if not env_str("FEATBIT_ENV_SECRET") and not env_bool("FEATBIT_OFFLINE"):
                     # fbclient's message first, so code matching it keeps working.
                     raise Exception(
                         "config is not initialized: call featbit_shm.set_config(Config(...)) "

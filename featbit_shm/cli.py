@@ -20,18 +20,19 @@ import sys
 import time
 from typing import Any
 
-from .liveness import pid_alive
-from .store.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, ControlBlock, ControlError, SyncState
-from .store.names import StoreNames
-from .store.reader import generation_bytes, map_readonly
-from .store.writer import open_image
+from ._core.errors import ConfigError
+from ._runtime.environment import env_bool, env_str
+from .shm.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, ControlBlock, ControlError, SyncState
+from .shm.names import StoreNames
+from .shm.objects import map_readonly
+from .shm.reader import generation_bytes
+from .shm.writer import open_image
 
 
 def _names(args: argparse.Namespace) -> StoreNames:
-    secret = os.environ.get("FEATBIT_ENV_SECRET", "")
-    offline = os.environ.get("FEATBIT_OFFLINE", "").lower() in ("1", "true", "yes")
-    namespace = args.namespace or os.environ.get("FEATBIT_NAMESPACE") or "default"
-    return StoreNames.for_env("" if offline else secret, namespace)
+    secret = env_str("FEATBIT_ENV_SECRET")
+    namespace = args.namespace or env_str("FEATBIT_NAMESPACE")
+    return StoreNames.for_env("" if env_bool("FEATBIT_OFFLINE") else secret, namespace)
 
 
 def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
         "flags": int(block.q[W_FLAGS]),
         "segments": int(block.q[W_SEGMENTS]),
         "leader_pid": block.leader_pid,
-        "leader_alive": pid_alive(block.leader_pid),
+        "leader_alive": block.leader_alive(now),
         "heartbeat_age_s": round(now - heartbeat, 3) if heartbeat else None,
         "snapshot_name": pointer.name if pointer else None,
         "snapshot_bytes": generation_bytes(names, pointer.name) if pointer and pointer.name else None,
@@ -173,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flag", help="only this flag")
     p.set_defaults(func=cmd_dump)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:  # a bad FEATBIT_* value: say which, no traceback
+        print(f"featbit-shm: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,32 +1,33 @@
 """``FBClient``: the fbclient-compatible facade.
 
-The client evaluates from a *flag source*: anything with a ``view`` (a
-:class:`~featbit_shm._core.view.CompiledView` of one snapshot) and a
-``ready`` flag. Offline the source is an in-process :class:`MemorySource`
-loaded from a bootstrap file or :meth:`FBClient.initialize_from_external_json`.
+The client evaluates from a *flag source* (:mod:`featbit_shm.worker.sources`):
+the host's shared snapshot, read through a
+:class:`~featbit_shm.shm.reader.SnapshotReader`, or, offline, data held in
+this process (a bootstrap file, or :meth:`FBClient.initialize_from_external_json`).
+Joining the host (registration, the event ring, starting a sync process
+when none serves the store, the wait for data) is :mod:`featbit_shm.worker.host`.
 Evaluation is the same whatever the source.
 
 Two guarantees hold for every public method here:
 
 * evaluation never raises: bad keys, bad users, malformed flags and values
   that do not convert give the default plus a reason kind (R-59, STYLE 6);
-* results follow ``featbit-contract.md``; where fbclient differs (G-n) the
+* results follow docs/PROTOCOL.md; where fbclient differs (G-n) the
   difference is listed in MIGRATING.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from ._core.dataset import DataSet
+from ._core.document import LoadResult, load_document
+from ._core.errors import ConfigError, DataError
 from ._core.evaluator import evaluate, send_to_experiment
-from ._core.events import EvalEncoder
 from ._core.results import (
     ERROR_EXCEPTION,
     ERROR_FLAG_NOT_FOUND,
@@ -47,90 +48,26 @@ from ._core.results import (
     to_str,
 )
 from ._core.user import InvalidUser, make_user
-from ._core.view import CompiledView
-from .bootstrap import LoadResult, load_document, read_bootstrap_file
+from ._runtime.environment import env_float, format_number
+from ._runtime.files import read_bootstrap_file
+from ._runtime.notices import warn_limited
 from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, EvalDetail
 from .config import Config
-from .errors import ConfigError, DataError
-from .events.recorder import EventRecorder
-from .events.ring import Registry
 from .flag_change_notification import FlagTracker, TrackingSource
-from .forksafety import warn_limited
-from .liveness import pid_alive
+from .shm.names import StoreNames
+from .shm.reader import SnapshotReader
+from .shm.registry import Registry
 from .status_types import DataUpdateStatusProvider
-from .store.control import SyncState
-from .store.names import StoreNames
-from .store.reader import SnapshotReader
+from .worker import host, sources
+from .worker.recorder import EventRecorder
+from .worker.sources import FlagSource, MemorySource
 
 log = logging.getLogger("featbit_shm")
 
 _NOT_READY = ReasonKind.CLIENT_NOT_READY
-_REGISTERED: set[tuple[str, int]] = set()  # (store, pid) already in the store's client registry
 _ERROR = ReasonKind.ERROR
 _WRONG = ReasonKind.WRONG_TYPE
 _FALLTHROUGH = ReasonKind.FALLTHROUGH
-
-
-class FlagSource(Protocol):
-    """Where a client's flags come from: the current view, or None (not ready)."""
-
-    def current(self) -> CompiledView | None: ...
-
-
-class MemorySource:
-    """A flag source held in this process (offline data, tests)."""
-
-    def __init__(self) -> None:
-        self.dataset = DataSet()
-        self.view: CompiledView | None = None
-        self._lock = threading.Lock()
-
-    def current(self) -> CompiledView | None:
-        return self.view
-
-    def publish(self, dataset: DataSet) -> None:
-        """Swap in a new data set; evaluations switch views atomically (R-13)."""
-        with self._lock:
-            self.dataset = dataset
-            self.view = memory_view(dataset, (self.view.generation + 1) if self.view else 1, self.view)
-
-
-def memory_view(dataset: DataSet, generation: int, previous: CompiledView | None = None) -> CompiledView:
-    def keys() -> list[str]:
-        return [f["key"] for f in dataset.active_flags()]
-
-    return CompiledView(generation, dataset.version, dataset.flag, dataset.segment, keys, previous, origin=dataset)
-
-
-def warm_attach_path(names: StoreNames) -> None:
-    """Run a worker's attach path once in a process about to fork workers
-    (the gunicorn master's ``when_ready``), leaving no state behind.
-
-    A fresh fork pays for every piece of code it runs for the first time:
-    CPython specialises bytecode in place and touches module objects, and
-    each page written is a copy-on-write fault. Run here once, the children
-    inherit the warmed code: on 2 cores this takes about 0.4 ms off a forked
-    worker's attach (median of 40 forks at 10k flags). Nothing is registered, claimed or
-    kept: a reader, a registry lock taken and released, one evaluation and
-    one encoded event, all dropped. Never raises.
-    """
-    try:
-        reader = SnapshotReader(names, retry_interval=0.0)
-        view = reader.current()
-        registry = Registry(names)
-        with registry._locked():
-            registry._map()
-        registry.close()
-        user = make_user({"key": "featbit-shm-warm-up", "name": "warm-up"})
-        if view is not None:
-            key = next(iter(view.flag_keys()), None)
-            flag = view.flag(key) if key is not None else None
-            if key is not None and flag is not None:
-                decision = evaluate(flag, user, view.segment)
-                if decision[1] is not None:
-                    EvalEncoder().eval(time.time_ns(), {"key": user.key}, key, decision[1].id, decision[1].value, False)
-    except Exception as exc:  # noqa: BLE001 - an optimisation only
-        log.debug("featbit_shm: warm-up skipped: %s", exc)
 
 
 class FBClient:
@@ -158,8 +95,15 @@ class FBClient:
             if not config.disable_events:
                 # Events go into this process's ring; the sync process posts them.
                 self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes, registry=registry)
-            self._join_host(reader, registry)
-            self._wait_ready(reader, start_wait)
+            host.join(
+                self._names,
+                reader,
+                registry,
+                self._events,
+                ring_bytes=config.event_ring_bytes,
+                start_sync=self._start_sync_process if config.start_sync else None,
+            )
+            host.wait_ready(reader, start_wait)
         elif config.shared:
             # R-71: offline is ready at once, with the host's shared snapshot
             # when one is published and an empty store otherwise -- except when
@@ -168,77 +112,26 @@ class FBClient:
                 # A sync process serves this file: not ready until it has published.
                 reader = SnapshotReader(self._names, retry_interval=0.05)
                 self._source = reader
-                self._wait_ready(reader, start_wait)
+                host.wait_ready(reader, start_wait)
             else:
-                self._source = SnapshotReader(self._names, retry_interval=0.05, fallback=memory_view(DataSet(), 0))
+                self._source = SnapshotReader(self._names, retry_interval=0.05, fallback=sources.memory_view(DataSet(), 0))
         else:
             assert config.bootstrap_file
             result = load_document(read_bootstrap_file(config.bootstrap_file), origin=str(config.bootstrap_file))
             self._report(result, config.bootstrap_file)
             self._use_memory(result.dataset)
 
-    def _join_host(self, reader: SnapshotReader, registry: Registry) -> None:
-        """Register this process as a client of the host's store, and start a
-        sync process when none is running (DESIGN: "a client starts one when
-        none is running"). That sync process has no owner: it exits once no
-        client has been alive for ``FEATBIT_SHM_IDLE_TIMEOUT`` (default 30 s).
-        Server integrations start their own and turn this off
-        (``FEATBIT_SHM_AUTOSTART=0``). Never raises: a failure is logged and
-        the client simply waits for data."""
-        config = self._config
-        try:
-            if (self._names.tag, os.getpid()) not in _REGISTERED:
-                events = self._events
-                ring = registry.register_client(config.event_ring_bytes if events is not None else None)
-                _REGISTERED.add((self._names.tag, os.getpid()))
-                if ring is not None and events is not None:
-                    events.adopt(ring)
-            if not config.start_sync or self._leader_alive(reader):
-                return
-            from .sync import SyncSettings, spawn_sync_process
+    def _start_sync_process(self) -> int:
+        """Start a sync process for this client's store (``host.join`` calls
+        this when none serves it). It is configured by this client's Config
+        over the process environment, has no owner, and exits once no client
+        has been alive for ``FEATBIT_SHM_IDLE_TIMEOUT`` (default 30 s)."""
+        from .sync import SyncSettings, spawn_sync_process
 
-            settings = SyncSettings.from_config(config)
-            idle = float(os.environ.get("FEATBIT_SHM_IDLE_TIMEOUT", "") or 30.0)
-            settings = dataclasses.replace(settings, idle_timeout=idle)
-            proc = spawn_sync_process(settings)
-            log.info("featbit_shm: started sync process %d for store %s", proc.pid, self._names.tag)
-        except Exception as exc:  # noqa: BLE001 - construction goes on; data may come later
-            log.warning("featbit_shm: could not start a sync process: %s", exc)
-
-    @staticmethod
-    def _leader_alive(reader: SnapshotReader) -> bool:
-        block = reader.control
-        if block is None:
-            return False
-        fresh = time.time() - block.heartbeat < 3.0
-        return fresh and block.state is not SyncState.OFF and pid_alive(block.leader_pid)
-
-    @staticmethod
-    def _wait_ready(reader: SnapshotReader, start_wait: float) -> None:
-        """Block up to ``start_wait`` for a published snapshot (R-22..R-24).
-
-        Returns early when the sync reports OFF (a rejected client, R-23), so
-        a terminal failure never looks like a timeout -- or like success (G-1).
-        """
-        deadline = time.monotonic() + max(0.0, start_wait)
-        while (reader.current() is None or reader.generation == 0) and time.monotonic() < deadline:
-            if reader.state() is SyncState.OFF:
-                break
-            time.sleep(0.01)
-        if start_wait > 0 and (reader.current() is None or reader.generation == 0):
-            if reader.state() is SyncState.OFF:
-                why = "its sync process stopped (state OFF: rejected by FeatBit, or shut down)"
-            elif reader.control is None:
-                why = "no sync process runs for it (start one with the gunicorn hooks or `featbit-shm sync`)"
-            else:
-                why = "its sync process has not published yet"
-            log.warning(
-                "featbit_shm: no flag data after %.1f s for store %s: %s; evaluations return defaults "
-                "(ClientNotReady) until data arrives",
-                start_wait,
-                reader.names.tag,
-                why,
-            )
+        env = {**os.environ, **self._config.to_env()}
+        env["FEATBIT_SHM_OWNER_PID"] = ""
+        env["FEATBIT_SHM_IDLE_TIMEOUT"] = format_number(env_float("FEATBIT_SHM_IDLE_TIMEOUT") or host.AUTOSTART_IDLE_TIMEOUT_S)
+        return spawn_sync_process(SyncSettings.from_env(env)).pid
 
     def _use_memory(self, dataset: DataSet) -> None:
         """Serve this data from now on (offline data of the client's own)."""
@@ -354,7 +247,7 @@ class FBClient:
         if events is None or events.flush_and_wait(timeout):
             return True
         source = self._backing()
-        if isinstance(source, SnapshotReader) and not self._leader_alive(source):
+        if isinstance(source, SnapshotReader) and not host.leader_alive(source):
             warn_limited(
                 "flush-no-sync",
                 f"featbit_shm: flush_and_wait() timed out in pid {os.getpid()}: no sync process is running for "
@@ -455,7 +348,7 @@ class FBClient:
             expt: Any = flag.static_expt
             if var is None or (expt is None and events is not None):
                 decision = evaluate(flag, u, view.segment)
-                var, expt = decision[1], decision[4]
+                var, expt = decision.variation, decision.experiment
                 if var is None:
                     return default
             value = var.typed if not var.reparse else var.converted()

@@ -2,40 +2,54 @@
 
 The positional order is fbclient's: ``Config(env_secret, event_url,
 streaming_url, ...)``. The object is immutable and validated when it is built
-(R-81; fbclient shares a mutable config by reference, G-14). Options fbclient
-offers that cannot work with a shared-memory store (``data_storage``,
-``update_processor_imp``, ``event_processor_imp``) are refused with a clear
-error instead of being silently ignored.
+(R-81; fbclient shares a mutable config by reference, G-14).
+
+Every fbclient option either works or is refused with a clear error, never
+silently ignored:
+
+* ``streaming_first_retry_delay``, ``events_flush_interval``,
+  ``events_retry_interval`` and ``events_max_retries`` configure the sync
+  process: they reach it through :meth:`Config.to_env` when a client starts
+  it (and through the same FEATBIT_* variables when a server hook or
+  ``featbit-shm sync`` does);
+* ``events_max_in_queue`` is accepted only at fbclient's default (10000):
+  events wait in a per-worker ring bounded in bytes (``event_ring_bytes``);
+* ``data_storage``, ``update_processor_imp``, ``event_processor_imp``,
+  ``http`` and ``websocket`` are refused when set: flag data lives in shared
+  memory fed by one sync process per host, which makes every connection.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
-from .errors import ConfigError
-
-#: Each worker's event ring: about 10 s of 10,000 events/s of ~150-byte records.
-DEFAULT_EVENT_RING_BYTES = 16 * 1024 * 1024
+from ._core.errors import ConfigError
+from ._core.settings import (
+    EVENT_SCHEMES,
+    STREAMING_SCHEMES,
+    check_count,
+    check_namespace,
+    check_positive,
+    check_secret,
+    check_url,
+)
+from ._runtime.environment import (
+    DEFAULT_EVENT_RING_BYTES,
+    env_bool,
+    env_float,
+    env_int,
+    env_str,
+    env_tristate,
+    format_bool,
+    format_number,
+)
 
 _UNSUPPORTED = ("data_storage", "update_processor_imp", "event_processor_imp")
-
-
-def _positive(name: str, value: float, *, maximum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, not {value!r}")
-    return float(min(value, maximum) if maximum is not None else value)
-
-
-def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
-        raise ConfigError(f"{name} must be an absolute {'/'.join(schemes)} URL")
-    return value
+#: fbclient's default queue length, the one value featbit_shm accepts (see Config).
+_EVENTS_MAX_IN_QUEUE = 10000
 
 
 class Config:
@@ -98,37 +112,46 @@ class Config:
         self._offline = bool(offline)
         self._env_secret = env_secret.strip()
         if not self._offline:
-            if not self._env_secret or not self._env_secret.isascii():
-                raise ConfigError("env_secret must be a non-empty ASCII string when not offline")
-            _url("event_url", event_url, ("http", "https"))
-            _url("streaming_url", streaming_url, ("ws", "wss", "http", "https"))
+            check_secret("env_secret", env_secret)
+            check_url("event_url", event_url, EVENT_SCHEMES)
+            check_url("streaming_url", streaming_url, STREAMING_SCHEMES)
         self._event_url = (event_url or "").rstrip("/")
         self._streaming_url = (streaming_url or "").rstrip("/")
         self._bootstrap_file = os.fspath(bootstrap_file) if bootstrap_file is not None else None
         self._disable_events = bool(disable_events)
-        if not isinstance(namespace, str) or not namespace or len(namespace) > 64:
-            raise ConfigError("namespace must be a non-empty string of at most 64 characters")
-        self._namespace = namespace
-        self._streaming_first_retry_delay = _positive("streaming_first_retry_delay", streaming_first_retry_delay, maximum=60)
-        if isinstance(events_max_in_queue, bool) or not isinstance(events_max_in_queue, int) or events_max_in_queue <= 0:
-            raise ConfigError("events_max_in_queue must be a positive int")
+        self._namespace = check_namespace("namespace", namespace)
+        # Read by the sync process (this Config reaches it through to_env()):
+        # its reconnect schedule and its event posts' retries.
+        self._streaming_first_retry_delay = check_positive("streaming_first_retry_delay", streaming_first_retry_delay, maximum=60)
+        # fbclient bounds its in-process queue by a count of events; here each
+        # worker's queue is a ring in shared memory bounded in bytes
+        # (event_ring_bytes), so a count cannot be honoured: refuse it rather
+        # than ignore it.
+        if check_count("events_max_in_queue", events_max_in_queue, minimum=1) != _EVENTS_MAX_IN_QUEUE:
+            raise ConfigError(
+                "events_max_in_queue is not supported by featbit_shm: each worker's events wait in a shared-memory "
+                "ring bounded in bytes; size it with Config(event_ring_bytes=...) or FEATBIT_SHM_RING_BYTES "
+                "(see MIGRATING.md, 'Config options')"
+            )
         self._events_max_in_queue = events_max_in_queue
-        self._events_flush_interval = _positive("events_flush_interval", events_flush_interval)
-        self._events_retry_interval = _positive("events_retry_interval", events_retry_interval)
-        if isinstance(events_max_retries, bool) or not isinstance(events_max_retries, int) or events_max_retries < 0:
-            raise ConfigError("events_max_retries must be an int >= 0")
-        self._events_max_retries = events_max_retries
+        self._events_flush_interval = check_positive("events_flush_interval", events_flush_interval)
+        self._events_retry_interval = check_positive("events_retry_interval", events_retry_interval)
+        self._events_max_retries = check_count("events_max_retries", events_max_retries)
+        for name, value in (("http", http), ("websocket", websocket)):
+            if value is not None:
+                raise ConfigError(
+                    f"{name} is not supported by featbit_shm yet: the sync process makes every connection with its "
+                    "own settings (see MIGRATING.md, 'Config options')"
+                )
         if defaults is not None and not isinstance(defaults, Mapping):
             raise ConfigError("defaults must be a mapping of flag key to default value")
         self._defaults: Mapping[str, Any] = MappingProxyType(dict(defaults or {}))
-        self._http = http
-        self._websocket = websocket
+        self._http = None
+        self._websocket = None
         self._shared = shared
-        if isinstance(event_ring_bytes, bool) or not isinstance(event_ring_bytes, int) or event_ring_bytes < 4096:
-            raise ConfigError("event_ring_bytes must be an int >= 4096")
-        self._event_ring_bytes = event_ring_bytes
+        self._event_ring_bytes = check_count("event_ring_bytes", event_ring_bytes, minimum=4096)
         if start_sync is None:
-            start_sync = os.environ.get("FEATBIT_SHM_AUTOSTART", "1").strip().lower() not in ("0", "false", "no", "off")
+            start_sync = env_bool("FEATBIT_SHM_AUTOSTART")
         self._start_sync = bool(start_sync)
 
     # fbclient's accessors --------------------------------------------------
@@ -237,21 +260,42 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
-        """A Config from the FEATBIT_* variables (see README, "Configuration")."""
-        env = os.environ if env is None else env
-        offline = env.get("FEATBIT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        shared = env.get("FEATBIT_SHM_SHARED", "").strip().lower()
+        """A Config from the FEATBIT_* variables (docs/CONFIGURATION.md)."""
         return cls(
-            env.get("FEATBIT_ENV_SECRET", ""),
-            env.get("FEATBIT_EVENT_URL", ""),
-            env.get("FEATBIT_STREAMING_URL", ""),
-            offline=offline,
-            bootstrap_file=env.get("FEATBIT_BOOTSTRAP_FILE") or None,
-            namespace=env.get("FEATBIT_NAMESPACE") or "default",
-            disable_events=env.get("FEATBIT_DISABLE_EVENTS", "").strip().lower() in ("1", "true", "yes", "on"),
-            shared=True if shared in ("1", "true", "yes", "on") else False if shared in ("0", "false", "no", "off") else None,
-            event_ring_bytes=int(env.get("FEATBIT_SHM_RING_BYTES") or DEFAULT_EVENT_RING_BYTES),
+            env_str("FEATBIT_ENV_SECRET", env),
+            env_str("FEATBIT_EVENT_URL", env),
+            env_str("FEATBIT_STREAMING_URL", env),
+            streaming_first_retry_delay=env_float("FEATBIT_STREAMING_FIRST_RETRY_DELAY", env) or 1.0,
+            events_flush_interval=env_float("FEATBIT_EVENTS_FLUSH_INTERVAL", env) or 1.0,
+            events_retry_interval=env_float("FEATBIT_EVENTS_RETRY_INTERVAL", env) or 0.2,
+            events_max_retries=env_int("FEATBIT_EVENTS_MAX_RETRIES", env) or 0,
+            offline=env_bool("FEATBIT_OFFLINE", env),
+            bootstrap_file=env_str("FEATBIT_BOOTSTRAP_FILE", env) or None,
+            namespace=env_str("FEATBIT_NAMESPACE", env),
+            disable_events=env_bool("FEATBIT_DISABLE_EVENTS", env),
+            shared=env_tristate("FEATBIT_SHM_SHARED", env),
+            event_ring_bytes=env_int("FEATBIT_SHM_RING_BYTES", env) or DEFAULT_EVENT_RING_BYTES,
+            start_sync=env_bool("FEATBIT_SHM_AUTOSTART", env),
         )
+
+    def to_env(self) -> dict[str, str]:
+        """This configuration as the FEATBIT_* variables a sync process is
+        started with (the inverse of :meth:`from_env` for what a sync process
+        reads)."""
+        return {
+            "FEATBIT_ENV_SECRET": self._env_secret,
+            "FEATBIT_EVENT_URL": self._event_url,
+            "FEATBIT_STREAMING_URL": self._streaming_url,
+            "FEATBIT_OFFLINE": format_bool(self._offline),
+            "FEATBIT_BOOTSTRAP_FILE": self._bootstrap_file or "",
+            "FEATBIT_NAMESPACE": self._namespace,
+            "FEATBIT_DISABLE_EVENTS": format_bool(self._disable_events),
+            "FEATBIT_EVENTS_FLUSH_INTERVAL": format_number(self._events_flush_interval),
+            "FEATBIT_EVENTS_RETRY_INTERVAL": format_number(self._events_retry_interval),
+            "FEATBIT_EVENTS_MAX_RETRIES": format_number(self._events_max_retries),
+            "FEATBIT_STREAMING_FIRST_RETRY_DELAY": format_number(self._streaming_first_retry_delay),
+            "FEATBIT_SHM_RING_BYTES": format_number(self._event_ring_bytes),
+        }
 
     def __repr__(self) -> str:
         # R-77: never show the secret.

@@ -32,14 +32,12 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._core.user import InvalidUser, make_user
 from ._core.view import CompiledView
-from .forksafety import warn_limited
-
-if TYPE_CHECKING:
-    from .client import FlagSource
+from ._runtime.notices import warn_limited
+from .worker.sources import FlagSource
 
 log = logging.getLogger("featbit_shm")
 

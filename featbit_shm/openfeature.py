@@ -113,10 +113,10 @@ import featbit_shm
 
 from ._core.results import ERROR_FLAG_NOT_FOUND, ERROR_INVALID_USER, ERROR_MALFORMED_FLAG, ReasonKind
 from ._core.user import attr_string
+from ._runtime.notices import warn_limited
 from .client import FBClient
 from .common_types import EvalDetail
 from .flag_change_notification import FlagChangedListener, FlagChangedNotice
-from .forksafety import warn_limited
 from .status_types import State, StateType
 
 #: The oldest openfeature-sdk this module is tested with (providers' ``track`` came in 0.9).

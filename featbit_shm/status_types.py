@@ -3,7 +3,7 @@
 The state comes from the store's control block, written by the sync
 process: INITIALIZING until its first committed sync, OK while it syncs,
 INTERRUPTED while it reconnects -- or when its heartbeat is older than
-:data:`STALE_AFTER_S` (a dead or hung sync process) -- and OFF after a
+:data:`~featbit_shm.shm.control.STALE_AFTER_S` (a dead or hung sync process) -- and OFF after a
 rejection (4003) or a clean stop. Offline clients are OK at once (R-71).
 Reading it is a few memory loads: no socket, no thread.
 """
@@ -15,9 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .store.control import SyncState
-
-STALE_AFTER_S = 3.0
+from .shm.control import STALE_AFTER_S, SyncState
 
 
 class StateType(enum.Enum):
@@ -81,7 +79,7 @@ class DataUpdateStatusProvider:
             return State(StateType.INITIALIZING, self._started, ErrorTrack("NoSyncProcess", "no sync process has created the store"))
         state = _MAP.get(block.state, StateType.OFF)
         since = block.state_since or self._started
-        age = time.time() - block.heartbeat if block.heartbeat else float("inf")
+        age = block.heartbeat_age(time.time())
         if state in (StateType.OK, StateType.INITIALIZING) and age > STALE_AFTER_S:
             return State(StateType.INTERRUPTED, block.heartbeat or since, ErrorTrack("StaleHeartbeat", f"sync process silent for {age:.1f} s"))
         if state is StateType.OFF:

@@ -23,10 +23,11 @@ because an exception in a hook halts the arbiter):
   then runs a worker's attach path once, so every forked worker inherits
   that code warmed (about 0.4 ms less per worker attach; nothing is kept).
 * ``post_fork(server, worker)`` -- the worker attaches to the shared snapshot
-  (two small mappings: no socket, no thread).
+  (two small mappings: no socket, no thread), registers with the store and
+  claims its event ring.
 * ``worker_exit(server, worker)`` -- stops the worker's client within a bound.
-* ``child_exit(server, worker)`` -- nothing to reclaim yet (per-worker event
-  rings arrive with events; see CHANGELOG).
+* ``child_exit(server, worker)`` -- nothing to do: the sync process drains a
+  gone worker's event ring, then removes it and frees its registry slot.
 * ``on_reload(server)`` -- SIGHUP: the sync process keeps running; new
   workers attach to the same store.
 * ``on_exit(server)`` -- stops the sync process (it removes the store's
@@ -65,10 +66,12 @@ def when_ready(server: Any) -> None:
     """Start the sync process for this server (the master owns it)."""
     global _sync
     try:
-        from featbit_shm.store.control import SyncState
-        from featbit_shm.store.names import StoreNames
-        from featbit_shm.store.reader import SnapshotReader
+        from featbit_shm._runtime.environment import env_float
+        from featbit_shm.shm.control import SyncState
+        from featbit_shm.shm.names import StoreNames
+        from featbit_shm.shm.reader import SnapshotReader
         from featbit_shm.sync import SyncSettings, spawn_sync_process
+        from featbit_shm.worker.host import warm_attach_path
 
         settings = SyncSettings.from_env()
         # Workers read the shared store, even offline with a bootstrap file.
@@ -76,13 +79,11 @@ def when_ready(server: Any) -> None:
         _sync = spawn_sync_process(settings, owner_pid=os.getpid())
         _log(server, "info", "featbit_shm: sync process %d started", _sync.pid)
         reader = SnapshotReader(StoreNames.for_env(settings.store_secret, settings.namespace), retry_interval=0.02)
-        deadline = time.monotonic() + float(os.environ.get("FEATBIT_START_WAIT", "5"))
+        deadline = time.monotonic() + (env_float("FEATBIT_START_WAIT") or 0.0)
         while time.monotonic() < deadline:
             view = reader.current()
             if view is not None and view.generation > 0:
                 _log(server, "info", "featbit_shm: snapshot generation %d ready", view.generation)
-                from featbit_shm.client import warm_attach_path
-
                 warm_attach_path(reader.names)  # workers fork with the attach code warmed
                 return
             if reader.state() is SyncState.OFF or _sync.poll() is not None:
@@ -117,7 +118,8 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A worker is gone (any cause). Nothing of it needs reclaiming yet."""
+    """A worker is gone (any cause). The sync process drains its event ring,
+    then reclaims it: nothing to do here."""
 
 
 def on_reload(server: Any) -> None:
@@ -129,22 +131,18 @@ def on_exit(server: Any) -> None:
     """Stop the sync process and remove the store's shared-memory objects."""
     global _sync
     try:
-        from featbit_shm.sync.launcher import stop_sync_process
+        from featbit_shm.shm.objects import unlink_object
+        from featbit_shm.sync import stop_sync_process
 
         if _sync is not None:
             stop_sync_process(_sync, timeout=10)
         _sync = None
-        from featbit_shm.store.names import StoreNames
+        from featbit_shm.shm.names import StoreNames
         from featbit_shm.sync import SyncSettings
 
         settings = SyncSettings.from_env()
         names = StoreNames.for_env(settings.store_secret, settings.namespace)
-        import posix_ipc
-
         for name in names.all_objects():
-            try:
-                posix_ipc.unlink_shared_memory(name)
-            except posix_ipc.ExistentialError:
-                pass
+            unlink_object(name)
     except Exception as exc:  # noqa: BLE001
         _log(server, "error", "featbit_shm: on_exit: %s", exc)

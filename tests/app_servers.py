@@ -95,7 +95,7 @@ class AppServer:
         return seen
 
     def store_objects(self) -> list[str]:
-        from featbit_shm.store.names import StoreNames
+        from featbit_shm.shm.names import StoreNames
 
         return StoreNames.for_env(self.server.secret, self.namespace).all_objects()
 

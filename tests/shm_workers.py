@@ -8,9 +8,9 @@ from typing import Any
 
 from featbit_shm._core.dataset import Changes, DataSet
 from featbit_shm._core.wire import normalize_flag
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader
-from featbit_shm.store.writer import SnapshotWriter
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader
+from featbit_shm.shm.writer import SnapshotWriter
 from featbit_shm.testing import builders as b
 
 MARKED_FLAGS = [f"m{i}" for i in range(10)]

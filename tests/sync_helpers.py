@@ -13,8 +13,8 @@ from typing import Any
 
 import posix_ipc
 
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader
 from featbit_shm.sync import SyncSettings, spawn_sync_process
 from featbit_shm.testing.server import FeatBitStandIn
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.wire import parse_data_sync
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.writer import SnapshotWriter
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.writer import SnapshotWriter
 from featbit_shm.testing import builders as b
 
 STATUS_KEYS = {"state", "generation", "data_version", "flags", "segments", "leader_pid", "heartbeat_age_s", "snapshot_bytes"}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from featbit_shm import Config, ConfigError, DataError, EvalDetail, FBClient, ReasonKind
-from featbit_shm.bootstrap import load_document
+from featbit_shm._core.document import load_document
 from featbit_shm.testing import builders as b
 
 from .conftest import offline_client
@@ -80,7 +80,7 @@ def test_r25_online_client_without_a_sync_process_is_not_ready() -> None:
 
     import posix_ipc
 
-    from featbit_shm.store.names import StoreNames
+    from featbit_shm.shm.names import StoreNames
 
     config = Config("secret-" + uuid.uuid4().hex, "http://localhost:5100", "ws://localhost:5100", namespace="t", start_sync=False)
     try:

@@ -6,7 +6,7 @@ from the same data-sync document), and the two values must be identical
 (same type, equal value).
 
 Where they differ, the difference must be explained by one of fbclient's
-documented bugs (``featbit-contract.md`` section 10, G-n) or by featbit_shm's
+documented bugs (``docs/PROTOCOL.md`` section 10, G-n) or by featbit_shm's
 documented regex cost bound (R-42). The explanation is computed from the
 data, independently of either SDK's evaluator: for this user, is there a
 condition whose outcome differs between the contract's semantics and

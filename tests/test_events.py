@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featbit_shm import Config, FBClient
-from featbit_shm._core.events import (
+from featbit_shm._core.records import (
     EvalEncoder,
     Outcome,
     RecordError,
@@ -30,10 +30,11 @@ from featbit_shm._core.events import (
     encode_metrics,
     to_payload,
 )
-from featbit_shm.events import ring as ring_module
-from featbit_shm.events.pump import EventPump
-from featbit_shm.events.recorder import EventRecorder
-from featbit_shm.events.ring import (
+from featbit_shm.shm import ring as ring_module
+from featbit_shm.shm.control import SIZE, ControlBlock
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.registry import Registry
+from featbit_shm.shm.ring import (
     HEADER,
     PAGE,
     RESERVE,
@@ -41,14 +42,12 @@ from featbit_shm.events.ring import (
     W_HEAD,
     W_MALFORMED,
     W_NOSPACE,
-    Registry,
     Ring,
-    ring_name,
 )
-from featbit_shm.store.control import SIZE, ControlBlock
-from featbit_shm.store.names import StoreNames
+from featbit_shm.sync.pump import EventPump
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
+from featbit_shm.worker.recorder import EventRecorder
 
 from .sync_helpers import SyncFixture, eventually, processes_of, sync_env
 
@@ -187,7 +186,7 @@ def test_released_pages_never_hold_unread_records(pages: int, reserve_pages: int
     # Any interleaving of appends, takes and commits, any ring and
     # reservation size: what comes out is exactly what went in, in order --
     # a page released too early would read back as zeros.
-    import featbit_shm.events.ring as ring_module
+    import featbit_shm.shm.ring as ring_module
 
     names = StoreNames.for_env("", f"ev-{uuid.uuid4().hex[:10]}")
     with pytest.MonkeyPatch.context() as mp:
@@ -220,7 +219,7 @@ def test_release_spares_consumed_pages_that_the_next_lap_already_rewrote(names: 
     # reservation that spans a whole lap, and a producer that re-read tail
     # when the ring looked full and wrote into the next lap before its next
     # reservation. Positions in KiB; records are 1 KiB framed.
-    import featbit_shm.events.ring as ring_module
+    import featbit_shm.shm.ring as ring_module
 
     monkeypatch.setattr(ring_module, "RESERVE", 4 * PAGE)
     ring = Registry(names).claim(4 * PAGE)  # 16 KiB
@@ -249,7 +248,7 @@ def test_release_spares_consumed_pages_that_the_next_lap_already_rewrote(names: 
 def test_full_dev_shm_drops_and_counts_events_instead_of_sigbus(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import featbit_shm.events.ring as ring_module
+    import featbit_shm.shm.ring as ring_module
 
     ring = Registry(names).claim(1024 * 1024)
     kept = 0
@@ -404,9 +403,9 @@ def test_malformed_records_are_skipped_counted_and_the_rest_delivered(names: Sto
 def test_dead_process_ring_is_drained_then_reclaimed(names: StoreNames) -> None:
     code = f"""
 import sys
-from featbit_shm.events import ring as ring_module
-from featbit_shm.events.recorder import EventRecorder
-from featbit_shm.store.names import StoreNames
+from featbit_shm.shm import ring as ring_module
+from featbit_shm.worker.recorder import EventRecorder
+from featbit_shm.shm.names import StoreNames
 r = EventRecorder(StoreNames({names.tag!r}), ring_bytes=1 << 20)
 for i in range(1000):
     r.record_eval({{"key": "k%d" % i}}, "f", "v", "val", False)
@@ -481,8 +480,8 @@ def test_registry_lock_excludes_other_processes_and_dies_with_its_holder(names: 
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from featbit_shm.events.ring import Registry\n"
-         "from featbit_shm.store.names import StoreNames\n"
+         "from featbit_shm.shm.registry import Registry\n"
+         "from featbit_shm.shm.names import StoreNames\n"
          f"r = Registry(StoreNames({names.tag!r}))\n"
          "with r._locked():\n    print('held', flush=True)\n    time.sleep(600)\n"],
         stdout=subprocess.PIPE,
@@ -506,9 +505,12 @@ def test_registry_lock_excludes_other_processes_and_dies_with_its_holder(names: 
 
 
 def test_warm_attach_path_leaves_nothing_behind(names: StoreNames) -> None:
-    from featbit_shm.client import warm_attach_path
+    from featbit_shm.worker.host import warm_attach_path
 
     warm_attach_path(names)  # no store at all: a no-op, no exception
+    # Every object kind of the store (control, registry, snapshots, rings):
+    # the registry's `.reg` once went unseen here.
+    assert names.all_objects() == []
     registry = Registry(names)
     assert registry.slots() == [] and registry.live_processes(lambda pid: True) == 0
     assert names.existing("r") == []
@@ -517,7 +519,7 @@ def test_warm_attach_path_leaves_nothing_behind(names: StoreNames) -> None:
 def test_registration_survives_a_ring_that_cannot_be_had(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import featbit_shm.events.ring as ring_module
+    import featbit_shm.shm.ring as ring_module
 
     def no_space(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -640,7 +642,7 @@ def test_c_fast_path_writes_exactly_what_the_python_path_writes(pages: int, ops:
     clock = iter(range(1_700_000_000_000_000_000, 1_800_000_000_000_000_000, 1_000_003))
     sides = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("featbit_shm.events.recorder._time_ns", lambda: ts[0])
+        mp.setattr("featbit_shm.worker.recorder._time_ns", lambda: ts[0])
         ts = [0]
         for pure in (False, True):
             names = StoreNames.for_env("", f"ev-{uuid.uuid4().hex[:10]}")
@@ -688,7 +690,7 @@ def test_pure_python_recorder_delivers_the_same_payloads(names: StoreNames, monk
 def test_recorded_bytes_equal_encode_eval(names: StoreNames, monkeypatch: pytest.MonkeyPatch) -> None:
     # The recorder inlines EvalEncoder.eval (and, with the C fast path,
     # frames in C): what lands in the ring is encode_eval's record.
-    monkeypatch.setattr("featbit_shm.events.recorder._time_ns", lambda: 1_700_000_000_123_456_789)
+    monkeypatch.setattr("featbit_shm.worker.recorder._time_ns", lambda: 1_700_000_000_123_456_789)
     recorder = EventRecorder(names, ring_bytes=1 << 18)
     consumer = None
     for user in ({"key": "u"}, {"key": "u", "n": 1.5}, {"key": "w" * 70000}):
@@ -754,7 +756,7 @@ def test_worker_sigkilled_after_1000_events_loses_none(server: FeatBitStandIn) -
         env.spawn()
         worker = start_worker(env, "killed", 1000, mode="hold")
         assert worker.stdout is not None and worker.stdout.readline().strip() == "recorded"
-        owned = {ring_name(env.names, ring_id) for _slot, pid, ring_id, *_rest in Registry(env.names).slots() if pid == worker.pid}
+        owned = {env.names.ring(ring_id) for _slot, pid, ring_id, *_rest in Registry(env.names).slots() if pid == worker.pid}
         assert len(owned) == 1
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
@@ -877,7 +879,7 @@ def test_no_events_offline_or_when_disabled(server: FeatBitStandIn) -> None:
     [((9, 1), {"key": "u"}), ((1, 1, "f", "v", "x", True), {"name": "no key"}), ((1, True, "f", "v", "x", True), {"key": "u"}), ((2, 1, [["m", "NaN-string"]]), {"key": "u"})],
 )
 def test_semantically_malformed_records_are_record_errors(head: tuple, user: dict) -> None:  # type: ignore[type-arg]
-    from featbit_shm._core.events import frame
+    from featbit_shm._core.records import frame
 
     with pytest.raises(RecordError):
         to_payload(frame(PACKER, head, user))

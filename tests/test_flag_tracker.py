@@ -24,8 +24,8 @@ from featbit_shm._core.changes import ChangeSet, changed_keys, diff_datasets, se
 from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.snapshot import SnapshotBuilder, SnapshotImage, root_crc
 from featbit_shm._core.wire import normalize_flag, parse_data_sync
+from featbit_shm._runtime.notices import warn_limited
 from featbit_shm.flag_change_notification import FlagChangedListener, FlagChangedNotice
-from featbit_shm.forksafety import warn_limited
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 

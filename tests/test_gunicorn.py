@@ -79,9 +79,9 @@ def test_sighup_keeps_one_websocket_and_workers_serve(server: FeatBitStandIn) ->
 
 
 def test_sync_process_sigkill_new_leader_and_no_failed_request(server: FeatBitStandIn) -> None:
-    from featbit_shm.store.control import SyncState
-    from featbit_shm.store.names import StoreNames
-    from featbit_shm.store.reader import SnapshotReader
+    from featbit_shm.shm.control import SyncState
+    from featbit_shm.shm.names import StoreNames
+    from featbit_shm.shm.reader import SnapshotReader
 
     g = Gunicorn(server)
     try:

@@ -21,10 +21,10 @@ import pytest
 
 from featbit_shm import Config, FBClient, SharedMemoryError
 from featbit_shm._core.dataset import Changes, DataSet
-from featbit_shm.store.control import W_FLAGS, W_SEGMENTS, W_SEQ, ControlBlock, SyncState
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader, map_readonly
-from featbit_shm.store.writer import SnapshotWriter
+from featbit_shm.shm.control import W_FLAGS, W_SEGMENTS, W_SEQ, ControlBlock, SyncState
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader, map_readonly
+from featbit_shm.shm.writer import SnapshotWriter
 from featbit_shm.testing import builders as b
 
 from . import shm_workers
@@ -353,7 +353,7 @@ def test_status_fields_in_control_block(names: StoreNames) -> None:
 
 
 def test_restarted_writer_resumes_from_published_snapshot(names: StoreNames) -> None:
-    from featbit_shm.store.writer import open_image
+    from featbit_shm.shm.writer import open_image
 
     first = SnapshotWriter(names)
     gen = first.publish(dataset(b.flag("a", updated_at=5), b.flag("t", archived=True, updated_at=9)))

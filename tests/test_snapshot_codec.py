@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.snapshot import SnapshotBuilder, SnapshotError, SnapshotImage, root_crc
 from featbit_shm._core.wire import parse_data_sync
-from featbit_shm.store.control import SIZE, ControlBlock, SyncState
+from featbit_shm.shm.control import SIZE, ControlBlock, SyncState
 from featbit_shm.testing import builders as b
 
 keys = st.text(alphabet="abcdefgh-._0123456789é", min_size=1, max_size=12)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from featbit_shm import Config, FBClient, ReasonKind
-from featbit_shm.store.control import SyncState
+from featbit_shm.shm.control import SyncState
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
@@ -163,7 +163,7 @@ def test_close_4003_stops_state_off_and_waiters_woken(env: SyncFixture) -> None:
 def test_rejected_client_is_not_initialized_and_start_wait_returns_early(server: FeatBitStandIn) -> None:
     """G-1: a client whose sync is rejected is never 'initialized'."""
     with sync_env(server) as env:
-        from featbit_shm.store.names import StoreNames
+        from featbit_shm.shm.names import StoreNames
 
         env.names = StoreNames.for_env("X" * 44, env.namespace)  # the store this client uses
         env.spawn(env_secret="X" * 44)  # an unknown secret: 4003 at once
@@ -257,8 +257,8 @@ def test_offline_file_source_publishes_and_republishes(tmp_path, server: FeatBit
     path = tmp_path / "flags.json"
     path.write_text(json.dumps(b.data_sync([flag("f", "v1", T0)])))
     with sync_env(server) as env:
-        from featbit_shm.store.names import StoreNames
-        from featbit_shm.store.reader import SnapshotReader
+        from featbit_shm.shm.names import StoreNames
+        from featbit_shm.shm.reader import SnapshotReader
 
         env.names = StoreNames.for_env("", env.namespace)
         env.spawn(offline=True, bootstrap_file=str(path))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import featbit_shm.uwsgi_mule
+import featbit_shm.integrations.uwsgi_mule
 from featbit_shm.testing.server import FeatBitStandIn
 
 from .app_servers import ROOT, WORKERS, AppServer, banner_off, free_port, new_namespace, server
@@ -32,7 +32,7 @@ class UWSGIServer(AppServer):
         self.namespace = new_namespace("uwsgi")
         command = [
             UWSGI, "--master", "--processes", str(WORKERS), "--http-socket", f"127.0.0.1:{self.port}",
-            f"--mule={featbit_shm.uwsgi_mule.__file__}", "--wsgi-file", str(ROOT / "examples" / "demo_app.py"),
+            f"--mule={featbit_shm.integrations.uwsgi_mule.__file__}", "--wsgi-file", str(ROOT / "examples" / "demo_app.py"),
             "--callable", "app", "--die-on-term", "--disable-logging", "--virtualenv", sys.prefix,
         ]  # fmt: skip
         super().__init__(server, command, {"FEATBIT_SHM_AUTOSTART": "0"})

@@ -1,6 +1,6 @@
 """Flag evaluation: a pure function of (flag, user, segment lookup) (R-36..R-56).
 
-``evaluate`` returns a :data:`Decision` tuple and never logs, records events,
+``evaluate`` returns a :class:`Decision` and never logs, records events,
 reads a clock or touches configuration; the client turns decisions into
 values, details and events. Malformed data inside the flag (a dangling
 variation id, a rule with no matching rollout, an invalid operand, a missing
@@ -13,7 +13,7 @@ only events need it, so the decision carries what is needed to compute it and
 
 from __future__ import annotations
 
-from typing import Union
+from typing import NamedTuple, Union
 
 from .model import ALWAYS, RANGE, Flag, Rollout, Variation
 from .operators import MalformedFlag, SegmentOf
@@ -23,8 +23,19 @@ from .user import User
 
 # True/False, or (dispatch_input, upper) still to be hashed (R-55).
 ExperimentSpec = Union[bool, tuple[str, float]]
-# (kind, variation or None, reason text, rule name or "", experiment spec)
-Decision = tuple[ReasonKind, Union[Variation, None], str, str, ExperimentSpec]
+
+
+class Decision(NamedTuple):
+    """The outcome of one evaluation."""
+
+    kind: ReasonKind
+    variation: Variation | None  # None: kind Error, the caller's default is served
+    reason: str  # the reason text (fbclient's where it has one, R-87)
+    rule: str  # the matching rule's name, or ""
+    experiment: ExperimentSpec  # sendToExperiment, or what to hash for it (send_to_experiment)
+
+
+_decision = tuple.__new__  # builds a Decision without NamedTuple's keyword-parsing __new__ (hot path)
 
 OFF = ReasonKind.OFF
 TARGET_MATCH = ReasonKind.TARGET_MATCH
@@ -34,7 +45,7 @@ ERROR = ReasonKind.ERROR
 
 
 def _malformed(message: str) -> Decision:
-    return (ERROR, None, f"malformed flag: {message}", "", False)
+    return _decision(Decision, (ERROR, None, f"malformed flag: {message}", "", False))
 
 
 def _select(flag: Flag, rollout: Rollout, user: User) -> tuple[Variation, ExperimentSpec] | None:
@@ -67,24 +78,24 @@ def evaluate(flag: Flag, user: User, segment_of: SegmentOf) -> Decision:
         if not flag.enabled:
             if flag.off is None:
                 return _malformed("disabledVariationId does not exist")
-            return (OFF, flag.off, REASON_OFF, "", False)
+            return _decision(Decision, (OFF, flag.off, REASON_OFF, "", False))
         targets = flag.targets
         if targets and user.key in targets:
             var = targets[user.key]
             if var is None:
                 return _malformed("target names a variation that does not exist")
-            return (TARGET_MATCH, var, REASON_TARGET, "", flag.expt_all)
+            return _decision(Decision, (TARGET_MATCH, var, REASON_TARGET, "", flag.expt_all))
         for rule in flag.rules:
             if rule.match(user, segment_of):
                 picked = _select(flag, rule.rollout, user)
                 if picked is None:
                     # R-37: never fall through to later rules or the fallthrough.
                     return _malformed(f"rule {rule.name!r} has no rollout for this user")
-                return (RULE_MATCH, picked[0], REASON_RULE, rule.name, picked[1])
+                return _decision(Decision, (RULE_MATCH, picked[0], REASON_RULE, rule.name, picked[1]))
         picked = _select(flag, flag.fallthrough, user)
         if picked is None:
             return _malformed("fallthrough has no rollout for this user")
-        return (FALLTHROUGH, picked[0], REASON_FALLTHROUGH, "", picked[1])
+        return _decision(Decision, (FALLTHROUGH, picked[0], REASON_FALLTHROUGH, "", picked[1]))
     except MalformedFlag as exc:
         return _malformed(str(exc))
 

@@ -7,7 +7,7 @@ msgpack-friendly structure of lists, strings, numbers and booleans
 from that form, in the sync process and in every worker alike, without ever
 parsing JSON or dates again.
 
-Rules kept here (numbers refer to ``featbit-contract.md``):
+Rules kept here (numbers refer to ``docs/PROTOCOL.md``):
 
 * ``updatedAt`` becomes signed int64 Unix milliseconds, **truncated** (R-27;
   the official SDK rounds, G-11). An integer is taken as milliseconds.

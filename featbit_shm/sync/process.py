@@ -41,20 +41,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-
-import filelock
 
 from .._core.dataset import Changes, DataSet
+from .._core.protocol import Backoff
 from .._core.wire import DataSyncMessage
-from ..events.pump import EventPump, HttpSender
-from ..events.ring import Registry
-from ..liveness import pid_alive
-from ..store.control import ControlBlock, SyncState
-from ..store.names import StoreNames
-from ..store.reader import map_readonly
-from ..store.writer import SnapshotWriter, open_image, publish_delay_from_env
+from .._runtime.environment import env_str
+from .._runtime.processes import pid_alive
+from ..shm.control import ControlBlock, SyncState
+from ..shm.names import StoreNames
+from ..shm.objects import map_readonly
+from ..shm.registry import Registry
+from ..shm.writer import SnapshotWriter, open_image, publish_delay_from_env
+from .election import Election
 from .launcher import spawn_sync_process, stop_sync_process
+from .pump import EventPump, HttpSender
 from .settings import SyncSettings
 from .sources import FileSource, StreamSource
 
@@ -65,44 +65,6 @@ EXIT_NOT_NEEDED = 0  # a leader and a standby already run: nothing to do
 EXIT_REJECTED = 3  # FeatBit closed with 4003
 STANDBY_CHECK_S = 1.0  # how often a leader checks that its standby still runs
 STANDBY_BACKOFF_MAX_S = 30.0  # a standby that keeps dying young is restarted at most this often
-
-
-class Election:
-    """The leader and standby lock files of one store."""
-
-    def __init__(self, names: StoreNames) -> None:
-        path = names.lock_path
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        self.leader = filelock.FileLock(path, thread_local=False)
-        self.standby = filelock.FileLock(path + ".standby", thread_local=False)
-
-    def try_lead(self) -> bool:
-        try:
-            self.leader.acquire(timeout=0)
-            return True
-        except filelock.Timeout:
-            return False
-
-    def try_standby(self) -> bool:
-        try:
-            self.standby.acquire(timeout=0)
-            return True
-        except filelock.Timeout:
-            return False
-
-    def wait_to_lead(self, stop: threading.Event, tick: Callable[[], None]) -> bool:
-        while not stop.is_set():
-            try:
-                self.leader.acquire(timeout=0.05)
-                return True
-            except filelock.Timeout:
-                tick()
-        return False
-
-    def release(self) -> None:
-        for lock in (self.standby, self.leader):
-            if lock.is_locked:
-                lock.release(force=True)
 
 
 class SyncProcess:
@@ -209,7 +171,10 @@ class SyncProcess:
         if s.offline:
             assert s.bootstrap_file
             return FileSource(s.bootstrap_file)
-        return StreamSource(s.env_secret, s.streaming_url, lambda: self.dataset.version, on_open=self._on_open)
+        return StreamSource(
+            s.env_secret, s.streaming_url, lambda: self.dataset.version,
+            backoff=Backoff(first=s.streaming_first_retry_delay), on_open=self._on_open,
+        )
 
     def _on_open(self) -> None:
         """Count reconnects for ``featbit-shm status``: every websocket this
@@ -303,6 +268,8 @@ class SyncProcess:
             HttpSender(s.event_url, s.env_secret),
             self.writer.control,
             flush_interval=s.events_flush_interval,
+            attempts=s.events_max_retries + 1,
+            retry_delay=s.events_retry_interval,
             mode=s.mode,
         )
         self._pump_thread = threading.Thread(target=self._pump.run, args=(self._pump_stop,), name="featbit-events", daemon=True)
@@ -357,7 +324,7 @@ class SyncProcess:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m featbit_shm.sync`` / ``featbit-shm sync``: configured from FEATBIT_*."""
-    logging.basicConfig(level=os.environ.get("FEATBIT_LOG_LEVEL", "INFO"), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=env_str("FEATBIT_LOG_LEVEL").upper(), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     try:
         settings = SyncSettings.from_env()
     except Exception as exc:  # noqa: BLE001 - a config error is a clear message, not a traceback

@@ -1,35 +1,31 @@
-"""How a sync process is configured: FEATBIT_* environment variables.
+"""How a sync process is configured: the FEATBIT_* variables it is started with.
 
-The secret travels in the environment (or a pipe), never in argv (R-77):
-``ps`` shows argv to every user of the host.
-
-=========================  ===============================================
-``FEATBIT_ENV_SECRET``     the environment's server secret (online)
-``FEATBIT_STREAMING_URL``  websocket base, e.g. ``wss://featbit.example.com``
-``FEATBIT_EVENT_URL``      HTTP base for events, e.g. ``https://featbit.example.com``
-``FEATBIT_OFFLINE``        ``1``/``true``: no network; serve a bootstrap file
-``FEATBIT_BOOTSTRAP_FILE`` the data-sync JSON file served offline (watched)
-``FEATBIT_NAMESPACE``      separates several stores of one environment (``default``)
-``FEATBIT_SHM_OWNER_PID``  exit when this process is gone (set by launchers)
-``FEATBIT_SHM_MODE``       octal mode of shared-memory objects (``600``)
-``FEATBIT_SHM_STANDBY``    ``0``: start no standby candidate (default ``1``)
-``FEATBIT_DISABLE_EVENTS`` ``1``: keep syncing, send no analytics events (R-74)
-``FEATBIT_EVENTS_FLUSH_INTERVAL`` seconds between event posts (default 1)
-``FEATBIT_SHM_IDLE_TIMEOUT`` exit after this many seconds with no live client (set for sync
-                           processes that clients start; unset: run until stopped)
-=========================  ===============================================
+The secret travels in the environment, never in argv (R-77): ``ps`` shows
+argv to every user of the host. Every variable is parsed by
+:mod:`featbit_shm._runtime.environment` (the one table, in
+docs/CONFIGURATION.md); a launcher builds the child's variables with
+:meth:`SyncSettings.to_env`, and a client turns its ``Config`` into the same
+variables (``Config.to_env``), so the app and its sync process share one
+configuration plane.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..config import Config
-from ..errors import ConfigError
-
-TRUE = ("1", "true", "yes", "on")
+from .._core.errors import ConfigError
+from .._core.settings import EVENT_SCHEMES, STREAMING_SCHEMES, check_namespace, check_secret, check_url
+from .._runtime.environment import (
+    env_bool,
+    env_float,
+    env_int,
+    env_mode,
+    env_str,
+    format_bool,
+    format_mode,
+    format_number,
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +42,10 @@ class SyncSettings:
     standby: bool = True  # keep a standby candidate ready to take over
     disable_events: bool = False
     events_flush_interval: float = 1.0
+    events_retry_interval: float = 0.2
+    events_max_retries: int = 1
+    streaming_first_retry_delay: float = 1.0
     idle_timeout: float | None = None  # exit after this long with no live client
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never show the secret (R-77)
         return (
@@ -57,55 +55,39 @@ class SyncSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SyncSettings:
-        env = os.environ if env is None else env
-        offline = env.get("FEATBIT_OFFLINE", "").strip().lower() in TRUE
-        owner = env.get("FEATBIT_SHM_OWNER_PID", "").strip()
-        mode = env.get("FEATBIT_SHM_MODE", "").strip()
+        """Settings from the variables (the process environment by default);
+        a bad value is a ConfigError naming its variable."""
         settings = cls(
-            env_secret=env.get("FEATBIT_ENV_SECRET", "").strip(),
-            streaming_url=env.get("FEATBIT_STREAMING_URL", "").strip(),
-            event_url=env.get("FEATBIT_EVENT_URL", "").strip(),
-            offline=offline,
-            bootstrap_file=env.get("FEATBIT_BOOTSTRAP_FILE", "").strip() or None,
-            namespace=env.get("FEATBIT_NAMESPACE", "").strip() or "default",
-            owner_pid=int(owner) if owner.isdigit() else None,
-            mode=int(mode, 8) if mode else 0o600,
-            standby=env.get("FEATBIT_SHM_STANDBY", "1").strip().lower() in TRUE,
-            disable_events=env.get("FEATBIT_DISABLE_EVENTS", "").strip().lower() in TRUE,
-            events_flush_interval=float(env.get("FEATBIT_EVENTS_FLUSH_INTERVAL", "") or 1.0),
-            idle_timeout=float(env["FEATBIT_SHM_IDLE_TIMEOUT"]) if env.get("FEATBIT_SHM_IDLE_TIMEOUT", "").strip() else None,
+            env_secret=env_str("FEATBIT_ENV_SECRET", env),
+            streaming_url=env_str("FEATBIT_STREAMING_URL", env),
+            event_url=env_str("FEATBIT_EVENT_URL", env),
+            offline=env_bool("FEATBIT_OFFLINE", env),
+            bootstrap_file=env_str("FEATBIT_BOOTSTRAP_FILE", env) or None,
+            namespace=env_str("FEATBIT_NAMESPACE", env),
+            owner_pid=env_int("FEATBIT_SHM_OWNER_PID", env) or None,
+            mode=env_mode("FEATBIT_SHM_MODE", env),
+            standby=env_bool("FEATBIT_SHM_STANDBY", env),
+            disable_events=env_bool("FEATBIT_DISABLE_EVENTS", env),
+            events_flush_interval=env_float("FEATBIT_EVENTS_FLUSH_INTERVAL", env) or 1.0,
+            events_retry_interval=env_float("FEATBIT_EVENTS_RETRY_INTERVAL", env) or 0.2,
+            events_max_retries=env_int("FEATBIT_EVENTS_MAX_RETRIES", env) or 0,
+            streaming_first_retry_delay=env_float("FEATBIT_STREAMING_FIRST_RETRY_DELAY", env) or 1.0,
+            idle_timeout=env_float("FEATBIT_SHM_IDLE_TIMEOUT", env),
         )
         settings.validate()
         return settings
 
-    @classmethod
-    def from_config(cls, config: Config, owner_pid: int | None = None) -> SyncSettings:
-        return cls(
-            env_secret=config.env_secret,
-            streaming_url=config.streaming_url,
-            event_url=config.event_url,
-            offline=config.offline,
-            bootstrap_file=config.bootstrap_file,
-            namespace=config.namespace,
-            owner_pid=owner_pid,
-            disable_events=config.disable_events,
-            events_flush_interval=config.events_flush_interval,
-        )
-
     def validate(self) -> None:
+        """The rules a client's ``Config`` follows, named by variable."""
         if self.offline:
             if not self.bootstrap_file:
                 raise ConfigError("FEATBIT_OFFLINE needs FEATBIT_BOOTSTRAP_FILE: there is nothing else to serve")
             return
-        # Config validates secret and URLs the same way clients do; say which
-        # variable is wrong, since that is what an operator sets.
-        try:
-            Config(self.env_secret, self.event_url or "http://unset.invalid", self.streaming_url, namespace=self.namespace)
-        except ConfigError as exc:
-            text = str(exc)
-            for param, var in (("env_secret", "FEATBIT_ENV_SECRET"), ("streaming_url", "FEATBIT_STREAMING_URL"), ("event_url", "FEATBIT_EVENT_URL"), ("namespace", "FEATBIT_NAMESPACE")):
-                text = text.replace(param, var)
-            raise ConfigError(text) from None
+        check_secret("FEATBIT_ENV_SECRET", self.env_secret)
+        check_url("FEATBIT_STREAMING_URL", self.streaming_url, STREAMING_SCHEMES)
+        if self.event_url:
+            check_url("FEATBIT_EVENT_URL", self.event_url, EVENT_SCHEMES)
+        check_namespace("FEATBIT_NAMESPACE", self.namespace)
 
     def to_env(self) -> dict[str, str]:
         """The variables a child sync process needs (merge into os.environ)."""
@@ -113,17 +95,19 @@ class SyncSettings:
             "FEATBIT_ENV_SECRET": self.env_secret,
             "FEATBIT_STREAMING_URL": self.streaming_url,
             "FEATBIT_EVENT_URL": self.event_url,
-            "FEATBIT_OFFLINE": "1" if self.offline else "0",
+            "FEATBIT_OFFLINE": format_bool(self.offline),
             "FEATBIT_BOOTSTRAP_FILE": self.bootstrap_file or "",
             "FEATBIT_NAMESPACE": self.namespace,
-            "FEATBIT_SHM_MODE": f"{self.mode:o}",
-            "FEATBIT_SHM_STANDBY": "1" if self.standby else "0",
-            "FEATBIT_DISABLE_EVENTS": "1" if self.disable_events else "0",
-            "FEATBIT_EVENTS_FLUSH_INTERVAL": str(self.events_flush_interval),
-            "FEATBIT_SHM_IDLE_TIMEOUT": "" if self.idle_timeout is None else str(self.idle_timeout),
+            "FEATBIT_SHM_MODE": format_mode(self.mode),
+            "FEATBIT_SHM_STANDBY": format_bool(self.standby),
+            "FEATBIT_DISABLE_EVENTS": format_bool(self.disable_events),
+            "FEATBIT_EVENTS_FLUSH_INTERVAL": format_number(self.events_flush_interval),
+            "FEATBIT_EVENTS_RETRY_INTERVAL": format_number(self.events_retry_interval),
+            "FEATBIT_EVENTS_MAX_RETRIES": format_number(self.events_max_retries),
+            "FEATBIT_STREAMING_FIRST_RETRY_DELAY": format_number(self.streaming_first_retry_delay),
+            "FEATBIT_SHM_IDLE_TIMEOUT": format_number(self.idle_timeout),
+            "FEATBIT_SHM_OWNER_PID": format_number(self.owner_pid),
         }
-        if self.owner_pid:
-            env["FEATBIT_SHM_OWNER_PID"] = str(self.owner_pid)
         return env
 
     @property

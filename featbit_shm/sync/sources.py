@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import websocket
 
+from .._core.document import load_document
+from .._core.errors import DataError
 from .._core.protocol import (
     CONNECT_TIMEOUT_S,
     PING_FRAME,
@@ -38,9 +40,8 @@ from .._core.protocol import (
     streaming_url,
 )
 from .._core.wire import DataSyncMessage
-from ..bootstrap import load_document, read_bootstrap_file
-from ..errors import DataError
-from ..store.control import SyncState
+from .._runtime.files import read_bootstrap_file
+from ..shm.control import SyncState
 
 log = logging.getLogger("featbit_shm.sync")
 

@@ -49,9 +49,9 @@ from typing import Any
 import posix_ipc
 
 from featbit_shm import Config, FBClient
-from featbit_shm.store.control import ControlBlock, SyncState
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import map_readonly
+from featbit_shm.shm.control import ControlBlock, SyncState
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import map_readonly
 from featbit_shm.testing.server import FeatBitStandIn
 
 from ..app_servers import free_port, new_namespace

@@ -16,9 +16,9 @@ import websocket
 
 from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.protocol import build_token, streaming_url
-from featbit_shm.store.names import StoreNames
-from featbit_shm.store.reader import SnapshotReader
-from featbit_shm.store.writer import FAULT_PUBLISH_DELAY_ENV, SnapshotWriter, publish_delay_from_env
+from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.reader import SnapshotReader
+from featbit_shm.shm.writer import FAULT_PUBLISH_DELAY_ENV, SnapshotWriter, publish_delay_from_env
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 

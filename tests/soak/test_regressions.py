@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from featbit_shm.store.control import SyncState
+from featbit_shm.shm.control import SyncState
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 

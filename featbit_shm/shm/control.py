@@ -41,7 +41,10 @@ from __future__ import annotations
 import enum
 import mmap
 import struct
+from collections.abc import Callable
 from typing import Final
+
+from .._runtime.processes import pid_alive
 
 MAGIC: Final = b"FBSHMCTL"
 LAYOUT: Final = 1
@@ -82,6 +85,12 @@ COUNTERS: Final = {
     "publishes": W_PUBLISHES,
     "publish_errors": W_PUBLISH_ERRORS,
 }
+
+
+#: A heartbeat older than this means the sync process is dead or hung: the
+#: one liveness rule (:meth:`ControlBlock.leader_alive`). The leader beats
+#: every 0.5 s; three seconds leaves room for a slow publish on a loaded host.
+STALE_AFTER_S: Final = 3.0
 
 
 class SyncState(enum.IntEnum):
@@ -187,6 +196,18 @@ class ControlBlock:
     @property
     def leader_pid(self) -> int:
         return int(self.i[W_PID])
+
+    def heartbeat_age(self, now: float) -> float:
+        """Seconds since the leader's last heartbeat (infinite before the first)."""
+        beat = self.heartbeat
+        return now - beat if beat else float("inf")
+
+    def leader_alive(self, now: float, alive: Callable[[int], bool] = pid_alive) -> bool:
+        """The one rule for "a sync process is serving this store": its pid
+        runs, it did not stop (state OFF), and its heartbeat is at most
+        :data:`STALE_AFTER_S` old. Workers, the status provider and
+        ``featbit-shm status`` all judge a store by this."""
+        return self.heartbeat_age(now) <= STALE_AFTER_S and self.state is not SyncState.OFF and alive(self.leader_pid)
 
     def counter(self, name: str) -> int:
         return int(self.q[COUNTERS[name]])

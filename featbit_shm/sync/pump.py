@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import posix_ipc
-
-from .._core.events import (
+from .._core.protocol import USER_AGENT, insight_url
+from .._core.records import (
     ATTEMPTS,
     MAX_BATCH,
     RETRY_DELAY_S,
@@ -45,10 +43,9 @@ from .._core.events import (
     classify,
     join_json,
 )
-from .._core.protocol import USER_AGENT, insight_url
-from ..config import DEFAULT_EVENT_RING_BYTES
-from ..liveness import pid_alive
-from ..store.control import (
+from .._runtime.environment import DEFAULT_EVENT_RING_BYTES, env_int
+from .._runtime.processes import pid_alive
+from ..shm.control import (
     W_DELIVERY_STOPPED,
     W_EVENTS_DROPPED,
     W_EVENTS_FAILED,
@@ -56,8 +53,10 @@ from ..store.control import (
     W_EVENTS_SENT,
     ControlBlock,
 )
-from ..store.names import StoreNames
-from .ring import W_DROPPED, W_FLUSH_DONE, W_FLUSH_REQ, W_MALFORMED, Registry, Ring, ring_name
+from ..shm.names import StoreNames
+from ..shm.objects import unlink_object
+from ..shm.registry import Registry
+from ..shm.ring import W_DROPPED, W_FLUSH_DONE, W_FLUSH_REQ, W_MALFORMED, Ring
 
 log = logging.getLogger("featbit_shm.events")
 
@@ -120,6 +119,8 @@ class EventPump:
         control: ControlBlock | None = None,
         *,
         flush_interval: float = 1.0,
+        attempts: int = ATTEMPTS,
+        retry_delay: float = RETRY_DELAY_S,
         max_buffer: int = 10_000,
         mode: int = 0o600,
         clock: Callable[[], float] = time.monotonic,
@@ -131,13 +132,15 @@ class EventPump:
         self.names = names
         # Spare rings are made at the size workers ask for: the same variable
         # configures both (Config.from_env reads it in the workers).
-        self._ring_bytes = ring_bytes or int(os.environ.get("FEATBIT_SHM_RING_BYTES") or DEFAULT_EVENT_RING_BYTES)
+        self._ring_bytes = ring_bytes or env_int("FEATBIT_SHM_RING_BYTES") or DEFAULT_EVENT_RING_BYTES
         self._max_spares = spare_rings
         self._spares_checked = -1e9
         self.registry = Registry(names, mode)
         self._post = post
         self._control = control
         self._flush_interval = flush_interval
+        self._attempts = max(1, attempts)  # Config.events_max_retries + 1
+        self._retry_delay = retry_delay  # Config.events_retry_interval
         self._max_buffer = max_buffer
         self._clock = clock
         self._sleep = sleep
@@ -234,7 +237,7 @@ class EventPump:
         ring = self._rings.get(ring_id)
         if ring is None:
             try:
-                ring = self._rings[ring_id] = Ring.open(ring_name(self.names, ring_id))
+                ring = self._rings[ring_id] = Ring.open(self.names.ring(ring_id))
             except Exception as exc:  # noqa: BLE001 - a vanished or damaged ring
                 log.warning("featbit_shm: cannot open event ring %d: %s", ring_id, exc)
                 return None
@@ -245,10 +248,7 @@ class EventPump:
         if ring is not None:
             self._dropped_reclaimed += int(ring.words[W_DROPPED])
             ring.close()
-        try:
-            posix_ipc.unlink_shared_memory(ring_name(self.names, ring_id))
-        except posix_ipc.ExistentialError:
-            pass
+        unlink_object(self.names.ring(ring_id))
         self.registry.release(slot, ring_id)
 
     def _send(self, *, all_of_it: bool) -> None:
@@ -263,12 +263,12 @@ class EventPump:
             else:
                 body = join_json(payloads)
                 outcome = Outcome.RETRY
-                for attempt in range(ATTEMPTS):
+                for attempt in range(self._attempts):
                     outcome = classify(self._post(body))
                     if outcome is not Outcome.RETRY:
                         break
-                    if attempt + 1 < ATTEMPTS:
-                        self._sleep(RETRY_DELAY_S)
+                    if attempt + 1 < self._attempts:
+                        self._sleep(self._retry_delay)
                 if outcome is Outcome.SUCCESS:
                     self.sent += len(payloads)
                 elif outcome is Outcome.TERMINAL:

@@ -1,6 +1,7 @@
 """Load data-sync documents from JSON text or a bootstrap file (R-72, R-73).
 
-A bootstrap file is exactly what FeatBit's data-sync endpoint returns::
+Reading the file is :func:`featbit_shm._runtime.files.read_bootstrap_file`
+(this module is pure). A bootstrap file is exactly what FeatBit's data-sync endpoint returns::
 
     curl -H "Authorization: <secret>" <eval-server>/api/public/sdk/server/latest-all > flags.json
 
@@ -12,12 +13,11 @@ and listed in :attr:`LoadResult.skipped` while their siblings load (R-15).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
-from ._core.dataset import DataSet
-from ._core.wire import DataSyncMessage, Skipped, WireError, parse_envelope
+from .dataset import DataSet
 from .errors import DataError
+from .wire import DataSyncMessage, Skipped, WireError, parse_envelope
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,3 @@ def load_document(text: str | bytes, *, require_full: bool = True, origin: str =
     # R-73: loading always replaces the store, even when eventType is patch.
     dataset, _changes = DataSet().apply(DataSyncMessage("full", message.flags, message.segments))
     return LoadResult(dataset, message.skipped)
-
-
-def read_bootstrap_file(path: str | os.PathLike[str]) -> bytes:
-    """The file's bytes, or a DataError that names the file and the reason."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise DataError(f"cannot read bootstrap file {os.fspath(path)!r}: {exc.strerror or exc}") from None

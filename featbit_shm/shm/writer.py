@@ -1,6 +1,6 @@
 """The one writer of a store: publishes snapshot generations and the sync status.
 
-See the package docstring (:mod:`featbit_shm.store`) for the protocol.
+See the package docstring (:mod:`featbit_shm.shm`) for the protocol.
 
 Fault injection (tests only): ``FEATBIT_SHM_FAULT_PUBLISH_DELAY`` makes every
 publish stall between writing a generation's objects and flipping the control
@@ -14,7 +14,6 @@ function. Never set it in production.
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import mmap
 import os
@@ -24,31 +23,24 @@ from collections.abc import Callable, Mapping
 import posix_ipc
 
 from .._core.dataset import Changes, DataSet
+from .._core.errors import SharedMemoryError
 from .._core.snapshot import SnapshotBuilder, SnapshotError, SnapshotImage, active_counts, root_crc
-from ..errors import SharedMemoryError
+from .._runtime.environment import env_str
 from .control import SIZE, W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, W_STATE_SINCE, ControlBlock, SyncState
-from .names import SHM_DIR, StoreNames
+from .names import StoreNames
+from .objects import Fallocate, create_object, map_readonly, unlink_object
 
-log = logging.getLogger("featbit_shm.store")
+log = logging.getLogger("featbit_shm.shm")
 
-Fallocate = Callable[[int, int, int], None]
 FAULT_PUBLISH_DELAY_ENV = "FEATBIT_SHM_FAULT_PUBLISH_DELAY"
 # Fault the new object's pages in while mapping (Linux): cheaper than one fault per page.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def _free_bytes() -> int:
-    try:
-        st = os.statvfs(SHM_DIR)
-    except OSError:
-        return -1
-    return st.f_bavail * st.f_frsize
-
-
 def publish_delay_from_env(env: Mapping[str, str] | None = None) -> Callable[[], float] | None:
     """The fault-injection delay of :envvar:`FEATBIT_SHM_FAULT_PUBLISH_DELAY`
     (see the module docstring), or None when it is unset."""
-    value = (os.environ if env is None else env).get(FAULT_PUBLISH_DELAY_ENV, "").strip()
+    value = env_str(FAULT_PUBLISH_DELAY_ENV, env)
     if not value:
         return None
     try:
@@ -68,34 +60,6 @@ def publish_delay_from_env(env: Mapping[str, str] | None = None) -> Callable[[],
         return from_file
     log.warning("featbit_shm: fault injection on: every publish waits %.3f s", seconds)
     return lambda: max(0.0, seconds)
-
-
-def create_object(name: str, size: int, *, mode: int, gid: int | None, fallocate: Fallocate) -> posix_ipc.SharedMemory:
-    """A new shared-memory object of ``size`` bytes, space reserved up front.
-
-    ``posix_fallocate`` makes the kernel find every page now: a full /dev/shm
-    raises here, with the numbers, instead of SIGBUS when a page is touched.
-    """
-    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=0)
-    try:
-        try:
-            fallocate(shm.fd, 0, size)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
-                raise SharedMemoryError(
-                    f"{SHM_DIR} is full: {name} needs {size} bytes, {_free_bytes()} bytes are free "
-                    "(grow /dev/shm, e.g. docker --shm-size, or reduce the flag data)"
-                ) from None
-            raise SharedMemoryError(f"cannot reserve {size} bytes for {name}: {exc.strerror}") from None
-        if gid is not None:
-            os.fchown(shm.fd, -1, gid)
-        # fchmod: the umask may have narrowed the mode given to shm_open.
-        os.fchmod(shm.fd, mode)
-    except BaseException:
-        shm.close_fd()
-        shm.unlink()
-        raise
-    return shm
 
 
 class SnapshotWriter:
@@ -235,10 +199,7 @@ class SnapshotWriter:
             for name, mm in created:
                 if mm is not None:
                     mm.close()
-                try:
-                    posix_ipc.unlink_shared_memory(name)
-                except posix_ipc.ExistentialError:
-                    pass
+                unlink_object(name)
             self.control.add("publish_errors")
             raise
         for chunk in built.new_chunks.values():
@@ -297,10 +258,7 @@ class SnapshotWriter:
         while retired and (now - retired[0][1] >= self._grace or len(retired) > self._keep):
             names, _ = retired.popleft()
             for name in names:
-                try:
-                    posix_ipc.unlink_shared_memory(name)
-                except posix_ipc.ExistentialError:
-                    pass
+                unlink_object(name)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -327,14 +285,8 @@ class SnapshotWriter:
         if unlink:
             for name in [n for group, _ in self._retired for n in group] + self.names.existing():
                 if name:
-                    try:
-                        posix_ipc.unlink_shared_memory(name)
-                    except posix_ipc.ExistentialError:
-                        pass
-            try:
-                posix_ipc.unlink_shared_memory(self.names.control)
-            except posix_ipc.ExistentialError:
-                pass
+                    unlink_object(name)
+            unlink_object(self.names.control)
             self._retired.clear()
 
     def __enter__(self) -> SnapshotWriter:
@@ -348,10 +300,8 @@ def open_image(names: StoreNames, root_name: str, length: int, crc: int) -> Snap
     """Map a published generation read-only: its root now, chunks as needed.
 
     For the writer's restart check and the CLI; workers use
-    :class:`~featbit_shm.store.reader.SnapshotReader`, which also caches maps.
+    :class:`~featbit_shm.shm.reader.SnapshotReader`, which also caches maps.
     """
-    from .reader import map_readonly
-
     root = map_readonly(root_name, length)
     chunks: dict[int, mmap.mmap] = {}
 

@@ -11,6 +11,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from .locks import runtime_directory
+
 PREFIX = "fbshm."
 SHM_DIR = "/dev/shm"
 
@@ -57,8 +59,7 @@ class StoreNames:
 
     @property
     def lock_path(self) -> str:
-        base = os.environ.get("FEATBIT_SHM_RUNTIME_DIR") or os.path.join(os.environ.get("TMPDIR", "/tmp"), "featbit-shm")
-        return os.path.join(base, f"{PREFIX}{self.tag}.lock")
+        return os.path.join(runtime_directory(), f"{PREFIX}{self.tag}.lock")
 
     def existing(self, kind: str = "gc") -> list[str]:
         """This store's snapshot objects now in /dev/shm (Linux), as shm names.

@@ -21,9 +21,10 @@ from typing import Any
 
 import msgpack
 
-from .._core.events import _EVAL_HEAD, EVAL_HEAD_SIZE, EVAL_MARK, EvalEncoder, encode_identify, encode_metrics
-from ..store.names import StoreNames
-from .ring import W_FLUSH_DONE, W_FLUSH_REQ, Registry, Ring
+from .._core.records import _EVAL_HEAD, EVAL_HEAD_SIZE, EVAL_MARK, EvalEncoder, encode_identify, encode_metrics
+from ..shm.names import StoreNames
+from ..shm.registry import Registry
+from ..shm.ring import W_FLUSH_DONE, W_FLUSH_REQ, Ring
 
 log = logging.getLogger("featbit_shm.events")
 

@@ -21,22 +21,9 @@ from .._core.snapshot import SnapshotError, SnapshotImage
 from .._core.view import CompiledView
 from .control import W_GENERATION, ControlBlock, ControlError, SyncState
 from .names import SHM_DIR, StoreNames
+from .objects import map_readonly
 
-log = logging.getLogger("featbit_shm.store")
-
-
-def map_readonly(name: str, length: int | None = None) -> mmap.mmap:
-    """Map an existing object read-only. Writing through it raises TypeError."""
-    shm = posix_ipc.SharedMemory(name, 0, read_only=True)
-    try:
-        size = os.fstat(shm.fd).st_size
-        if length is None:
-            length = size
-        if length <= 0 or size < length:
-            raise SnapshotError(f"{name} is {size} bytes, expected {length}")
-        return mmap.mmap(shm.fd, length, prot=mmap.PROT_READ)
-    finally:
-        shm.close_fd()
+log = logging.getLogger("featbit_shm.shm")
 
 
 def generation_bytes(names: StoreNames, root_name: str) -> int | None:

@@ -1,7 +1,7 @@
 /*
  * The producer's fast path for evaluation events (optional accelerator).
  *
- * featbit_shm.events.ring.Ring.append is the reference: this writes the same
+ * featbit_shm.shm.ring.Ring.append is the reference: this writes the same
  * bytes into the same ring, for the common case only -- the record fits
  * before the end of the ring, in reserved pages, with room to spare. In any
  * other case it writes nothing and returns False, and the caller takes the
@@ -11,7 +11,7 @@
  * never races another producer thread of this process. The consumer (the
  * sync process) reads head with acquire semantics after this release store.
  *
- * Record, after the ring's u32 length prefix (featbit_shm._core.events):
+ * Record, after the ring's u32 length prefix (featbit_shm._core.records):
  *     u16 0xFFFF | u64 ts_ns | u16 tail length | tail | user
  */
 #define PY_SSIZE_T_CLEAN
@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Header words (u64, little-endian), as featbit_shm.events.ring defines them. */
+/* Header words (u64, little-endian), as featbit_shm.shm.ring defines them. */
 enum { W_CAP = 2, W_HEAD = 3, W_TAIL = 4, W_RESERVED = 12 };
 #define HEADER_BYTES 4096
 #define EVAL_MARK 0xFFFF
@@ -126,7 +126,7 @@ static PyMethodDef Writer_methods[] = {
 
 static PyTypeObject WriterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "featbit_shm.events._fastring.Writer",
+    .tp_name = "featbit_shm.shm._fastring.Writer",
     .tp_basicsize = sizeof(Writer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The event ring producer's fast path (see ring.py).",

@@ -68,39 +68,23 @@ next reservation. An idle worker keeps at most the pages of its last
 64 KiB; a worker whose sync process is dead grows its ring up to the
 capacity, then drops (R-67).
 
-Registry (``fbshm.<hash>.reg``): 256 slots of (pid, ring id, state, time),
-changed only under a file lock (``flock``; see :meth:`Registry._locked`). A
-client registers its process and claims the process's ring in one locked
-step when it is built; after a fork the child claims its own on its first
-event (it never writes its parent's ring). The sync process drains every
-claimed ring; once a ring's pid is dead and the ring is empty, it unlinks
-the ring and frees the slot -- so a worker killed with SIGKILL loses
-nothing it had already recorded.
-
-Spare rings: creating a ring (an object, a mapping, its first 64 KiB) is
-still a few system calls a worker would pay while holding the lock. So the
-sync process keeps a few empty rings ready (state SPARE, no pid): one more
-than the registered clients that have no ring yet. A claim takes a spare of
-its capacity when there is one, and creates its own only otherwise.
+The registry that hands rings out is :mod:`.registry`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import mmap
 import os
 import struct
-import time
-from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import posix_ipc
 
-from ..errors import SharedMemoryError
-from ..forksafety import warn_limited
-from ..store.names import StoreNames
-from ..store.writer import create_object
+from .._core.errors import ConfigError, SharedMemoryError
+from .._runtime.environment import env_bool
+from .._runtime.notices import warn_limited
+from .names import StoreNames
+from .objects import create_object
 
 try:  # the optional C fast path of evaluation events (see enable_fast_path)
     from ._fastring import Writer as _FastWriter
@@ -117,13 +101,6 @@ _LEN: Final = struct.Struct("<I")
 
 W_CAP, W_HEAD, W_TAIL, W_DROPPED, W_NOSPACE, W_PID, W_FLUSH_REQ, W_FLUSH_DONE, W_MALFORMED, W_CONSUMED, W_RESERVED = range(2, 13)
 
-REG_MAGIC: Final = b"FBSHMREG"
-REG_SLOTS: Final = 256
-REG_HEADER: Final = 64
-_SLOT: Final = struct.Struct("<qQQd")  # pid, ring id, state, claimed at
-REG_SIZE: Final = REG_HEADER + REG_SLOTS * _SLOT.size
-FREE, CLAIMED, CLIENT, SPARE = 0, 1, 2, 3
-
 
 def ring_capacity(requested: int) -> int:
     """The data capacity a ring is created with for a requested size (whole pages)."""
@@ -137,14 +114,6 @@ _fallocate = os.posix_fallocate
 
 def _release(mm: mmap.mmap, start: int, length: int) -> None:
     mm.madvise(mmap.MADV_REMOVE, start, length)
-
-
-def ring_name(names: StoreNames, ring_id: int) -> str:
-    return names.ring(ring_id)
-
-
-def registry_name(names: StoreNames) -> str:
-    return names.registry
 
 
 class Ring:
@@ -181,7 +150,7 @@ class Ring:
         reserved now (a full /dev/shm raises :class:`SharedMemoryError`),
         the rest as it is written."""
         capacity = ring_capacity(capacity)
-        name = ring_name(names, ring_id)
+        name = names.ring(ring_id)
         first = min(RESERVE, capacity)
 
         def reserve(fd: int, offset: int, length: int) -> None:
@@ -223,7 +192,7 @@ class Ring:
 
     def append(self, framed: bytes) -> bool:
         """Write one framed record (u32 length + record, as the encoders of
-        :mod:`featbit_shm._core.events` return it); False, and counted, when it
+        :mod:`featbit_shm._core.records` return it); False, and counted, when it
         does not fit (R-67) or /dev/shm has no page for it.
 
         ``head`` is ours alone, so it is kept in a Python int; the consumer's
@@ -370,8 +339,11 @@ class Ring:
         """Let this process's producer write evaluations through the C fast
         path (:mod:`._fastring`, built when a compiler was there at install).
         False: not available, :meth:`append` does it all."""
-        if os.environ.get("FEATBIT_SHM_PURE_PYTHON"):
-            return False
+        try:
+            if env_bool("FEATBIT_SHM_PURE_PYTHON"):
+                return False
+        except ConfigError as exc:
+            warn_limited("pure-python-env", f"featbit_shm: {exc}; using the C fast path")
         if self.writer is None and _FastWriter is not None:
             try:
                 self.writer = _FastWriter(self._mm)
@@ -391,226 +363,3 @@ class Ring:
             self._fd = -1
 
 
-class Registry:
-    """The table of claimed rings (one per worker process)."""
-
-    def __init__(self, names: StoreNames, mode: int = 0o600) -> None:
-        self.names = names
-        self.name = registry_name(names)
-        self.lock_path = names.lock_path + ".registry"
-        os.makedirs(os.path.dirname(self.lock_path), mode=0o700, exist_ok=True)
-        self._mode = mode
-        self._mm: mmap.mmap | None = None
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """The registry lock: ``flock`` on a lock file, held while the body runs.
-
-        A plain ``fcntl.flock`` rather than a ``filelock.FileLock``: the
-        semantics are the same (an exclusive lock on an open file, released
-        by the kernel when its holder dies, so a SIGKILLed worker never
-        wedges the registry), but filelock 4 resets its fork-tracking state
-        in every new process, which cost a freshly forked worker about
-        1.4 ms of its 5 ms cold start (bench_fleet), twice the rest of the
-        registration. Each use opens its own descriptor, so threads of one
-        process exclude each other too; a waiter is woken by the kernel
-        when the holder lets go (no polling). Leader election keeps
-        filelock (:mod:`featbit_shm.sync`), where a millisecond is nothing.
-        """
-        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-    def _map(self) -> mmap.mmap:
-        if self._mm is not None:
-            return self._mm
-        try:
-            shm = create_object(self.name, REG_SIZE, mode=self._mode, gid=None, fallocate=os.posix_fallocate)
-            fresh = True
-        except posix_ipc.ExistentialError:
-            shm = posix_ipc.SharedMemory(self.name, 0)
-            fresh = False
-        try:
-            if os.fstat(shm.fd).st_size < REG_SIZE:
-                raise SharedMemoryError(f"{self.name} is too small to be a registry")
-            mm = mmap.mmap(shm.fd, REG_SIZE)
-        finally:
-            shm.close_fd()
-        if fresh or bytes(mm[:8]) != REG_MAGIC:
-            mm[:] = bytes(REG_SIZE)
-            mm[:8] = REG_MAGIC
-        self._mm = mm
-        return mm
-
-    def slots(self) -> list[tuple[int, int, int, int, float]]:
-        """(slot, pid, ring id, state, claimed at) of every claimed slot."""
-        mm = self._map()
-        out = []
-        for i in range(REG_SLOTS):
-            pid, ring_id, state, at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-            if state == CLAIMED:  # rings only; client slots carry none
-                out.append((i, pid, ring_id, state, at))
-        return out
-
-    def claim(self, capacity: int) -> Ring:
-        """A ring for this process, registered under the lock: a spare of this
-        capacity when the sync process left one ready, else a new one."""
-        with self._locked():
-            return self._claim_locked(self._map(), ring_capacity(capacity))
-
-    def _claim_locked(self, mm: mmap.mmap, capacity: int) -> Ring:
-        """Claim a ring for this process, the producer: with the C fast path on."""
-        ring = self._take_or_create(mm, capacity)
-        ring.enable_fast_path()
-        return ring
-
-    def _take_or_create(self, mm: mmap.mmap, capacity: int) -> Ring:
-        for i in range(REG_SLOTS):
-            _pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-            if state != SPARE:
-                continue
-            try:
-                ring = Ring.open(ring_name(self.names, ring_id))
-            except (posix_ipc.Error, OSError, SharedMemoryError):
-                _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)  # vanished or damaged
-                continue
-            if ring.capacity != capacity or ring.words[W_HEAD] != ring.words[W_TAIL]:
-                ring.close()
-                continue
-            ring.words[W_PID] = os.getpid()
-            _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), ring_id, CLAIMED, time.time())
-            return ring
-        for i in range(REG_SLOTS):
-            pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-            if state == FREE:
-                break
-        else:
-            raise SharedMemoryError(f"all {REG_SLOTS} event rings are claimed")
-        next_id = struct.unpack_from("<Q", mm, 8)[0] + 1
-        struct.pack_into("<Q", mm, 8, next_id)
-        ring = Ring.create(self.names, next_id, capacity, self._mode)
-        _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), next_id, CLAIMED, time.time())
-        return ring
-
-    def add_spare(self, capacity: int) -> int | None:
-        """Create one empty ring for a future worker (sync process). Returns its
-        id, or None when fewer than a quarter of the slots are free (spares
-        never crowd out workers). The memory is reserved outside the lock,
-        so workers registering meanwhile do not wait for it."""
-        with self._locked():
-            mm = self._map()
-            free = sum(1 for i in range(REG_SLOTS) if _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)[2] == FREE)
-            if free < REG_SLOTS // 4:
-                return None
-            ring_id = struct.unpack_from("<Q", mm, 8)[0] + 1
-            struct.pack_into("<Q", mm, 8, ring_id)
-        Ring.create(self.names, ring_id, capacity, self._mode).close()
-        with self._locked():
-            for i in range(REG_SLOTS):
-                if _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)[2] == FREE:
-                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, ring_id, SPARE, time.time())
-                    return int(ring_id)
-        posix_ipc.unlink_shared_memory(ring_name(self.names, ring_id))  # the slots filled up meanwhile
-        return None
-
-    def spares_wanted(self, alive: Callable[[int], bool]) -> tuple[int, int]:
-        """(spares there are, spares wanted): one per live registered client
-        that has no ring yet, plus one for the next worker to start."""
-        with self._locked():
-            mm = self._map()
-            clients, owners, spares = set(), set(), 0
-            for i in range(REG_SLOTS):
-                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-                if state == SPARE:
-                    spares += 1
-                elif state == CLAIMED:
-                    owners.add(pid)
-                elif state == CLIENT and alive(pid):
-                    clients.add(pid)
-            return spares, len(clients - owners) + 1
-
-    def drop_spares(self) -> int:
-        """Unlink every spare ring and free its slot (a clean shutdown)."""
-        dropped = 0
-        with self._locked():
-            mm = self._map()
-            for i in range(REG_SLOTS):
-                _pid, ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-                if state == SPARE:
-                    try:
-                        posix_ipc.unlink_shared_memory(ring_name(self.names, ring_id))
-                    except posix_ipc.ExistentialError:
-                        pass
-                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)
-                    dropped += 1
-        return dropped
-
-    def register_client(self, ring_bytes: int | None = None) -> Ring | None:
-        """Note that this process runs a client (so an idle sync process stays).
-
-        With ``ring_bytes``, also claim this process's event ring under the
-        same lock (a worker's cold start takes the file lock once, not twice);
-        a ring that cannot be had now is not an error here -- the recorder
-        claims one on its first event, and logs why it cannot."""
-        with self._locked():
-            mm = self._map()
-            for i in range(REG_SLOTS):
-                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-                if state == FREE:
-                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, os.getpid(), 0, CLIENT, time.time())
-                    break
-            else:
-                raise SharedMemoryError(f"all {REG_SLOTS} registry slots are taken")
-            if ring_bytes is None:
-                return None
-            try:
-                return self._claim_locked(mm, ring_capacity(ring_bytes))
-            except (posix_ipc.Error, OSError, SharedMemoryError):
-                return None
-
-    def live_processes(self, alive: Callable[[int], bool]) -> int:
-        """Processes with a client or a ring that are still running; frees the
-        client slots of dead ones (rings are freed by the pump after draining)."""
-        with self._locked():
-            mm = self._map()
-            pids = set()
-            for i in range(REG_SLOTS):
-                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, REG_HEADER + i * _SLOT.size)
-                if state == FREE or state == SPARE:  # a spare has no process
-                    continue
-                if alive(pid):
-                    pids.add(pid)
-                elif state == CLIENT:
-                    _SLOT.pack_into(mm, REG_HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)
-            return len(pids)
-
-    def release(self, slot: int, ring_id: int) -> None:
-        """Free a slot whose ring was drained and unlinked (sync process)."""
-        with self._locked():
-            mm = self._map()
-            _pid, current, state, _at = _SLOT.unpack_from(mm, REG_HEADER + slot * _SLOT.size)
-            if state == CLAIMED and current == ring_id:
-                _SLOT.pack_into(mm, REG_HEADER + slot * _SLOT.size, 0, 0, FREE, 0.0)
-
-    def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
-
-    def unlink_if_empty(self, alive: Callable[[int], bool]) -> bool:
-        """Remove the registry when no ring is claimed and no client lives (a clean shutdown)."""
-        if self.live_processes(alive):
-            return False
-        self.drop_spares()
-        with self._locked():
-            if self.slots():
-                return False
-            self.close()
-            try:
-                posix_ipc.unlink_shared_memory(self.name)
-            except posix_ipc.ExistentialError:
-                pass
-            return True

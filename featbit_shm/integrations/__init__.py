@@ -1,0 +1,2 @@
+"""Server integrations that live inside the package (the gunicorn hooks are
+the top-level package ``gunicorn_hooks``): the uWSGI mule."""

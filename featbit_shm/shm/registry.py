@@ -1,0 +1,254 @@
+"""The registry of a store's event rings and client processes.
+
+Registry (``fbshm.<hash>.reg``): 256 slots of (pid, ring id, state, time),
+changed only under a file lock (``flock``; see :mod:`.locks`). A
+client registers its process and claims the process's ring in one locked
+step when it is built; after a fork the child claims its own on its first
+event (it never writes its parent's ring). The sync process drains every
+claimed ring; once a ring's pid is dead and the ring is empty, it unlinks
+the ring and frees the slot -- so a worker killed with SIGKILL loses
+nothing it had already recorded.
+
+Spare rings: creating a ring (an object, a mapping, its first 64 KiB) is
+still a few system calls a worker would pay while holding the lock. So the
+sync process keeps a few empty rings ready (state SPARE, no pid): one more
+than the registered clients that have no ring yet. A claim takes a spare of
+its capacity when there is one, and creates its own only otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from typing import Final
+
+import posix_ipc
+
+from .._core.errors import SharedMemoryError
+from .locks import ensure_directory, exclusive
+from .names import SHM_DIR, StoreNames
+from .objects import create_object, unlink_object
+from .ring import W_HEAD, W_PID, W_TAIL, Ring, ring_capacity
+
+MAGIC: Final = b"FBSHMREG"
+SLOTS: Final = 256
+HEADER: Final = 64
+_SLOT: Final = struct.Struct("<qQQd")  # pid, ring id, state, claimed at
+SIZE: Final = HEADER + SLOTS * _SLOT.size
+FREE, CLAIMED, CLIENT, SPARE = 0, 1, 2, 3
+
+
+class Registry:
+    """The table of claimed rings (one per worker process)."""
+
+    def __init__(self, names: StoreNames, mode: int = 0o600) -> None:
+        self.names = names
+        self.name = names.registry
+        self.lock_path = names.lock_path + ".registry"
+        ensure_directory(self.lock_path)
+        self._mode = mode
+        self._mm: mmap.mmap | None = None
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """The registry lock, held while the body runs (:func:`.locks.exclusive`)."""
+        return exclusive(self.lock_path)
+
+    def attach(self, *, create: bool = True) -> bool:
+        """Map the table under the lock, as a worker's registration does (the
+        gunicorn master warms this path once before it forks workers). With
+        ``create=False`` a store that has no registry yet is left as it is.
+        True when the table is mapped."""
+        with self._locked():
+            if not create and not os.path.exists(SHM_DIR + self.name):
+                return False
+            self._map()
+            return True
+
+    def _map(self) -> mmap.mmap:
+        if self._mm is not None:
+            return self._mm
+        try:
+            shm = create_object(self.name, SIZE, mode=self._mode, gid=None, fallocate=os.posix_fallocate)
+            fresh = True
+        except posix_ipc.ExistentialError:
+            shm = posix_ipc.SharedMemory(self.name, 0)
+            fresh = False
+        try:
+            if os.fstat(shm.fd).st_size < SIZE:
+                raise SharedMemoryError(f"{self.name} is too small to be a registry")
+            mm = mmap.mmap(shm.fd, SIZE)
+        finally:
+            shm.close_fd()
+        if fresh or bytes(mm[:8]) != MAGIC:
+            mm[:] = bytes(SIZE)
+            mm[:8] = MAGIC
+        self._mm = mm
+        return mm
+
+    def slots(self) -> list[tuple[int, int, int, int, float]]:
+        """(slot, pid, ring id, state, claimed at) of every claimed slot."""
+        mm = self._map()
+        out = []
+        for i in range(SLOTS):
+            pid, ring_id, state, at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
+            if state == CLAIMED:  # rings only; client slots carry none
+                out.append((i, pid, ring_id, state, at))
+        return out
+
+    def claim(self, capacity: int) -> Ring:
+        """A ring for this process, registered under the lock: a spare of this
+        capacity when the sync process left one ready, else a new one."""
+        with self._locked():
+            return self._claim_locked(self._map(), ring_capacity(capacity))
+
+    def _claim_locked(self, mm: mmap.mmap, capacity: int) -> Ring:
+        """Claim a ring for this process, the producer: with the C fast path on."""
+        ring = self._take_or_create(mm, capacity)
+        ring.enable_fast_path()
+        return ring
+
+    def _take_or_create(self, mm: mmap.mmap, capacity: int) -> Ring:
+        for i in range(SLOTS):
+            _pid, ring_id, state, _at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
+            if state != SPARE:
+                continue
+            try:
+                ring = Ring.open(self.names.ring(ring_id))
+            except (posix_ipc.Error, OSError, SharedMemoryError):
+                _SLOT.pack_into(mm, HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)  # vanished or damaged
+                continue
+            if ring.capacity != capacity or ring.words[W_HEAD] != ring.words[W_TAIL]:
+                ring.close()
+                continue
+            ring.words[W_PID] = os.getpid()
+            _SLOT.pack_into(mm, HEADER + i * _SLOT.size, os.getpid(), ring_id, CLAIMED, time.time())
+            return ring
+        for i in range(SLOTS):
+            pid, ring_id, state, _at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
+            if state == FREE:
+                break
+        else:
+            raise SharedMemoryError(f"all {SLOTS} event rings are claimed")
+        next_id = struct.unpack_from("<Q", mm, 8)[0] + 1
+        struct.pack_into("<Q", mm, 8, next_id)
+        ring = Ring.create(self.names, next_id, capacity, self._mode)
+        _SLOT.pack_into(mm, HEADER + i * _SLOT.size, os.getpid(), next_id, CLAIMED, time.time())
+        return ring
+
+    def add_spare(self, capacity: int) -> int | None:
+        """Create one empty ring for a future worker (sync process). Returns its
+        id, or None when fewer than a quarter of the slots are free (spares
+        never crowd out workers). The memory is reserved outside the lock,
+        so workers registering meanwhile do not wait for it."""
+        with self._locked():
+            mm = self._map()
+            free = sum(1 for i in range(SLOTS) if _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)[2] == FREE)
+            if free < SLOTS // 4:
+                return None
+            ring_id = struct.unpack_from("<Q", mm, 8)[0] + 1
+            struct.pack_into("<Q", mm, 8, ring_id)
+        Ring.create(self.names, ring_id, capacity, self._mode).close()
+        with self._locked():
+            for i in range(SLOTS):
+                if _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)[2] == FREE:
+                    _SLOT.pack_into(mm, HEADER + i * _SLOT.size, 0, ring_id, SPARE, time.time())
+                    return int(ring_id)
+        posix_ipc.unlink_shared_memory(self.names.ring(ring_id))  # the slots filled up meanwhile
+        return None
+
+    def spares_wanted(self, alive: Callable[[int], bool]) -> tuple[int, int]:
+        """(spares there are, spares wanted): one per live registered client
+        that has no ring yet, plus one for the next worker to start."""
+        with self._locked():
+            mm = self._map()
+            clients, owners, spares = set(), set(), 0
+            for i in range(SLOTS):
+                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
+                if state == SPARE:
+                    spares += 1
+                elif state == CLAIMED:
+                    owners.add(pid)
+                elif state == CLIENT and alive(pid):
+                    clients.add(pid)
+            return spares, len(clients - owners) + 1
+
+    def drop_spares(self) -> int:
+        """Unlink every spare ring and free its slot (a clean shutdown)."""
+        dropped = 0
+        with self._locked():
+            mm = self._map()
+            for i in range(SLOTS):
+                _pid, ring_id, state, _at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
+                if state == SPARE:
+                    unlink_object(self.names.ring(ring_id))
+                    _SLOT.pack_into(mm, HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)
+                    dropped += 1
+        return dropped
+
+    def register_client(self, ring_bytes: int | None = None) -> Ring | None:
+        """Note that this process runs a client (so an idle sync process stays).
+
+        With ``ring_bytes``, also claim this process's event ring under the
+        same lock (a worker's cold start takes the file lock once, not twice);
+        a ring that cannot be had now is not an error here -- the recorder
+        claims one on its first event, and logs why it cannot."""
+        with self._locked():
+            mm = self._map()
+            for i in range(SLOTS):
+                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
+                if state == FREE:
+                    _SLOT.pack_into(mm, HEADER + i * _SLOT.size, os.getpid(), 0, CLIENT, time.time())
+                    break
+            else:
+                raise SharedMemoryError(f"all {SLOTS} registry slots are taken")
+            if ring_bytes is None:
+                return None
+            try:
+                return self._claim_locked(mm, ring_capacity(ring_bytes))
+            except (posix_ipc.Error, OSError, SharedMemoryError):
+                return None
+
+    def live_processes(self, alive: Callable[[int], bool]) -> int:
+        """Processes with a client or a ring that are still running; frees the
+        client slots of dead ones (rings are freed by the pump after draining)."""
+        with self._locked():
+            mm = self._map()
+            pids = set()
+            for i in range(SLOTS):
+                pid, _ring_id, state, _at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
+                if state == FREE or state == SPARE:  # a spare has no process
+                    continue
+                if alive(pid):
+                    pids.add(pid)
+                elif state == CLIENT:
+                    _SLOT.pack_into(mm, HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)
+            return len(pids)
+
+    def release(self, slot: int, ring_id: int) -> None:
+        """Free a slot whose ring was drained and unlinked (sync process)."""
+        with self._locked():
+            mm = self._map()
+            _pid, current, state, _at = _SLOT.unpack_from(mm, HEADER + slot * _SLOT.size)
+            if state == CLAIMED and current == ring_id:
+                _SLOT.pack_into(mm, HEADER + slot * _SLOT.size, 0, 0, FREE, 0.0)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+    def unlink_if_empty(self, alive: Callable[[int], bool]) -> bool:
+        """Remove the registry when no ring is claimed and no client lives (a clean shutdown)."""
+        if self.live_processes(alive):
+            return False
+        self.drop_spares()
+        with self._locked():
+            if self.slots():
+                return False
+            self.close()
+            unlink_object(self.name)
+            return True
