@@ -30,6 +30,7 @@ from featbit_shm._core.records import (
     encode_metrics,
     to_payload,
 )
+from featbit_shm._core.user import InvalidUser, attr_string, make_user
 from featbit_shm.shm import ring as ring_module
 from featbit_shm.shm.control import SIZE, ControlBlock
 from featbit_shm.shm.names import StoreNames
@@ -92,6 +93,55 @@ def test_r63_golden_metric_payload_and_r64_several_metrics_in_one_object() -> No
 
 def test_r64_identify_payload_is_the_user_alone() -> None:
     assert to_payload(encode_identify(PACKER, 9, {"keyId": "k", "name": "N"})) == {"user": {"keyId": "k", "name": "N", "customizedProperties": []}}
+
+
+def test_the_event_reads_the_user_exactly_as_evaluation_did() -> None:
+    # Issue 15: {"keyId": None, "keyid": "x"} evaluated fine (key "x"), then
+    # the sync process read the key with other rules and dropped the event as
+    # malformed. Both sides now read the user with make_user.
+    user = {"keyId": None, "keyid": "x", "name": "Ann"}
+    assert make_user(user).key == "x"
+    payload = to_payload(EvalEncoder().eval(1_000_000, user, "f", "v1", "on", False))
+    assert payload["user"] == {"keyId": "x", "name": "Ann", "customizedProperties": []}
+
+
+_user_keys = st.sampled_from(["key", "keyId", "keyid", "name", "country", "age", "beta", "key ", ""]) | st.integers(-2, 2)
+_user_values = st.one_of(
+    st.none(),
+    st.text(max_size=6),
+    st.booleans(),
+    st.integers(),  # 2**70 does not fit msgpack: the record must still carry the user
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.dictionaries(_user_keys, _user_values, max_size=6),
+    key=st.text(min_size=1, max_size=6).filter(lambda k: not k.isspace()),
+    key_field=st.sampled_from(["key", "keyId", "keyid"]),
+    as_mapping=st.booleans(),
+)
+def test_any_user_evaluation_accepts_yields_an_event_the_sync_process_accepts(
+    raw: dict[Any, Any], key: str, key_field: str, as_mapping: bool
+) -> None:
+    from types import MappingProxyType
+
+    raw = {**raw, key_field: key}
+    user: Any = MappingProxyType(raw) if as_mapping else raw
+    try:
+        evaluated = make_user(user)
+    except InvalidUser:
+        return  # evaluation refused it: no event is recorded
+    expected_customs = [
+        {"name": k, "value": attr_string(v)}
+        for k, v in raw.items()
+        if isinstance(k, str) and k not in ("key", "keyId", "keyid", "name") and v is not None
+    ]
+    expected = {"keyId": evaluated.key, "name": evaluated.name, "customizedProperties": expected_customs}
+    recorder_bytes = EvalEncoder().eval(1_000_000, user, "f", "v1", "on", True)
+    for record in (recorder_bytes, encode_metrics(PACKER, 5, user, [("m", 1.0)]), encode_identify(PACKER, 5, user)):
+        assert to_payload(record)["user"] == expected
 
 
 @pytest.mark.parametrize("raw", [b"", b"\x00\x00\x00\x00", b"\x01\x00\x00\x00\xc1", b"\x03\x00\x00\x00\x01\x00\x90"])

@@ -41,7 +41,7 @@ from typing import Any, Final
 import msgpack
 
 from .protocol import APP_TYPE
-from .user import RESERVED, attr_string
+from .user import InvalidUser, make_user, pack_user, wire_user
 
 # Record kinds in a msgpack head (an evaluation's binary head is marked by EVAL_MARK instead).
 METRIC: Final = 2
@@ -67,14 +67,14 @@ def frame(packer: msgpack.Packer, head: tuple[Any, ...], user: Mapping[str, Any]
     """A record with its u32 ring length prefix, built in one concatenation:
     the ring copies it in as it is."""
     packed = packer.pack(head)
-    packed_user = packer.pack(user)
+    packed_user = pack_user(packer.pack, user)
     return _FRAME.pack(2 + len(packed) + len(packed_user), len(packed)) + packed + packed_user  # type: ignore[no-any-return]
 
 
 def encode_eval(packer: msgpack.Packer, ts_ns: int, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bytes:
     """An evaluation record, framed (what :class:`EvalEncoder` must equal)."""
     tail = packer.pack(flag_key) + packer.pack(variation_id) + packer.pack(value) + packer.pack(expt)
-    packed_user = packer.pack(user)
+    packed_user = pack_user(packer.pack, user)
     return _EVAL_HEAD.pack(EVAL_HEAD_SIZE + len(tail) + len(packed_user), EVAL_MARK, ts_ns, len(tail)) + tail + packed_user  # type: ignore[no-any-return]
 
 
@@ -109,7 +109,7 @@ class EvalEncoder:
     def user_bytes(self, user: Mapping[str, Any]) -> bytes:
         if user is self.user and user == self.copy:
             return self.packed
-        packed: bytes = self._pack(user)
+        packed = pack_user(self._pack, user)
         if all(type(v) is str for v in user.values()):
             self.user, self.copy, self.packed = user, dict(user), packed
         else:
@@ -144,23 +144,6 @@ def encode_metrics(packer: msgpack.Packer, ts_ms: int, user: Mapping[str, Any], 
 
 def encode_identify(packer: msgpack.Packer, ts_ms: int, user: Mapping[str, Any]) -> bytes:
     return frame(packer, (IDENTIFY, ts_ms), user)
-
-
-def wire_user(user: Mapping[str, Any]) -> dict[str, Any]:
-    """R-64: ``keyId``, ``name`` (``""`` if unset), ``customizedProperties`` as a list of pairs."""
-    key = user.get("key")
-    if key is None:
-        key = user.get("keyId", user.get("keyid"))
-    if not isinstance(key, str) or not key.strip():
-        raise RecordError("event user has no key")
-    name = user.get("name")
-    customs = []
-    for k, v in user.items():
-        if isinstance(k, str) and k not in RESERVED:
-            s = attr_string(v)
-            if s is not None:
-                customs.append({"name": k, "value": s})
-    return {"keyId": key, "name": name if isinstance(name, str) else "", "customizedProperties": customs}
 
 
 def _unpack(raw: bytes) -> Any:
@@ -219,9 +202,16 @@ class Renderer:
     def _user(self, raw: bytes) -> bytes:
         cached = self._users.get(raw)
         if cached is None:
-            user = _unpack(raw)
-            if not isinstance(user, dict):
-                raise RecordError("record user is not a map")
+            # Read back with the worker's own rule (make_user), so the event
+            # names the user evaluation saw. Names need not be strings
+            # (strict_map_key off): evaluation never reads such a name, and
+            # wire_user leaves it out.
+            try:
+                user = make_user(msgpack.unpackb(raw, raw=False, strict_map_key=False))
+            except InvalidUser as exc:
+                raise RecordError(f"event user is invalid: {exc}") from None
+            except Exception as exc:  # msgpack raises several types  # noqa: BLE001
+                raise RecordError(f"record user does not decode: {exc}") from None
             cached = json.dumps(wire_user(user), separators=(",", ":")).encode()
             if len(self._users) >= self.MAX_CACHE:
                 self._users.clear()

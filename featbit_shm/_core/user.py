@@ -17,11 +17,17 @@ Accepted input, the same dict users already pass to ``fbclient``::
 
 The user is validated once per call and not copied: evaluation finishes inside
 the call, and the event path serialises what it needs at once (R-34).
+
+This module is the ONE reading of a user dict. Evaluation reads it with
+:func:`make_user`; an analytics event carries the same dict (packed by
+:func:`pack_user`) and the sync process reads it back with
+:func:`make_user` again and renders FeatBit's user object with
+:func:`wire_user` -- so an event always names the user evaluation saw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
@@ -92,3 +98,40 @@ def make_user(obj: object) -> User:
             bad = next(k for k, x in obj.items() if x is v)
             raise InvalidUser(f"user attribute {bad!r} holds a {type(v).__name__}, not str/int/float/bool")
     return User(key, name, obj)
+
+
+def record_form(obj: Mapping[Any, Any]) -> dict[str, str]:
+    """The user as a plain dict of strings that :func:`make_user` reads
+    exactly as it reads ``obj`` (absent values and names that are not
+    strings dropped, values as :func:`attr_string` gives them): what an
+    event carries when ``obj`` itself does not pack (a non-dict mapping, an
+    int beyond 64 bits)."""
+    form: dict[str, str] = {}
+    for name, value in obj.items():
+        if isinstance(name, str):
+            text = attr_string(value)
+            if text is not None:
+                form[str(name)] = text
+    return form
+
+
+def pack_user(pack: Callable[[Any], bytes], obj: Mapping[Any, Any]) -> bytes:
+    """The user's bytes in an event record: the dict as it is (the cheap,
+    common case), else its :func:`record_form`."""
+    try:
+        return pack(obj)
+    except (TypeError, ValueError, OverflowError):
+        return pack(record_form(obj))
+
+
+def wire_user(user: User) -> dict[str, Any]:
+    """R-64: FeatBit's user object for a user evaluation read -- ``keyId``,
+    ``name`` (``""`` if unset), ``customizedProperties`` as name/value pairs
+    in the dict's order (reserved names and absent values left out)."""
+    customs = []
+    for name, value in user.attrs.items():
+        if isinstance(name, str) and name not in RESERVED:
+            text = attr_string(value)
+            if text is not None:
+                customs.append({"name": name, "value": text})
+    return {"keyId": user.key, "name": user.name, "customizedProperties": customs}
