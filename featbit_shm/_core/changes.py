@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .schema import Rule
 from .wire import SEGMENT_IN, SEGMENT_NOT_IN
 
 
@@ -44,10 +45,11 @@ class ChangeSet:
 def segment_refs(flag: Mapping[str, Any]) -> set[str]:
     """Ids of the segments a normalised flag's rules reference."""
     refs: set[str] = set()
-    for rule in flag.get("rules") or ():
-        for cond in rule[3]:
-            if cond[0] in (SEGMENT_IN, SEGMENT_NOT_IN) and isinstance(cond[2], list):
-                refs.update(s for s in cond[2] if isinstance(s, str))
+    rules: list[Rule] = flag.get("rules") or []
+    for rule in rules:
+        for cond in rule.conditions:
+            if cond.property in (SEGMENT_IN, SEGMENT_NOT_IN) and isinstance(cond.operand, list):
+                refs.update(s for s in cond.operand if isinstance(s, str))
     return refs
 
 

@@ -7,13 +7,14 @@ applied (R-13, R-32). It holds normalised entities, tombstones included.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TypeVar
 
 from .changes import ChangeSet, diff_datasets
-from .wire import DataSyncMessage, NormFlag, NormSegment
+from .schema import FlagEntry, SegmentEntry
+from .wire import DataSyncMessage
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,13 @@ class DataSet:
 
     def __init__(
         self,
-        flags: Mapping[str, NormFlag] | None = None,
-        segments: Mapping[str, NormSegment] | None = None,
+        flags: Mapping[str, FlagEntry] | None = None,
+        segments: Mapping[str, SegmentEntry] | None = None,
         *,
         version: int | None = None,
     ):
-        self._flags: dict[str, NormFlag] = dict(flags or {})
-        self._segments: dict[str, NormSegment] = dict(segments or {})
+        self._flags: dict[str, FlagEntry] = dict(flags or {})
+        self._segments: dict[str, SegmentEntry] = dict(segments or {})
         # R-30/R-31: the cursor is the max version over every entry, tombstones
         # included. apply() passes it in so a patch costs O(patch), not O(store).
         if version is None:
@@ -49,26 +50,26 @@ class DataSet:
         self.version: int = version
 
     @property
-    def flags(self) -> Mapping[str, NormFlag]:
+    def flags(self) -> Mapping[str, FlagEntry]:
         """Every flag entry by key, tombstones included (read-only view)."""
         return MappingProxyType(self._flags)
 
     @property
-    def segments(self) -> Mapping[str, NormSegment]:
+    def segments(self) -> Mapping[str, SegmentEntry]:
         return MappingProxyType(self._segments)
 
-    def active_flags(self) -> Iterable[NormFlag]:
+    def active_flags(self) -> Iterable[FlagEntry]:
         return (f for f in self._flags.values() if not f.get("archived"))
 
-    def active_segments(self) -> Iterable[NormSegment]:
+    def active_segments(self) -> Iterable[SegmentEntry]:
         return (s for s in self._segments.values() if not s.get("archived"))
 
-    def flag(self, key: str) -> NormFlag | None:
+    def flag(self, key: str) -> FlagEntry | None:
         """R-29: an archived flag is not found."""
         f = self._flags.get(key)
         return None if f is None or f.get("archived") else f
 
-    def segment(self, seg_id: str) -> NormSegment | None:
+    def segment(self, seg_id: str) -> SegmentEntry | None:
         s = self._segments.get(seg_id)
         return None if s is None or s.get("archived") else s
 
@@ -80,8 +81,8 @@ class DataSet:
                 {s["id"]: s for s in message.segments},
             )
             return new, Changes(True, frozenset(new._flags), frozenset(new._segments))
-        flags, changed_flags = _merge(self._flags, message.flags, "key")
-        segments, changed_segments = _merge(self._segments, message.segments, "id")
+        flags, changed_flags = _merge(self._flags, message.flags, _flag_key)
+        segments, changed_segments = _merge(self._segments, message.segments, _segment_id)
         if not changed_flags and not changed_segments:
             return self, Changes(False, frozenset(), frozenset())
         version = max(
@@ -102,14 +103,23 @@ class DataSet:
         return f"DataSet(flags={len(self._flags)}, segments={len(self._segments)}, version={self.version})"
 
 
-def _merge(
-    current: dict[str, dict[str, Any]], incoming: list[dict[str, Any]], id_field: str
-) -> tuple[dict[str, dict[str, Any]], frozenset[str]]:
+Entry = TypeVar("Entry", FlagEntry, SegmentEntry)
+
+
+def _flag_key(flag: FlagEntry) -> str:
+    return flag["key"]
+
+
+def _segment_id(segment: SegmentEntry) -> str:
+    return segment["id"]
+
+
+def _merge(current: dict[str, Entry], incoming: list[Entry], key_of: Callable[[Entry], str]) -> tuple[dict[str, Entry], frozenset[str]]:
     """Insert unknown keys; replace only on a strictly newer own version (not G-2)."""
     merged = current
     changed = set()
     for entity in incoming:
-        key = entity[id_field]
+        key = key_of(entity)
         old = merged.get(key)
         if old is not None and entity["version"] <= old["version"]:
             continue

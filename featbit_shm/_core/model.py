@@ -1,4 +1,4 @@
-"""Evaluable flags and segments, built from the normalised form of :mod:`wire`.
+"""Evaluable flags and segments, built from the normalised rows of :mod:`.schema`.
 
 Building happens once per flag version (in the process that evaluates), so
 everything that can be precomputed is: the target map, compiled condition
@@ -13,8 +13,8 @@ from typing import Any, Final
 from .operators import Test, compile_rule
 from .results import CONVERTERS, WRONG_TYPE, to_str
 from .rollout import WHOLE_RANGE_TOLERANCE, empty_range, experiment_upper, whole_range
+from .schema import FlagEntry, RolloutPart, SegmentEntry
 from .user import User
-from .wire import NormFlag, NormSegment
 
 ALWAYS: Final = 0
 NEVER: Final = 1
@@ -116,7 +116,7 @@ class Flag:
         "norm",
     )
 
-    def __init__(self, norm: NormFlag) -> None:
+    def __init__(self, norm: FlagEntry) -> None:
         self.norm = norm
         self.key: str = norm["key"]
         self.id: str = norm["id"]
@@ -127,25 +127,25 @@ class Flag:
         self.expt_all: bool = norm["expt_all"]
         vtype = self.variation_type
         variations: dict[str, Variation] = {}
-        for var_id, value in norm["variations"]:
-            variations.setdefault(var_id, Variation(var_id, value, vtype))
+        for v in norm["variations"]:
+            variations.setdefault(v.id, Variation(v.id, v.value, vtype))
         self.variations = variations
         self.off_id: str = norm["off"]
         self.off = variations.get(self.off_id)
         # Targets in stored order; the first target listing a key wins (R-36).
         # A dangling variation id maps to None: "malformed flag" (R-37).
         targets: dict[str, Variation | None] = {}
-        for var_id, keys in norm["targets"]:
-            var = variations.get(var_id)
-            for k in keys:
+        for target in norm["targets"]:
+            var = variations.get(target.variation_id)
+            for k in target.keys:
                 targets.setdefault(k, var)
         self.targets = targets
         self.rules = tuple(
-            Rule(name, compile_rule(conds), self._rollout(dk, ie, parts))
-            for name, dk, ie, conds, parts in norm["rules"]
+            Rule(rule.name, compile_rule(rule.conditions), self._rollout(rule.dispatch_key, rule.in_expt, rule.rollout))
+            for rule in norm["rules"]
         )
-        dk, ie, parts = norm["fallthrough"]
-        self.fallthrough = self._rollout(dk, ie, parts)
+        fall = norm["fallthrough"]
+        self.fallthrough = self._rollout(fall.dispatch_key, fall.in_expt, fall.rollout)
         # The variation every user gets when the result cannot depend on the
         # user (flag off, or no targets, no rules and a whole-range
         # fallthrough), so evaluation can skip the decision steps.
@@ -167,11 +167,11 @@ class Flag:
                 elif first.expt_upper >= 1 - WHOLE_RANGE_TOLERANCE:
                     self.static_expt = True  # R-52 shortcut: [0, ~1] takes everyone
 
-    def _rollout(self, dispatch_key: str | None, in_expt: bool, parts: list[list[Any]]) -> Rollout:
+    def _rollout(self, dispatch_key: str | None, in_expt: bool, parts: list[RolloutPart]) -> Rollout:
         return Rollout(
             dispatch_key,
             in_expt,
-            tuple(Part(self.variations.get(vid), lo, hi, expt) for vid, lo, hi, expt in parts),
+            tuple(Part(self.variations.get(p.variation_id), p.lo, p.hi, p.expt_rollout) for p in parts),
         )
 
     def __repr__(self) -> str:
@@ -183,7 +183,7 @@ class Segment:
 
     __slots__ = ("id", "version", "included", "excluded", "rules", "norm")
 
-    def __init__(self, norm: NormSegment) -> None:
+    def __init__(self, norm: SegmentEntry) -> None:
         self.norm = norm
         self.id: str = norm["id"]
         self.version: int = norm["version"]
@@ -207,7 +207,7 @@ def _no_segments(seg_id: str) -> None:
     return None
 
 
-def is_tombstone(norm: dict[str, Any]) -> bool:
+def is_tombstone(norm: FlagEntry | SegmentEntry) -> bool:
     return bool(norm.get("archived"))
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from operator import methodcaller
 from typing import Any, Final
 
+from .schema import Condition
 from .user import User, attr_string
 from .wire import LIST_OPS, SEGMENT_IN, SEGMENT_NOT_IN
 
@@ -239,9 +240,9 @@ def _segment_test(ids: list[str], negate: bool) -> Test:
     return test
 
 
-def compile_condition(cond: list[Any], *, in_segment: bool = False) -> Test:
-    """A normalised ``[property, op, operand, error]`` -> its test."""
-    prop, op, operand, error = cond
+def compile_condition(cond: Condition, *, in_segment: bool = False) -> Test:
+    """A normalised :class:`~.schema.Condition` -> its test."""
+    prop, op, operand, error = cond.property, cond.op, cond.operand, cond.error
     if prop in (SEGMENT_IN, SEGMENT_NOT_IN):
         if in_segment:
             return _never  # R-46: segments never reference other segments
@@ -259,7 +260,7 @@ def compile_condition(cond: list[Any], *, in_segment: bool = False) -> Test:
         return _numeric(prop, op, parse_number(v))
     if op in ("MatchRegex", "NotMatchRegex"):
         return _regex(prop, v, negate=op == "NotMatchRegex")
-    pred = _string_predicate(op, v)
+    pred = _string_predicate(op or "", v)
     if pred is None:
         return _never  # R-41: unknown operators never match
     return _on_string(prop, pred)
@@ -379,7 +380,7 @@ _INLINE: Final = {
 }
 
 
-def compile_rule(conds: list[list[Any]], *, in_segment: bool = False) -> Test:
+def compile_rule(conds: list[Condition], *, in_segment: bool = False) -> Test:
     """All of a rule's conditions as one matcher (R-38: AND, first failure stops).
 
     A rule runs once per evaluation and each condition used to cost a Python
@@ -395,7 +396,7 @@ def compile_rule(conds: list[list[Any]], *, in_segment: bool = False) -> Test:
     namespace: dict[str, Any] = {"_str": attr_string}
     lines = ["def match(u, s):", "    a = u.attrs"]
     for i, cond in enumerate(conds):
-        prop, op, operand, error = cond
+        prop, op, operand, error = cond.property, cond.op, cond.operand, cond.error
         inline = (
             not error
             and operand is not None
@@ -408,7 +409,7 @@ def compile_rule(conds: list[list[Any]], *, in_segment: bool = False) -> Test:
             lines.append(f"    if not T{i}(u, s): return False")
             continue
         namespace[f"V{i}"] = frozenset(operand) if op in LIST_OPS else operand
-        expr = _INLINE[op].format(V=f"V{i}")
+        expr = _INLINE[op or ""].format(V=f"V{i}")
         if prop == "keyId":
             lines.append("    x = u.key")
         elif prop == "name":

@@ -44,7 +44,8 @@ Root layout (little-endian)::
      32   8  i64 version        the entity's own updatedAt (ms)
 
 Chunk layout: ``b"FBSHMCHK"``, u64 chunk id, then blobs; a blob is the UTF-8
-key followed by the msgpack of the entity's normalised form (:mod:`.wire`).
+key followed by the msgpack of the entity's normalised form (:mod:`.schema`;
+rows are stored as msgpack arrays and rebuilt as rows when decoded).
 
 Integrity: the control block records the root's length and the crc32 of the
 whole root; each blob carries its own crc32, checked when that entity is
@@ -64,6 +65,7 @@ import msgpack
 
 from .changes import ChangeSet, segment_refs
 from .dataset import Changes, DataSet
+from .schema import FlagEntry, SegmentEntry, flag_entry, segment_entry
 
 MAGIC: Final = b"FBSHMSNP"
 CHUNK_MAGIC: Final = b"FBSHMCHK"
@@ -198,7 +200,7 @@ class SnapshotImage:
             raise SnapshotError(f"chunk {chunk_id} has a bad header")
         return view
 
-    def _find(self, table: int, slots: int, key: str) -> dict[str, Any] | None:
+    def _find(self, table: int, slots: int, key: str) -> Any:
         raw = key.encode("utf-8")
         h = zlib.crc32(raw)
         mask = slots - 1
@@ -212,7 +214,7 @@ class SnapshotImage:
             if eh == h and klen == len(raw):
                 blob = self._blob(chunk, off, length, klen, crc, key)
                 if blob[:klen] == raw:
-                    return self._decode(blob, klen, bits, version, key)
+                    return self._decode(blob, klen, bits, version, key, flag_entry if table == TABLES else segment_entry)
             i = (i + 1) & mask
         return None
 
@@ -226,7 +228,9 @@ class SnapshotImage:
         return blob
 
     @staticmethod
-    def _decode(blob: memoryview, klen: int, bits: int, version: int, key: str) -> dict[str, Any]:
+    def _decode(blob: memoryview, klen: int, bits: int, version: int, key: str, entry: Callable[[dict[str, Any]], Any]) -> Any:
+        """One entity's blob -> its schema row (``entry``: :func:`.schema.flag_entry`
+        or :func:`.schema.segment_entry`)."""
         try:
             entity = msgpack.unpackb(blob[klen:], raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several types  # noqa: BLE001
@@ -235,14 +239,19 @@ class SnapshotImage:
             raise SnapshotError(f"entry {key!r} does not match its index")
         if bool(entity.get("archived")) != bool(bits & ARCHIVED):
             raise SnapshotError(f"entry {key!r} archived bit disagrees")
-        return entity
+        try:
+            return entry(entity)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SnapshotError(f"entry {key!r} does not have the schema's shape: {exc}") from None
 
-    def flag(self, key: str) -> dict[str, Any] | None:
+    def flag(self, key: str) -> FlagEntry | None:
         """The normalised flag with this key (tombstones included), or None."""
-        return self._find(TABLES, self._fslots, key)
+        found: FlagEntry | None = self._find(TABLES, self._fslots, key)
+        return found
 
-    def segment(self, seg_id: str) -> dict[str, Any] | None:
-        return self._find(self._stable, self._sslots, seg_id)
+    def segment(self, seg_id: str) -> SegmentEntry | None:
+        found: SegmentEntry | None = self._find(self._stable, self._sslots, seg_id)
+        return found
 
     def _keys(self, table: int, slots: int, *, active_only: bool) -> Iterator[str]:
         for i, (_h, crc, chunk, off, length, klen, bits, _v) in enumerate(
@@ -348,7 +357,7 @@ class SnapshotImage:
             if not any(n in blob for n in needles):
                 continue
             key = blob[:klen].decode("utf-8", "replace")
-            if segment_refs(self._decode(memoryview(blob), klen, bits, version, key)) & segments:
+            if segment_refs(self._decode(memoryview(blob), klen, bits, version, key, flag_entry)) & segments:
                 found.add(key)
         return found
 
@@ -356,14 +365,14 @@ class SnapshotImage:
         """Every entry, tombstones included (a restarted writer resumes from this)."""
         flags = {}
         for key in self.flag_keys(active_only=False):
-            entity = self.flag(key)
-            if entity is not None:
-                flags[key] = entity
+            flag = self.flag(key)
+            if flag is not None:
+                flags[key] = flag
         segments = {}
         for seg_id in self.segment_ids(active_only=False):
-            entity = self.segment(seg_id)
-            if entity is not None:
-                segments[seg_id] = entity
+            segment = self.segment(seg_id)
+            if segment is not None:
+                segments[seg_id] = segment
         return DataSet(flags, segments)
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from .changes import ChangeSet
 from .model import Flag, Segment
-from .wire import NormFlag, NormSegment
+from .schema import FlagEntry, SegmentEntry
 
-FlagLookup = Callable[[str], "NormFlag | None"]
-SegmentLookup = Callable[[str], "NormSegment | None"]
+FlagLookup = Callable[[str], "FlagEntry | None"]
+SegmentLookup = Callable[[str], "SegmentEntry | None"]
 
 
 class CompiledView:

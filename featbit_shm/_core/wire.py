@@ -19,23 +19,7 @@ Rules kept here (numbers refer to ``docs/PROTOCOL.md``):
   flag evaluates to the default with reason kind Error (R-42).
 * Archived entities become versioned tombstones (R-29).
 
-Normalised flag (a dict; keys are short and stable, the snapshot codec
-stores exactly this)::
-
-    {"key", "id", "name", "type", "version", "enabled", "off", "expt_all",
-     "variations": [[id, value], ...],
-     "targets":    [[variation_id, [user_key, ...]], ...],
-     "rules":      [[name, dispatch_key|None, in_expt, [cond, ...], rollout], ...],
-     "fallthrough": [dispatch_key|None, in_expt, rollout]}
-    rollout   = [[variation_id, lo, hi, expt_rollout], ...]
-    cond      = [property, op|None, operand, error|None]
-
-``operand`` is the parsed list of strings for list and segment conditions and
-the raw string otherwise. Segments::
-
-    {"id", "version", "included": [...], "excluded": [...], "rules": [[cond, ...], ...]}
-
-A tombstone is ``{"key" or "id", "version", "archived": True}``.
+The normalised form (rows with named fields) is defined in :mod:`.schema`.
 """
 
 from __future__ import annotations
@@ -48,12 +32,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .schema import Condition, Fallthrough, FlagEntry, RolloutPart, Rule, SegmentEntry, Target, Variation
+
 SEGMENT_IN: Final = "User is in segment"
 SEGMENT_NOT_IN: Final = "User is not in segment"
 LIST_OPS: Final = frozenset({"IsOneOf", "NotOneOf"})
 
-NormFlag = dict[str, Any]
-NormSegment = dict[str, Any]
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -158,8 +142,8 @@ def _dispatch_key(obj: Mapping[str, Any]) -> str | None:
     return value if value.strip() else None
 
 
-def _rollout(obj: Mapping[str, Any], what: str) -> list[list[Any]]:
-    parts: list[list[Any]] = []
+def _rollout(obj: Mapping[str, Any], what: str) -> list[RolloutPart]:
+    parts: list[RolloutPart] = []
     for i, raw in enumerate(_list(obj, "variations")):
         part = _dict(raw, f"{what}.variations[{i}]")
         bounds = part.get("rollout")
@@ -169,7 +153,7 @@ def _rollout(obj: Mapping[str, Any], what: str) -> list[list[Any]]:
         hi = _fraction(bounds[1], f"{what} rollout upper bound")
         expt = part.get("exptRollout")
         expt_f = 0.0 if expt is None else _fraction(expt, f"{what} exptRollout")
-        parts.append([_str(part, "id"), lo, hi, expt_f])
+        parts.append(RolloutPart(_str(part, "id"), lo, hi, expt_f))
     return parts
 
 
@@ -183,7 +167,7 @@ def _string_list(raw: str) -> list[str]:
     return value
 
 
-def normalize_condition(raw: object, what: str) -> list[Any]:
+def normalize_condition(raw: object, what: str) -> Condition:
     cond = _dict(raw, what)
     prop = _str(cond, "property", optional=True)
     op = cond.get("op")
@@ -203,13 +187,13 @@ def normalize_condition(raw: object, what: str) -> list[Any]:
                 operand = _string_list(value)
             except WireError as exc:
                 operand, error = value, f"{prop or op}: {exc}"
-    return [prop, op, operand, error]
+    return Condition(prop, op, operand, error)
 
 
 # --------------------------------------------------------------------------- entities
 
 
-def normalize_flag(raw: object) -> NormFlag:
+def normalize_flag(raw: object) -> FlagEntry:
     """One wire flag -> normalised form. Raises :class:`WireError`."""
     flag = _dict(raw, "flag")
     key = _str(flag, "key")
@@ -221,14 +205,14 @@ def normalize_flag(raw: object) -> NormFlag:
     variations = []
     for i, v in enumerate(_list(flag, "variations")):
         var = _dict(v, f"variations[{i}]")
-        variations.append([_str(var, "id"), _str(var, "value", optional=True)])
+        variations.append(Variation(_str(var, "id"), _str(var, "value", optional=True)))
     targets = []
     for i, t in enumerate(_list(flag, "targetUsers")):
         target = _dict(t, f"targetUsers[{i}]")
         keys = _list(target, "keyIds")
         if not all(isinstance(k, str) for k in keys):
             raise WireError(f"targetUsers[{i}].keyIds must hold strings")
-        targets.append([_str(target, "variationId"), keys])
+        targets.append(Target(_str(target, "variationId"), keys))
     rules = []
     for i, r in enumerate(_list(flag, "rules")):
         rule = _dict(r, f"rules[{i}]")
@@ -236,15 +220,7 @@ def normalize_flag(raw: object) -> NormFlag:
             # R-38: a null or malformed list must not be treated as empty.
             raise WireError(f"rules[{i}].conditions must be a list")
         conds = [normalize_condition(c, f"rules[{i}].conditions[{j}]") for j, c in enumerate(rule["conditions"])]
-        rules.append(
-            [
-                _str(rule, "name", optional=True),
-                _dispatch_key(rule),
-                _bool(rule, "includedInExpt"),
-                conds,
-                _rollout(rule, f"rules[{i}]"),
-            ]
-        )
+        rules.append(Rule(_str(rule, "name", optional=True), _dispatch_key(rule), _bool(rule, "includedInExpt"), conds, _rollout(rule, f"rules[{i}]")))
     fall = _dict(flag.get("fallthrough"), "fallthrough")
     vtype = flag.get("variationType")
     return {
@@ -259,11 +235,11 @@ def normalize_flag(raw: object) -> NormFlag:
         "variations": variations,
         "targets": targets,
         "rules": rules,
-        "fallthrough": [_dispatch_key(fall), _bool(fall, "includedInExpt"), _rollout(fall, "fallthrough")],
+        "fallthrough": Fallthrough(_dispatch_key(fall), _bool(fall, "includedInExpt"), _rollout(fall, "fallthrough")),
     }
 
 
-def normalize_segment(raw: object) -> NormSegment:
+def normalize_segment(raw: object) -> SegmentEntry:
     """One wire segment -> normalised form. Raises :class:`WireError`."""
     seg = _dict(raw, "segment")
     # R-28: segments are looked up by the canonical lowercase id.
@@ -303,8 +279,8 @@ class DataSyncMessage:
     """A parsed ``data-sync`` payload: full replacement or patch (R-8)."""
 
     event_type: str  # "full" or "patch"
-    flags: list[NormFlag]
-    segments: list[NormSegment]
+    flags: list[FlagEntry]
+    segments: list[SegmentEntry]
     skipped: list[Skipped] = field(default_factory=list)
 
 
@@ -335,13 +311,13 @@ def parse_data_sync(data: object) -> DataSyncMessage:
     if not isinstance(raw_flags, list) or not isinstance(raw_segments, list):
         raise WireError("featureFlags and segments must be lists")
     skipped: list[Skipped] = []
-    flags: list[NormFlag] = []
+    flags: list[FlagEntry] = []
     for i, raw in enumerate(raw_flags):
         try:
             flags.append(normalize_flag(raw))
         except WireError as exc:
             skipped.append(Skipped("flag", _identity(raw, "key", i), str(exc)))
-    segments: list[NormSegment] = []
+    segments: list[SegmentEntry] = []
     for i, raw in enumerate(raw_segments):
         try:
             segments.append(normalize_segment(raw))
