@@ -70,6 +70,15 @@ _WRONG = ReasonKind.WRONG_TYPE
 _FALLTHROUGH = ReasonKind.FALLTHROUGH
 
 
+def _flag_key(key: object) -> str | None:
+    """The flag key every entry point looks up: a str as it is, a str
+    subclass as its plain str (so ``variation`` and ``variation_detail``
+    agree on it), anything else None (no flag has it: FlagNotFound)."""
+    if type(key) is str:
+        return key
+    return str.__str__(key) if isinstance(key, str) else None
+
+
 class FBClient:
     """Evaluate FeatBit flags; a drop-in for ``fbclient.FBClient``."""
 
@@ -300,14 +309,16 @@ class FBClient:
         view = self._source.current()
         if view is None:
             return EvalDetail(REASON_CLIENT_NOT_READY, default, key, FLAG_NAME_UNKNOWN, "", _NOT_READY)
+        plain = _flag_key(key)
+        if plain is None:
+            return EvalDetail(REASON_FLAG_NOT_FOUND, default, FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_FLAG_NOT_FOUND)
+        key = plain
         try:
             flag = view.flag(key)
         except Exception as exc:  # a flag that cannot even be built  # noqa: BLE001
             return EvalDetail(f"malformed flag: {exc}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_MALFORMED_FLAG)
         if flag is None:
-            return EvalDetail(
-                REASON_FLAG_NOT_FOUND, default, key if isinstance(key, str) else FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_FLAG_NOT_FOUND
-            )
+            return EvalDetail(REASON_FLAG_NOT_FOUND, default, key, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_FLAG_NOT_FOUND)
         try:
             u = make_user(user)
         except InvalidUser as exc:
@@ -334,12 +345,14 @@ class FBClient:
         # one validation, one evaluation (skipped for user-independent flags).
         # Everything else is in _detail.
         try:
-            if default is None and self._defaults and type(key) is str:
-                default = self._defaults.get(key)
+            # A str subclass is looked up as its plain str; anything else finds no flag.
+            name = key if type(key) is str else _flag_key(key)
+            if default is None and self._defaults and name is not None:
+                default = self._defaults.get(name)
             view = self._source.current()
-            if view is None or type(key) is not str:
+            if view is None or name is None:
                 return default
-            flag = view.flag(key)
+            flag = view.flag(name)
             if flag is None:
                 return default
             u = make_user(user)
@@ -355,15 +368,16 @@ class FBClient:
             if value is WRONG_TYPE:
                 return default
             if events is not None:  # R-66: one event per successful evaluation, after conversion
-                events.record_eval(user, key, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt))
+                events.record_eval(user, name, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt))
             return value
         except Exception:  # noqa: BLE001 - evaluation never raises (STYLE 6)
             return default
 
     def variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
         """Value plus reason, reason kind and variation id (R-57). Never raises."""
-        if default is None and self._defaults and type(key) is str:
-            default = self._defaults.get(key)
+        plain = _flag_key(key)
+        if default is None and self._defaults and plain is not None:
+            default = self._defaults.get(plain)
         return self._typed(key, user, default, None)
 
     def _quiet_variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
@@ -500,6 +514,7 @@ class FBClient:
     def is_flag_known(self, key: str) -> bool:
         view = self._source.current()
         try:
-            return view is not None and type(key) is str and view.flag(key) is not None
+            plain = _flag_key(key)
+            return view is not None and plain is not None and view.flag(plain) is not None
         except Exception:  # noqa: BLE001
             return False
