@@ -370,6 +370,18 @@ def test_r68_500_then_200_is_retried_once_200ms_apart(names: StoreNames) -> None
     pump.close()
 
 
+def test_events_max_retries_and_retry_interval_configure_the_pump(names: StoreNames) -> None:
+    # Config.events_max_retries / events_retry_interval reach the pump (issue 15:
+    # they were accepted and ignored).
+    record_evals(names, 10)
+    post = Recorder([500, 500, 500, 200])
+    slept: list[float] = []
+    pump = EventPump(names, post, attempts=4, retry_delay=0.7, sleep=slept.append)
+    assert pump.drain(5)
+    assert len(post.bodies) == 4 and slept == [0.7, 0.7, 0.7] and pump.sent == 10
+    pump.close()
+
+
 def test_r68_two_failures_keep_the_events_for_the_next_flush(names: StoreNames) -> None:
     """Issue 9 (the soak): a slice that fails both attempts is not thrown away;
     it is tried again a flush interval later, in the ring until then."""

@@ -3,8 +3,10 @@
 Everything the sync process needs to talk to FeatBit that can be decided
 without a socket or a clock lives here: URLs, the connection token, the
 frames it sends, how a received frame is classified, the reconnect schedule
-and the status machine. The websocket runner (:mod:`featbit_shm.sync.stream`)
-only moves bytes and time through these functions.
+and the reconnect policy. The websocket runner
+(:class:`featbit_shm.sync.sources.StreamSource`) only moves bytes and time
+through these functions; the states themselves are
+:class:`featbit_shm.shm.control.SyncState`.
 """
 
 from __future__ import annotations

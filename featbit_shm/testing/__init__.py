@@ -1,6 +1,11 @@
-"""Public test helpers: wire-JSON builders (and, later, a FeatBit stand-in server).
+"""Public test helpers, used by featbit_shm's own tests too.
 
-Users test their own apps with these, and featbit_shm's own tests use them too.
+* :mod:`.builders` -- FeatBit wire JSON for flags, segments, conditions and
+  data-sync documents;
+* :mod:`.server` -- ``FeatBitStandIn``, a FeatBit evaluation server on
+  loopback that speaks the real wire protocol (websocket data-sync with the
+  connection token, pushes, close codes, the insight endpoint), for tests
+  of a whole host: sync process, workers, events.
 """
 
 from . import builders
