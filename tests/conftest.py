@@ -1,9 +1,27 @@
+"""Shared test setup, and the test lanes.
+
+Lanes (markers): ``unit`` -- the pure core and in-process shared memory, no
+process started (the default lane: plain ``pytest``); ``subprocess`` --
+real sync processes, worker processes, forks; ``gunicorn``, ``uwsgi`` --
+real servers; ``soak`` -- the chaos soak. A test marked with no lane is in
+``unit``, and a guard fails a ``unit`` test that starts a process, so the
+fast lane stays fast and honest. ``scripts/test`` runs every lane CI runs
+(all but the soak).
+"""
+
 from __future__ import annotations
 
+import _posixsubprocess  # type: ignore[import-not-found]
+import contextlib
 import json
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
+
+import pytest
 
 # Tests start their own sync processes; an online client must not start one
 # behind their back (test_sync.py checks auto-start on its own).
@@ -20,3 +38,49 @@ def offline_client(*flags: dict[str, Any], segments: tuple[dict[str, Any], ...] 
     client = FBClient(Config(offline=True, **config))
     assert client.initialize_from_external_json(json.dumps(b.data_sync(flags, segments)))
     return client
+
+
+INTEGRATION_LANES = ("subprocess", "gunicorn", "uwsgi", "soak")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(lane) for lane in INTEGRATION_LANES):
+            item.add_marker(pytest.mark.unit)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"lanes selected: -m {config.getoption('markexpr') or '(all)'!r} (scripts/test runs every lane CI runs)"
+
+
+@contextlib.contextmanager
+def _no_process(nodeid: str) -> Iterator[None]:
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError(f"{nodeid} starts a process: mark it @pytest.mark.subprocess (tests/conftest.py)")
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(subprocess.Popen, "__init__", refuse))
+        stack.enter_context(mock.patch.object(_posixsubprocess, "fork_exec", refuse))  # multiprocessing's spawn
+        stack.enter_context(mock.patch.object(os, "fork", refuse))
+        stack.enter_context(mock.patch.object(os, "posix_spawn", refuse))
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """A test in the unit lane that starts a process -- in its own body or in
+    any fixture it uses, module-scoped ones included -- is in the wrong lane."""
+    if item.get_closest_marker("unit") is None:
+        yield
+        return
+    with _no_process(item.nodeid):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("unit") is None:
+        yield
+        return
+    with _no_process(item.nodeid):
+        yield

@@ -47,7 +47,7 @@ from .flaggen import (
 )
 
 SETTINGS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 
 USER_KEYS = ("u-000", "u-001", "u-002", "test-user-7", "用户-5")

@@ -9,6 +9,8 @@ import sys
 import uuid
 from typing import Any
 
+import pytest
+
 from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.wire import parse_data_sync
 from featbit_shm.shm.names import StoreNames
@@ -24,6 +26,7 @@ def run(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "featbit_shm.cli", *args], capture_output=True, text=True, env=env, timeout=60)
 
 
+@pytest.mark.subprocess
 def test_status_json_and_dump_of_a_published_store() -> None:
     namespace = f"cli-{uuid.uuid4().hex[:8]}"
     ds, _ = DataSet().apply(parse_data_sync(b.data_sync([b.flag("a", updated_at=5), b.flag("b")], [b.segment("s")])["data"]))
@@ -47,6 +50,7 @@ def test_status_json_and_dump_of_a_published_store() -> None:
         assert "generation" in text.stdout
 
 
+@pytest.mark.subprocess
 def test_status_of_a_missing_store_says_absent_and_fails() -> None:
     done = run(f"missing-{uuid.uuid4().hex[:8]}", "status", "--json")
     assert done.returncode == 1
@@ -54,6 +58,7 @@ def test_status_of_a_missing_store_says_absent_and_fails() -> None:
     assert run(f"missing-{uuid.uuid4().hex[:8]}", "dump").returncode == 1
 
 
+@pytest.mark.subprocess
 def test_eval_evaluates_from_the_hosts_store() -> None:
     namespace = f"cli-{uuid.uuid4().hex[:8]}"
     ds, _ = DataSet().apply(

@@ -26,6 +26,9 @@ from featbit_shm.testing.server import FeatBitStandIn
 
 from .sync_helpers import eventually, sync_env
 
+# fbclient and a featbit_shm sync process, each against its own stand-in: the integration lane.
+pytestmark = pytest.mark.subprocess
+
 T0 = 1_700_000_000_000
 VIP = {"key": "vip", "name": "V"}
 US = {"key": "u-us", "name": "U1", "country": "us"}

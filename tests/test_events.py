@@ -462,6 +462,7 @@ def test_malformed_records_are_skipped_counted_and_the_rest_delivered(names: Sto
     pump.close()
 
 
+@pytest.mark.subprocess
 def test_dead_process_ring_is_drained_then_reclaimed(names: StoreNames) -> None:
     code = f"""
 import sys
@@ -490,6 +491,7 @@ sys.stdin.readline()
     assert names.existing("r") == []
 
 
+@pytest.mark.subprocess
 def test_a_worker_that_asked_for_a_flush_and_exited_is_reclaimed_cleanly(names: StoreNames, caplog: pytest.LogCaptureFixture) -> None:
     """gunicorn's worker_exit stops the client, which asks for a flush, and
     the worker is gone by the next cycle: its events are sent, its ring is
@@ -537,6 +539,7 @@ def test_a_client_registers_and_claims_its_ring_under_one_lock(names: StoreNames
         client.stop()
 
 
+@pytest.mark.subprocess
 def test_registry_lock_excludes_other_processes_and_dies_with_its_holder(names: StoreNames) -> None:
     import threading
 
@@ -800,6 +803,7 @@ def received_keys(server: FeatBitStandIn, prefix: str) -> list[str]:
     return [e["user"]["keyId"] for e in list(server.events) if e["user"]["keyId"].startswith(prefix + "-")]
 
 
+@pytest.mark.subprocess
 def test_100k_events_from_4_processes_each_received_exactly_once(server: FeatBitStandIn) -> None:
     with sync_env(server) as env:
         env.spawn()
@@ -813,6 +817,7 @@ def test_100k_events_from_4_processes_each_received_exactly_once(server: FeatBit
         assert all(isinstance(t, int) and t > 1_600_000_000_000 for t in stamps)
 
 
+@pytest.mark.subprocess
 def test_worker_sigkilled_after_1000_events_loses_none(server: FeatBitStandIn) -> None:
     with sync_env(server) as env:
         env.spawn()
@@ -827,6 +832,7 @@ def test_worker_sigkilled_after_1000_events_loses_none(server: FeatBitStandIn) -
         assert eventually(lambda: not owned & set(env.names.existing("r")), timeout=10)  # its ring was reclaimed
 
 
+@pytest.mark.subprocess
 def test_graceful_stop_with_5000_events_queued_delivers_them_all(server: FeatBitStandIn) -> None:
     with sync_env(server) as env:
         proc = env.spawn()
@@ -846,6 +852,7 @@ def test_graceful_stop_with_5000_events_queued_delivers_them_all(server: FeatBit
         worker.wait(10)
 
 
+@pytest.mark.subprocess
 def test_sync_dead_events_kept_until_ring_fills_then_delivered_by_new_leader(server: FeatBitStandIn) -> None:
     with sync_env(server) as env:
         env.spawn()
@@ -874,6 +881,7 @@ def test_sync_dead_events_kept_until_ring_fills_then_delivered_by_new_leader(ser
         client.stop()
 
 
+@pytest.mark.subprocess
 def test_401_stops_delivery_and_evaluation_is_unaffected(server: FeatBitStandIn) -> None:
     with sync_env(server) as env:
         env.spawn()
@@ -891,6 +899,7 @@ def test_401_stops_delivery_and_evaluation_is_unaffected(server: FeatBitStandIn)
         client.stop()
 
 
+@pytest.mark.subprocess
 def test_events_semantics_through_the_client(server: FeatBitStandIn) -> None:
     """R-66: one event per successful evaluation after conversion; none for
     fallbacks, WrongType or bulk; track/identify record; nothing after stop."""
@@ -923,6 +932,7 @@ def test_events_semantics_through_the_client(server: FeatBitStandIn) -> None:
         assert len([e for e in server.events if e["user"]["keyId"] == "sem"]) == 5
 
 
+@pytest.mark.subprocess
 def test_no_events_offline_or_when_disabled(server: FeatBitStandIn) -> None:
     offline = FBClient(Config(offline=True))
     assert offline._events is None

@@ -324,6 +324,7 @@ def _in_child(fn: Any) -> dict[str, Any]:
     return json.loads(out)  # type: ignore[no-any-return]
 
 
+@pytest.mark.subprocess
 def test_listeners_registered_before_fork_fire_in_the_child(client: FBClient) -> None:
     rec = Recorder()
     client.flag_tracker.add_flag_changed_listener(rec)
@@ -354,6 +355,7 @@ def warnings_seen() -> Iterator[list[str]]:
     logger.removeHandler(grab)
 
 
+@pytest.mark.subprocess
 def test_watcher_started_before_fork_is_reported_loudly_in_the_child(client: FBClient, warnings_seen: list[str]) -> None:
     client.flag_tracker.add_flag_changed_listener(Recorder())
     client.flag_tracker.start_watching(0.05)
@@ -363,6 +365,7 @@ def test_watcher_started_before_fork_is_reported_loudly_in_the_child(client: FBC
     assert client.flag_tracker.watching  # the parent's watcher goes on
 
 
+@pytest.mark.subprocess
 def test_external_json_in_a_forked_child_warns_that_siblings_do_not_see_it(client: FBClient, warnings_seen: list[str]) -> None:
     def child() -> dict[str, Any]:
         for _ in range(50):  # rate-limited: one warning however often it is called
@@ -374,6 +377,7 @@ def test_external_json_in_a_forked_child_warns_that_siblings_do_not_see_it(clien
     assert not any("updates this process only" in m for m in warnings_seen)  # the parent is not warned
 
 
+@pytest.mark.subprocess
 def test_flush_and_wait_without_a_sync_process_says_why(env: SyncFixture, caplog: pytest.LogCaptureFixture) -> None:
     proc = env.spawn()
     client = FBClient(Config(env.server.secret, env.server.event_url, env.server.streaming_url, namespace=env.namespace), start_wait=10)
@@ -412,6 +416,7 @@ def env(server: FeatBitStandIn) -> Iterator[SyncFixture]:
         yield fixture
 
 
+@pytest.mark.subprocess
 def test_listeners_in_a_worker_fed_by_the_sync_process_record_no_events(env: SyncFixture) -> None:
     """Patches pushed by FeatBit reach listeners through shared memory; the
     evaluations the listeners make are not sent as events (R-66 applies to

@@ -15,6 +15,8 @@ from featbit_shm.testing.server import FeatBitStandIn
 from .app_servers import ROOT, WORKERS, AppServer, ask, banner_off, free_port, new_namespace, server
 from .sync_helpers import eventually, processes_of
 
+pytestmark = pytest.mark.gunicorn
+
 pytest.importorskip("gunicorn")
 
 log = logging.getLogger(__name__)

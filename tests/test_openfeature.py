@@ -42,6 +42,9 @@ from featbit_shm.testing.server import FeatBitStandIn
 from .app_servers import ROOT, WORKERS, AppServer, banner_off, free_port, new_namespace, server
 from .sync_helpers import SyncFixture, eventually, sync_env
 
+# the module's fixture runs a sync process behind the provider: the integration lane.
+pytestmark = pytest.mark.subprocess
+
 __all__ = ["server"]  # the app-server fixture, imported for pytest
 
 SEGMENT = "seg-beta"
@@ -641,6 +644,7 @@ class OpenFeatureGunicorn(AppServer):
 
 
 @pytest.mark.parametrize("preload", [False, True])
+@pytest.mark.gunicorn
 def test_gunicorn_workers_evaluate_through_openfeature_without_threads(server: FeatBitStandIn, preload: bool) -> None:
     """One websocket for the host; each sync worker evaluates from shared memory on its only thread."""
     pytest.importorskip("gunicorn")

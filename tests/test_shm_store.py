@@ -176,6 +176,7 @@ def test_objects_are_created_0600_by_default(names: StoreNames) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as nobody")
+@pytest.mark.subprocess
 def test_0600_object_cannot_be_opened_by_another_uid(names: StoreNames) -> None:
     def read_as_nobody(path: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(["/bin/cat", path], user="nobody", capture_output=True, timeout=30)
@@ -220,6 +221,7 @@ def test_offline_client_serves_the_hosts_published_snapshot(names: StoreNames) -
 # --------------------------------------------------------------------------- fork
 
 
+@pytest.mark.subprocess
 def test_fork_parent_and_child_both_evaluate(names: StoreNames) -> None:
     with SnapshotWriter(names) as writer:
         writer.publish(dataset(b.flag("a", variations=["one", "x"], variation_type="string")))
@@ -268,6 +270,7 @@ def test_fork_with_injected_pid_rebuilds_a_lock_held_at_fork_time(names: StoreNa
 # --------------------------------------------------------------------------- torture and crashes
 
 
+@pytest.mark.subprocess
 def test_torture_2000_generations_4_reader_processes(names: StoreNames, tmp_path: Path) -> None:
     stop = tmp_path / "stop"
     with SPAWN.Pool(5) as pool:
@@ -286,6 +289,7 @@ def test_torture_2000_generations_4_reader_processes(names: StoreNames, tmp_path
         pass
 
 
+@pytest.mark.subprocess
 def test_writer_sigkilled_mid_publish_readers_keep_last_good_new_writer_recovers(names: StoreNames) -> None:
     rng = random.Random(7)
     reader = SnapshotReader(names)

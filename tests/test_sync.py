@@ -48,6 +48,7 @@ def client_for(env: SyncFixture, start_wait: float = 10) -> FBClient:
     return FBClient(Config(env.server.secret, env.server.event_url, env.server.streaming_url, namespace=env.namespace), start_wait=start_wait)
 
 
+@pytest.mark.subprocess
 def test_initial_full_sync(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -61,6 +62,7 @@ def test_initial_full_sync(env: SyncFixture) -> None:
     assert client.variation("a", {"key": "u"}, "d") == "a1"
 
 
+@pytest.mark.subprocess
 def test_patch_becomes_visible_in_a_reader_process(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -71,6 +73,7 @@ def test_patch_becomes_visible_in_a_reader_process(env: SyncFixture) -> None:
     assert eventually(lambda: reader.current().segment("s1") is not None and "u9" in reader.current().segment("s1").included)
 
 
+@pytest.mark.subprocess
 def test_archived_flag_gives_flag_not_found(env: SyncFixture) -> None:
     env.spawn()
     client = client_for(env)
@@ -80,6 +83,7 @@ def test_archived_flag_gives_flag_not_found(env: SyncFixture) -> None:
     assert client.variation_detail("a", {"key": "u"}, "d").kind is ReasonKind.ERROR
 
 
+@pytest.mark.subprocess
 def test_out_of_order_patch_versions_keep_the_newest(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -91,6 +95,7 @@ def test_out_of_order_patch_versions_keep_the_newest(env: SyncFixture) -> None:
     assert value(reader, "a") == "newest"
 
 
+@pytest.mark.subprocess
 def test_one_malformed_entity_among_good_ones(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -102,6 +107,7 @@ def test_one_malformed_entity_among_good_ones(env: SyncFixture) -> None:
     assert reader.current().flag("bad") is None
 
 
+@pytest.mark.subprocess
 def test_invalid_json_frame_then_a_good_patch(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -113,6 +119,7 @@ def test_invalid_json_frame_then_a_good_patch(env: SyncFixture) -> None:
     assert env.server.connections_accepted == 1
 
 
+@pytest.mark.subprocess
 def test_drop_then_reconnect_with_cursor_loses_no_update(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -129,6 +136,7 @@ def test_drop_then_reconnect_with_cursor_loses_no_update(env: SyncFixture) -> No
     assert eventually(lambda: reader.control.state is SyncState.OK)
 
 
+@pytest.mark.subprocess
 def test_close_1000_reconnects(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -139,6 +147,7 @@ def test_close_1000_reconnects(env: SyncFixture) -> None:
     assert eventually(lambda: value(reader, "a") == "after-1000")
 
 
+@pytest.mark.subprocess
 def test_close_1011_reconnects(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -147,6 +156,7 @@ def test_close_1011_reconnects(env: SyncFixture) -> None:
     assert eventually(lambda: env.server.connections_accepted >= 2 and env.server.open_connections == 1)
 
 
+@pytest.mark.subprocess
 def test_close_4003_stops_state_off_and_waiters_woken(env: SyncFixture) -> None:
     proc = env.spawn()
     reader = env.reader()
@@ -160,6 +170,7 @@ def test_close_4003_stops_state_off_and_waiters_woken(env: SyncFixture) -> None:
     assert processes_of(env.namespace) == []
 
 
+@pytest.mark.subprocess
 def test_rejected_client_is_not_initialized_and_start_wait_returns_early(server: FeatBitStandIn) -> None:
     """G-1: a client whose sync is rejected is never 'initialized'."""
     with sync_env(server) as env:
@@ -179,6 +190,7 @@ def test_rejected_client_is_not_initialized_and_start_wait_returns_early(server:
         assert client._source.state() is SyncState.OFF  # the store stays, saying why
 
 
+@pytest.mark.subprocess
 def test_clock_skew_over_30s_is_rejected_with_4003(env: SyncFixture) -> None:
     """R-3: the token carries the host clock; more than 30 s of skew is a 4003 (documented)."""
     env.server.clock_offset_ms = 31_000
@@ -191,6 +203,7 @@ def test_clock_skew_over_30s_is_rejected_with_4003(env: SyncFixture) -> None:
     assert eventually(lambda: env.leader_ready(reader))
 
 
+@pytest.mark.subprocess
 def test_leader_sigkill_new_leader_within_2s(env: SyncFixture) -> None:
     env.spawn()
     reader = env.reader()
@@ -214,6 +227,7 @@ def test_leader_sigkill_new_leader_within_2s(env: SyncFixture) -> None:
     assert env.server.open_connections == 1
 
 
+@pytest.mark.subprocess
 def test_ten_simultaneous_candidates_one_websocket(env: SyncFixture) -> None:
     procs = [env.spawn() for _ in range(10)]
     reader = env.reader()
@@ -225,6 +239,7 @@ def test_ten_simultaneous_candidates_one_websocket(env: SyncFixture) -> None:
     assert len(processes_of(env.namespace)) == 2  # one leader, one standby
 
 
+@pytest.mark.subprocess
 def test_owner_gone_leader_exits_and_cleans_up(env: SyncFixture) -> None:
     import subprocess
     import sys
@@ -241,6 +256,7 @@ def test_owner_gone_leader_exits_and_cleans_up(env: SyncFixture) -> None:
     assert env.leftovers() == []  # the last owner unlinked every object
 
 
+@pytest.mark.subprocess
 def test_sigterm_is_a_clean_shutdown(env: SyncFixture) -> None:
     proc = env.spawn()
     reader = env.reader()
@@ -253,6 +269,7 @@ def test_sigterm_is_a_clean_shutdown(env: SyncFixture) -> None:
     assert value(reader, "a") == "a1"  # a worker's existing mapping stays valid
 
 
+@pytest.mark.subprocess
 def test_offline_file_source_publishes_and_republishes(tmp_path, server: FeatBitStandIn) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "flags.json"
     path.write_text(json.dumps(b.data_sync([flag("f", "v1", T0)])))
@@ -274,6 +291,7 @@ def test_offline_file_source_publishes_and_republishes(tmp_path, server: FeatBit
         assert env.server.connections_accepted == 0  # offline: no network
 
 
+@pytest.mark.subprocess
 def test_client_starts_a_sync_process_when_none_runs_and_it_exits_when_idle(server: FeatBitStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
     """DESIGN: a client starts one when none is running; it exits once no client lives (idle timeout)."""
     import subprocess
@@ -303,6 +321,7 @@ def test_client_starts_a_sync_process_when_none_runs_and_it_exits_when_idle(serv
         assert eventually(lambda: env.leftovers() == [], timeout=10)
 
 
+@pytest.mark.subprocess
 def test_update_status_provider_follows_the_sync_process(env: SyncFixture) -> None:
     """R-16 states from the control block; a heartbeat older than 3 s reads INTERRUPTED."""
     from featbit_shm import StateType

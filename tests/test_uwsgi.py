@@ -17,6 +17,8 @@ from featbit_shm.testing.server import FeatBitStandIn
 from .app_servers import ROOT, WORKERS, AppServer, banner_off, free_port, new_namespace, server
 from .sync_helpers import eventually, processes_of
 
+pytestmark = pytest.mark.uwsgi
+
 UWSGI = shutil.which("uwsgi") or str(Path(sys.executable).with_name("uwsgi"))
 if not os.access(UWSGI, os.X_OK):
     pytest.skip("uWSGI is not installed (its compile from PyPI failed or was skipped): uWSGI tests skipped", allow_module_level=True)

@@ -24,6 +24,9 @@ from featbit_shm.testing.server import FeatBitStandIn
 
 from ..sync_helpers import eventually
 
+# Real sockets to the stand-in and liveness timeouts: the integration lane.
+pytestmark = pytest.mark.subprocess
+
 T0 = 1_700_000_000_000
 
 

@@ -18,6 +18,9 @@ from featbit_shm.testing.server import FeatBitStandIn
 
 from ..sync_helpers import SyncFixture, eventually, processes_of, sync_env
 
+# Real sockets to the stand-in and liveness timeouts: the integration lane.
+pytestmark = pytest.mark.subprocess
+
 T0 = 1_700_000_000_000
 
 
