@@ -138,11 +138,13 @@ def test_options_the_sync_process_reads_reach_it_through_the_variables() -> None
         events_max_retries=4,
         namespace="ns-1",
         disable_events=True,
+        event_ring_bytes=1 << 20,
     )
     settings = SyncSettings.from_env(config.to_env())
     assert (settings.streaming_first_retry_delay, settings.events_flush_interval) == (2.5, 0.5)
     assert (settings.events_retry_interval, settings.events_max_retries) == (0.3, 4)
     assert (settings.namespace, settings.disable_events, settings.env_secret) == ("ns-1", True, "secret")
+    assert settings.ring_bytes == 1 << 20  # spare rings fit the workers' claims
     assert Config.from_env(config.to_env()).to_env() == config.to_env()
 
 

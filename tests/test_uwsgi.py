@@ -29,12 +29,12 @@ __all__ = ["server"]  # the fixture, imported for pytest
 class UWSGIServer(AppServer):
     kind = "uWSGI"
 
-    def __init__(self, server: FeatBitStandIn) -> None:
+    def __init__(self, server: FeatBitStandIn, mule: str | None = None) -> None:
         self.port = free_port()
         self.namespace = new_namespace("uwsgi")
         command = [
             UWSGI, "--master", "--processes", str(WORKERS), "--http-socket", f"127.0.0.1:{self.port}",
-            f"--mule={featbit_shm.integrations.uwsgi_mule.__file__}", "--wsgi-file", str(ROOT / "examples" / "demo_app.py"),
+            f"--mule={mule or featbit_shm.integrations.uwsgi_mule.__file__}", "--wsgi-file", str(ROOT / "examples" / "demo_app.py"),
             "--callable", "app", "--die-on-term", "--disable-logging", "--virtualenv", sys.prefix,
         ]  # fmt: skip
         super().__init__(server, command, {"FEATBIT_SHM_AUTOSTART": "0"})
@@ -58,5 +58,21 @@ def test_uwsgi_mule_one_websocket_patch_to_every_worker_clean_stop(server: FeatB
         assert eventually(lambda: u.store_objects() == [], timeout=10)
         evaluated = [e for e in server.events if e["user"]["keyId"] == "alice"]
         assert evaluated  # the workers' events were delivered
+    finally:
+        u.cleanup()
+
+
+def test_the_mules_former_path_still_starts_the_sync_process(server: FeatBitStandIn) -> None:
+    # featbit_shm/uwsgi_mule.py moved to featbit_shm/integrations/ (issue 15);
+    # existing `mule = .../featbit_shm/uwsgi_mule.py` lines must keep working.
+    import featbit_shm
+
+    u = UWSGIServer(server, mule=str(Path(featbit_shm.__file__).with_name("uwsgi_mule.py")))
+    try:
+        assert eventually(lambda: len(u.workers(lambda a: a["generation"] > 0)) >= 1, timeout=30)
+        assert server.connections_accepted == 1
+        u.proc.send_signal(signal.SIGTERM)
+        assert u.proc.wait(30) is not None
+        assert eventually(lambda: processes_of(u.namespace) == [], timeout=15)
     finally:
         u.cleanup()

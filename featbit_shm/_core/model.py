@@ -8,10 +8,19 @@ by the flag's ``variationType``. Objects are read-only after construction.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, Union
 
 from .operators import Test, compile_rule
-from .results import CONVERTERS, WRONG_TYPE, to_str
+from .results import (
+    CONVERTERS,
+    REASON_FALLTHROUGH,
+    REASON_OFF,
+    REASON_RULE,
+    REASON_TARGET,
+    WRONG_TYPE,
+    ReasonKind,
+    to_str,
+)
 from .rollout import WHOLE_RANGE_TOLERANCE, empty_range, experiment_upper, whole_range
 from .schema import FlagEntry, RolloutPart, SegmentEntry
 from .user import User
@@ -19,6 +28,9 @@ from .user import User
 ALWAYS: Final = 0
 NEVER: Final = 1
 RANGE: Final = 2
+
+# sendToExperiment: True/False, or (dispatch_input, upper) still to be hashed (R-55).
+ExperimentSpec = Union[bool, tuple[str, float]]
 
 
 class Variation:
@@ -46,10 +58,26 @@ class Variation:
         return f"Variation({self.id!r}, {self.value!r})"
 
 
-class Part:
-    """One rollout variation: ``[lo, hi]`` of the bucket range (R-52)."""
+class Decision(NamedTuple):
+    """The outcome of one evaluation (:func:`.evaluator.evaluate`).
 
-    __slots__ = ("variation", "lo", "hi", "mode", "expt_upper")
+    Most outcomes do not depend on the user beyond which branch was taken,
+    so a compiled :class:`Flag` builds them once: evaluation hands back a
+    prebuilt Decision and allocates nothing.
+    """
+
+    kind: ReasonKind
+    variation: Variation | None  # None: kind Error, the caller's default is served
+    reason: str  # the reason text (fbclient's where it has one, R-87)
+    rule: str  # the matching rule's name, or ""
+    experiment: ExperimentSpec  # sendToExperiment, or what to hash for it (evaluator.send_to_experiment)
+
+
+class Part:
+    """One rollout variation: ``[lo, hi]`` of the bucket range (R-52), and
+    the decision it gives when sendToExperiment does not depend on the user."""
+
+    __slots__ = ("variation", "lo", "hi", "mode", "expt_upper", "decision")
 
     def __init__(self, variation: Variation | None, lo: float, hi: float, expt: float) -> None:
         self.variation = variation
@@ -57,17 +85,22 @@ class Part:
         self.hi = hi
         self.mode = ALWAYS if whole_range(lo, hi) else NEVER if empty_range(lo, hi) else RANGE
         self.expt_upper = experiment_upper(lo, hi, expt)
+        self.decision: Decision | None = None  # set by Flag._rollout
 
 
 class Rollout:
-    """A rule's or the fallthrough's rollout with its dispatch settings."""
+    """A rule's or the fallthrough's rollout with its dispatch settings, and
+    the kind, reason and rule name of the decisions it gives."""
 
-    __slots__ = ("dispatch_key", "in_expt", "parts", "needs_bucket")
+    __slots__ = ("dispatch_key", "in_expt", "parts", "needs_bucket", "kind", "reason", "rule")
 
-    def __init__(self, dispatch_key: str | None, in_expt: bool, parts: tuple[Part, ...]) -> None:
+    def __init__(self, dispatch_key: str | None, in_expt: bool, parts: tuple[Part, ...], kind: ReasonKind, reason: str, rule: str) -> None:
         self.dispatch_key = dispatch_key
         self.in_expt = in_expt
         self.parts = parts
+        self.kind = kind
+        self.reason = reason
+        self.rule = rule
         # No bucket is needed when an ALWAYS part comes before any RANGE part.
         needs = False
         for p in parts:
@@ -113,6 +146,7 @@ class Flag:
         "fallthrough",
         "static",
         "static_expt",
+        "off_decision",
         "norm",
     )
 
@@ -132,20 +166,26 @@ class Flag:
         self.variations = variations
         self.off_id: str = norm["off"]
         self.off = variations.get(self.off_id)
+        self.off_decision = None if self.off is None else Decision(ReasonKind.OFF, self.off, REASON_OFF, "", False)
         # Targets in stored order; the first target listing a key wins (R-36).
         # A dangling variation id maps to None: "malformed flag" (R-37).
-        targets: dict[str, Variation | None] = {}
+        targets: dict[str, Decision | None] = {}
         for target in norm["targets"]:
             var = variations.get(target.variation_id)
+            decision = None if var is None else Decision(ReasonKind.TARGET_MATCH, var, REASON_TARGET, "", self.expt_all)
             for k in target.keys:
-                targets.setdefault(k, var)
+                targets.setdefault(k, decision)
         self.targets = targets
         self.rules = tuple(
-            Rule(rule.name, compile_rule(rule.conditions), self._rollout(rule.dispatch_key, rule.in_expt, rule.rollout))
+            Rule(
+                rule.name,
+                compile_rule(rule.conditions),
+                self._rollout(rule.dispatch_key, rule.in_expt, rule.rollout, ReasonKind.RULE_MATCH, REASON_RULE, rule.name),
+            )
             for rule in norm["rules"]
         )
         fall = norm["fallthrough"]
-        self.fallthrough = self._rollout(fall.dispatch_key, fall.in_expt, fall.rollout)
+        self.fallthrough = self._rollout(fall.dispatch_key, fall.in_expt, fall.rollout, ReasonKind.FALLTHROUGH, REASON_FALLTHROUGH, "")
         # The variation every user gets when the result cannot depend on the
         # user (flag off, or no targets, no rules and a whole-range
         # fallthrough), so evaluation can skip the decision steps.
@@ -167,12 +207,20 @@ class Flag:
                 elif first.expt_upper >= 1 - WHOLE_RANGE_TOLERANCE:
                     self.static_expt = True  # R-52 shortcut: [0, ~1] takes everyone
 
-    def _rollout(self, dispatch_key: str | None, in_expt: bool, parts: list[RolloutPart]) -> Rollout:
-        return Rollout(
-            dispatch_key,
-            in_expt,
-            tuple(Part(self.variations.get(p.variation_id), p.lo, p.hi, p.expt_rollout) for p in parts),
-        )
+    def _rollout(
+        self, dispatch_key: str | None, in_expt: bool, parts: list[RolloutPart], kind: ReasonKind, reason: str, rule: str
+    ) -> Rollout:
+        built = tuple(Part(self.variations.get(p.variation_id), p.lo, p.hi, p.expt_rollout) for p in parts)
+        for part in built:
+            # R-54: sendToExperiment is constant unless the part's experiment
+            # range splits users (then the evaluator hashes per user, R-55).
+            if part.variation is None:
+                continue
+            if self.expt_all:
+                part.decision = Decision(kind, part.variation, reason, rule, True)
+            elif not in_expt or part.expt_upper is None:
+                part.decision = Decision(kind, part.variation, reason, rule, False)
+        return Rollout(dispatch_key, in_expt, built, kind, reason, rule)
 
     def __repr__(self) -> str:
         return f"Flag({self.key!r}, version={self.version})"
@@ -211,4 +259,4 @@ def is_tombstone(norm: FlagEntry | SegmentEntry) -> bool:
     return bool(norm.get("archived"))
 
 
-__all__ = ["Flag", "Segment", "Variation", "Part", "Rollout", "Rule", "is_tombstone", "WRONG_TYPE"]
+__all__ = ["Decision", "ExperimentSpec", "Flag", "Segment", "Variation", "Part", "Rollout", "Rule", "is_tombstone", "WRONG_TYPE"]

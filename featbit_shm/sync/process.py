@@ -268,6 +268,7 @@ class SyncProcess:
             HttpSender(s.event_url, s.env_secret),
             self.writer.control,
             flush_interval=s.events_flush_interval,
+            ring_bytes=s.ring_bytes,
             attempts=s.events_max_retries + 1,
             retry_delay=s.events_retry_interval,
             mode=s.mode,

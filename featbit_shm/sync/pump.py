@@ -43,7 +43,7 @@ from .._core.records import (
     classify,
     join_json,
 )
-from .._runtime.environment import DEFAULT_EVENT_RING_BYTES, env_int
+from .._runtime.environment import DEFAULT_EVENT_RING_BYTES
 from .._runtime.processes import pid_alive
 from ..shm.control import (
     W_DELIVERY_STOPPED,
@@ -130,9 +130,9 @@ class EventPump:
         spare_rings: int = 8,
     ) -> None:
         self.names = names
-        # Spare rings are made at the size workers ask for: the same variable
-        # configures both (Config.from_env reads it in the workers).
-        self._ring_bytes = ring_bytes or env_int("FEATBIT_SHM_RING_BYTES") or DEFAULT_EVENT_RING_BYTES
+        # Spare rings are made at the size workers ask for: the same setting
+        # configures both (SyncSettings.ring_bytes; Config.event_ring_bytes).
+        self._ring_bytes = ring_bytes or DEFAULT_EVENT_RING_BYTES
         self._max_spares = spare_rings
         self._spares_checked = -1e9
         self.registry = Registry(names, mode)

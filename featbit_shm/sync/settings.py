@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .._core.errors import ConfigError
 from .._core.settings import EVENT_SCHEMES, STREAMING_SCHEMES, check_namespace, check_secret, check_url
 from .._runtime.environment import (
+    DEFAULT_EVENT_RING_BYTES,
     env_bool,
     env_float,
     env_int,
@@ -46,6 +47,7 @@ class SyncSettings:
     events_max_retries: int = 1
     streaming_first_retry_delay: float = 1.0
     idle_timeout: float | None = None  # exit after this long with no live client
+    ring_bytes: int = DEFAULT_EVENT_RING_BYTES  # spare event rings are made at the size workers ask for
 
     def __repr__(self) -> str:  # never show the secret
         return (
@@ -73,6 +75,7 @@ class SyncSettings:
             events_max_retries=env_int("FEATBIT_EVENTS_MAX_RETRIES", env) or 0,
             streaming_first_retry_delay=env_float("FEATBIT_STREAMING_FIRST_RETRY_DELAY", env) or 1.0,
             idle_timeout=env_float("FEATBIT_SHM_IDLE_TIMEOUT", env),
+            ring_bytes=env_int("FEATBIT_SHM_RING_BYTES", env) or DEFAULT_EVENT_RING_BYTES,
         )
         settings.validate()
         return settings
@@ -107,6 +110,7 @@ class SyncSettings:
             "FEATBIT_STREAMING_FIRST_RETRY_DELAY": format_number(self.streaming_first_retry_delay),
             "FEATBIT_SHM_IDLE_TIMEOUT": format_number(self.idle_timeout),
             "FEATBIT_SHM_OWNER_PID": format_number(self.owner_pid),
+            "FEATBIT_SHM_RING_BYTES": format_number(self.ring_bytes),
         }
         return env
 
