@@ -331,7 +331,7 @@ class FBClient:
             return EvalDetail(REASON_WRONG_TYPE, default, key, flag.name, "", _WRONG)
         events = self._events if record else None
         if events is not None:  # one event per successful evaluation, after conversion
-            events.record_eval(user, key, var.id, var.value, send_to_experiment(expt))
+            events.record_eval(user, key, var.id, var.value, send_to_experiment(expt, key, u))
         split = kind is _FALLTHROUGH and flag.fallthrough.needs_bucket
         return EvalDetail(reason, value, key, flag.name, var.id, kind, "", split)
 
@@ -368,7 +368,7 @@ class FBClient:
             if value is WRONG_TYPE:
                 return default
             if events is not None:  # one event per successful evaluation, after conversion
-                events.record_eval(user, name, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt))
+                events.record_eval(user, name, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt, name, u))
             return value
         except Exception:  # noqa: BLE001 - evaluation never raises (STYLE 6)
             return default

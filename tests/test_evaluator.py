@@ -187,7 +187,7 @@ def test_r48_absent_dispatch_attribute_hashes_empty_string_not_the_key() -> None
 
 
 def expt(raw_flag: dict[str, Any], user: dict[str, Any]) -> bool:
-    return send_to_experiment(decide(raw_flag, user)[4])
+    return send_to_experiment(decide(raw_flag, user).experiment, raw_flag["key"], make_user(user))
 
 
 def test_r56_experiment_vectors() -> None:

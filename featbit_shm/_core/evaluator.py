@@ -8,8 +8,9 @@ variation id, a rule with no matching rollout, an invalid operand, a missing
 segment) becomes an ``Error`` decision for that flag only (R-37, R-42, R-47).
 
 The experiment flag (``sendToExperiment``, R-54/R-55) costs a second MD5, and
-only events need it, so the decision carries what is needed to compute it and
-:func:`send_to_experiment` does the work when an event is recorded.
+only events need it, so a decision whose experiment range splits users carries
+an :class:`~.model.ExperimentRange` and :func:`send_to_experiment` hashes when
+an event is recorded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from .model import ALWAYS, RANGE, Decision, ExperimentSpec, Flag, Rollout
 from .operators import MalformedFlag, SegmentOf
 from .results import ReasonKind
-from .rollout import bucket, in_rollout
+from .rollout import bucket
 from .user import User
 
 ERROR = ReasonKind.ERROR
@@ -28,26 +29,14 @@ def _malformed(message: str) -> Decision:
 
 
 def _select(flag: Flag, rollout: Rollout, user: User) -> Decision | None:
-    """The first rollout part that takes the user (R-52), as a decision."""
-    dispatch_input: str | None = None
-    b = -1.0
-    if rollout.needs_bucket:
-        dispatch_input = rollout.dispatch_input(flag.key, user)
-        b = bucket(dispatch_input)
+    """The prebuilt decision of the first rollout part that takes the user (R-52)."""
+    b = bucket(rollout.dispatch_input(flag.key, user)) if rollout.needs_bucket else -1.0
     for part in rollout.parts:
         mode = part.mode
         if mode == ALWAYS or (mode == RANGE and part.lo <= b <= part.hi):
-            decision = part.decision  # prebuilt when sendToExperiment is constant
-            if decision is not None:
-                return decision
-            var = part.variation
-            if var is None:
+            if part.decision is None:
                 raise MalformedFlag("rollout names a variation that does not exist")
-            # R-54/R-55: the experiment range splits users; hash when an event needs it.
-            if dispatch_input is None:
-                dispatch_input = rollout.dispatch_input(flag.key, user)
-            assert part.expt_upper is not None
-            return Decision(rollout.kind, var, rollout.reason, rollout.rule, (dispatch_input, part.expt_upper))
+            return part.decision
     return None
 
 
@@ -72,9 +61,8 @@ def evaluate(flag: Flag, user: User, segment_of: SegmentOf) -> Decision:
         return _malformed(str(exc))
 
 
-def send_to_experiment(spec: ExperimentSpec) -> bool:
-    """Resolve a decision's experiment spec (R-55): a separate "expt" bucket."""
+def send_to_experiment(spec: ExperimentSpec, flag_key: str, user: User) -> bool:
+    """A decision's sendToExperiment for this user (R-54, R-55)."""
     if spec is True or spec is False:
         return spec
-    dispatch_input, upper = spec
-    return in_rollout("expt" + dispatch_input, 0.0, upper)
+    return spec.includes(flag_key, user)

@@ -21,7 +21,7 @@ from .results import (
     ReasonKind,
     to_str,
 )
-from .rollout import WHOLE_RANGE_TOLERANCE, empty_range, experiment_upper, whole_range
+from .rollout import WHOLE_RANGE_TOLERANCE, empty_range, experiment_upper, in_rollout, whole_range
 from .schema import FlagEntry, RolloutPart, SegmentEntry
 from .user import User
 
@@ -29,8 +29,6 @@ ALWAYS: Final = 0
 NEVER: Final = 1
 RANGE: Final = 2
 
-# sendToExperiment: True/False, or (dispatch_input, upper) still to be hashed (R-55).
-ExperimentSpec = Union[bool, tuple[str, float]]
 
 
 class Variation:
@@ -58,19 +56,39 @@ class Variation:
         return f"Variation({self.id!r}, {self.value!r})"
 
 
+class ExperimentRange:
+    """sendToExperiment of a rollout part whose experiment range splits users
+    (R-55): a second, "expt"-prefixed bucket, hashed only when an event is
+    recorded (only events need it)."""
+
+    __slots__ = ("rollout", "upper")
+
+    def __init__(self, rollout: Rollout, upper: float) -> None:
+        self.rollout = rollout
+        self.upper = upper
+
+    def includes(self, flag_key: str, user: User) -> bool:
+        return in_rollout("expt" + self.rollout.dispatch_input(flag_key, user), 0.0, self.upper)
+
+
+# sendToExperiment: known for every user, or decided per user (R-54, R-55).
+ExperimentSpec = Union[bool, ExperimentRange]
+
+
 class Decision(NamedTuple):
     """The outcome of one evaluation (:func:`.evaluator.evaluate`).
 
-    Most outcomes do not depend on the user beyond which branch was taken,
-    so a compiled :class:`Flag` builds them once: evaluation hands back a
-    prebuilt Decision and allocates nothing.
+    No outcome depends on the user beyond which branch was taken, so a
+    compiled :class:`Flag` builds every one once: evaluation hands back a
+    prebuilt Decision and allocates nothing (only a malformed flag's error
+    decision is built when it happens).
     """
 
     kind: ReasonKind
     variation: Variation | None  # None: kind Error, the caller's default is served
     reason: str  # the reason text (fbclient's where it has one, R-87)
     rule: str  # the matching rule's name, or ""
-    experiment: ExperimentSpec  # sendToExperiment, or what to hash for it (evaluator.send_to_experiment)
+    experiment: ExperimentSpec  # sendToExperiment, or how to decide it per user (evaluator.send_to_experiment)
 
 
 class Part:
@@ -85,22 +103,18 @@ class Part:
         self.hi = hi
         self.mode = ALWAYS if whole_range(lo, hi) else NEVER if empty_range(lo, hi) else RANGE
         self.expt_upper = experiment_upper(lo, hi, expt)
-        self.decision: Decision | None = None  # set by Flag._rollout
+        self.decision: Decision | None = None  # set by Flag._rollout; None: a dangling variation id
 
 
 class Rollout:
-    """A rule's or the fallthrough's rollout with its dispatch settings, and
-    the kind, reason and rule name of the decisions it gives."""
+    """A rule's or the fallthrough's rollout with its dispatch settings."""
 
-    __slots__ = ("dispatch_key", "in_expt", "parts", "needs_bucket", "kind", "reason", "rule")
+    __slots__ = ("dispatch_key", "in_expt", "parts", "needs_bucket")
 
-    def __init__(self, dispatch_key: str | None, in_expt: bool, parts: tuple[Part, ...], kind: ReasonKind, reason: str, rule: str) -> None:
+    def __init__(self, dispatch_key: str | None, in_expt: bool, parts: tuple[Part, ...]) -> None:
         self.dispatch_key = dispatch_key
         self.in_expt = in_expt
         self.parts = parts
-        self.kind = kind
-        self.reason = reason
-        self.rule = rule
         # No bucket is needed when an ALWAYS part comes before any RANGE part.
         needs = False
         for p in parts:
@@ -211,16 +225,21 @@ class Flag:
         self, dispatch_key: str | None, in_expt: bool, parts: list[RolloutPart], kind: ReasonKind, reason: str, rule: str
     ) -> Rollout:
         built = tuple(Part(self.variations.get(p.variation_id), p.lo, p.hi, p.expt_rollout) for p in parts)
+        rollout = Rollout(dispatch_key, in_expt, built)
         for part in built:
-            # R-54: sendToExperiment is constant unless the part's experiment
-            # range splits users (then the evaluator hashes per user, R-55).
             if part.variation is None:
-                continue
+                continue  # evaluation reports a malformed flag (R-37)
+            # R-54: sendToExperiment is constant unless the part's experiment
+            # range splits users; then it is decided per user (R-55).
+            expt: ExperimentSpec
             if self.expt_all:
-                part.decision = Decision(kind, part.variation, reason, rule, True)
+                expt = True
             elif not in_expt or part.expt_upper is None:
-                part.decision = Decision(kind, part.variation, reason, rule, False)
-        return Rollout(dispatch_key, in_expt, built, kind, reason, rule)
+                expt = False
+            else:
+                expt = ExperimentRange(rollout, part.expt_upper)
+            part.decision = Decision(kind, part.variation, reason, rule, expt)
+        return rollout
 
     def __repr__(self) -> str:
         return f"Flag({self.key!r}, version={self.version})"
@@ -259,4 +278,4 @@ def is_tombstone(norm: FlagEntry | SegmentEntry) -> bool:
     return bool(norm.get("archived"))
 
 
-__all__ = ["Decision", "ExperimentSpec", "Flag", "Segment", "Variation", "Part", "Rollout", "Rule", "is_tombstone", "WRONG_TYPE"]
+__all__ = ["Decision", "ExperimentRange", "ExperimentSpec", "Flag", "Segment", "Variation", "Part", "Rollout", "Rule", "is_tombstone", "WRONG_TYPE"]
