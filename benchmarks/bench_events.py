@@ -158,15 +158,11 @@ def main() -> int:
             sync.wait(30)
             # This process outlived the sync process: its own ring (and the
             # registry) would wait for a next leader to reclaim them.
-            import posix_ipc
-
             from featbit_shm.shm.names import StoreNames
+            from featbit_shm.shm.objects import remove_objects
 
-            for name in StoreNames.for_env(server.secret, namespace).all_objects():
-                try:
-                    posix_ipc.unlink_shared_memory(name)
-                except posix_ipc.ExistentialError:
-                    pass
+            names = StoreNames.for_env(server.secret, namespace)
+            remove_objects(names.all_objects(), names.access)
     print(f"# bench_events — {time.strftime('%Y-%m-%d')} — Python {platform.python_version()}, {os.cpu_count()} cpus, loopback")
     print()
     print("| variation() | ns per call |")

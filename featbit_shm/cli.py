@@ -22,10 +22,11 @@ from typing import Any
 
 from ._core.errors import ConfigError
 from ._runtime.environment import env_bool, env_str
-from .shm.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, ControlBlock, ControlError, SyncState
+from .shm.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, SyncState
 from .shm.names import StoreNames
-from .shm.objects import map_readonly
-from .shm.reader import generation_bytes
+from .shm.objects import audit
+from .shm.reader import find_control, generation_bytes
+from .shm.trust import CONTROL
 from .shm.writer import open_image
 
 
@@ -38,14 +39,11 @@ def _names(args: argparse.Namespace) -> StoreNames:
 def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
     """The store's status as a dict (the keys ``status --json`` prints)."""
     now = time.time() if now is None else now
-    try:
-        block = ControlBlock(map_readonly(names.control))
-        block.check()
-    except (OSError, ControlError, ValueError) as exc:
-        kind = "absent" if "does not exist" in str(exc) or "No such file" in str(exc) else "invalid"
-        return {"state": kind, "store": names.tag, "error": str(exc)}
-    except Exception as exc:  # posix_ipc.ExistentialError is not an OSError  # noqa: BLE001
-        return {"state": "absent", "store": names.tag, "error": str(exc)}
+    refused = [vars(r) for r in audit(names)]
+    block, _refusal = find_control(names)
+    if block is None:
+        state = "refused" if any(r["kind"] == CONTROL for r in refused) else "absent"
+        return {"state": state, "store": names.tag, "refused": refused, "error": "no control block of this store's account"}
     pointer = block.read_pointer()
     heartbeat = block.heartbeat
     status: dict[str, Any] = {
@@ -67,6 +65,7 @@ def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
     for name in ("publishes", "publish_errors", "reconnects", "events_queued", "events_sent", "events_dropped", "events_failed"):
         status[name] = block.counter(name)
     status["events_delivery_stopped"] = bool(block.counter("delivery_stopped"))
+    status["refused"] = refused  # objects under this store's names it does not trust
     if pointer is None:
         status["state"] = "torn"  # the sequence stayed odd: the writer died mid-update
     return status
@@ -87,8 +86,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     names = _names(args)
     try:
-        block = ControlBlock(map_readonly(names.control))
-        block.check()
+        block, _refusal = find_control(names)
+        if block is None:
+            print(f"featbit-shm: no control block of store {names.tag}", file=sys.stderr)
+            return 1
         pointer = block.read_pointer()
         if pointer is None or not pointer.name:
             print("featbit-shm: nothing is published in this store", file=sys.stderr)

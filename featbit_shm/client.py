@@ -33,6 +33,7 @@ from ._core.results import (
     ERROR_FLAG_NOT_FOUND,
     ERROR_INVALID_USER,
     ERROR_MALFORMED_FLAG,
+    ERROR_STORE_REFUSED,
     REASON_CLIENT_NOT_READY,
     REASON_ERROR,
     REASON_FLAG_NOT_FOUND,
@@ -307,6 +308,10 @@ class FBClient:
     def _detail(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None, record: bool = True) -> EvalDetail:
         """Evaluate one flag; ``convert`` None means "by the flag's variationType"."""
         view = self._source.current()
+        if view is None or view.generation == 0:  # nothing from the host's store (yet)
+            refused = getattr(self._backing(), "refused", None)
+            if refused is not None:  # only another account's objects under the store's names
+                return EvalDetail(f"store refused: {refused.describe()}", default, key, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_STORE_REFUSED)
         if view is None:
             return EvalDetail(REASON_CLIENT_NOT_READY, default, key, FLAG_NAME_UNKNOWN, "", _NOT_READY)
         plain = _flag_key(key)

@@ -131,7 +131,7 @@ def on_exit(server: Any) -> None:
     """Stop the sync process and remove the store's shared-memory objects."""
     global _sync
     try:
-        from featbit_shm.shm.objects import unlink_object
+        from featbit_shm.shm.objects import remove_objects
         from featbit_shm.sync import stop_sync_process
 
         if _sync is not None:
@@ -142,7 +142,6 @@ def on_exit(server: Any) -> None:
 
         settings = SyncSettings.from_env()
         names = StoreNames.for_env(settings.store_secret, settings.namespace)
-        for name in names.all_objects():
-            unlink_object(name)
+        remove_objects(names.all_objects(), names.access)
     except Exception as exc:  # noqa: BLE001
         _log(server, "error", "featbit_shm: on_exit: %s", exc)

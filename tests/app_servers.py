@@ -116,13 +116,10 @@ class AppServer:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        import posix_ipc
+        from featbit_shm.shm.names import StoreNames
+        from featbit_shm.shm.objects import remove_objects
 
-        for name in self.store_objects():
-            try:
-                posix_ipc.unlink_shared_memory(name)
-            except posix_ipc.ExistentialError:
-                pass
+        remove_objects(self.store_objects(), StoreNames.for_env(self.server.secret, self.namespace).access)
 
 
 def new_namespace(prefix: str) -> str:

@@ -84,3 +84,25 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         return
     with _no_process(item.nodeid):
         yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave no lock file behind: the test stores' lock files whose store has
+    no object left (every test removes its objects; nothing of them runs
+    any more), and the lock directory once it is empty. Lock files are
+    otherwise never removed while a store may still be in use."""
+    from featbit_shm.shm import locks
+    from featbit_shm.shm.trust import StoreAccess
+
+    try:
+        directory = locks.runtime_directory(StoreAccess.from_env())
+        entries = os.listdir(directory)
+    except (OSError, ValueError):
+        return
+    live = {e.split(".", 2)[2].split(".")[0] for e in os.listdir("/dev/shm") if e.startswith("fbshm.") and e.count(".") >= 3}
+    for entry in entries:
+        if entry.split(".")[0] not in live:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, entry))
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)

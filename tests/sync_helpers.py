@@ -11,9 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import posix_ipc
-
 from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.objects import remove_objects
 from featbit_shm.shm.reader import SnapshotReader
 from featbit_shm.sync import SyncSettings, spawn_sync_process
 from featbit_shm.testing.server import FeatBitStandIn
@@ -96,11 +95,7 @@ class SyncFixture:
         return self.names.all_objects()
 
     def unlink_all(self) -> None:
-        for name in self.leftovers():
-            try:
-                posix_ipc.unlink_shared_memory(name)
-            except posix_ipc.ExistentialError:
-                pass
+        remove_objects(self.leftovers(), self.names.access)
 
 
 @contextmanager

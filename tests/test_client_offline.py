@@ -78,9 +78,8 @@ def test_r73_load_always_replaces_even_older_data() -> None:
 def test_r25_online_client_without_a_sync_process_is_not_ready() -> None:
     import uuid
 
-    import posix_ipc
-
     from featbit_shm.shm.names import StoreNames
+    from featbit_shm.shm.objects import remove_objects
 
     config = Config("secret-" + uuid.uuid4().hex, "http://localhost:5100", "ws://localhost:5100", namespace="t", start_sync=False)
     try:
@@ -90,8 +89,8 @@ def test_r25_online_client_without_a_sync_process_is_not_ready() -> None:
         assert (detail.kind, detail.variation, detail.reason) == (ReasonKind.CLIENT_NOT_READY, "d", "client not ready")
         assert client.variation("f", U, "d") == "d"
     finally:
-        for name in StoreNames.for_env(config.env_secret, "t").all_objects():  # its client registry
-            posix_ipc.unlink_shared_memory(name)
+        names = StoreNames.for_env(config.env_secret, "t")
+        remove_objects(names.all_objects(), names.access)  # its client registry
 
 
 def test_config_validation() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from featbit_shm import Config, ConfigError
-from featbit_shm._runtime.environment import VARIABLES, env_bool, env_float, env_int, env_mode, env_str, env_tristate
+from featbit_shm._runtime.environment import VARIABLES, env_bool, env_float, env_int, env_str, env_tristate
 from featbit_shm.sync import SyncSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,6 @@ def test_unset_and_empty_mean_the_default() -> None:
     assert env_str("FEATBIT_NAMESPACE", {}) == "default"
     assert env_float("FEATBIT_SHM_IDLE_TIMEOUT", {}) is None
     assert env_int("FEATBIT_SHM_RING_BYTES", {}) == 16 * 1024 * 1024
-    assert env_mode("FEATBIT_SHM_MODE", {}) == 0o600
 
 
 @pytest.mark.parametrize(
@@ -48,8 +47,7 @@ def test_unset_and_empty_mean_the_default() -> None:
         (env_float, "FEATBIT_SHM_IDLE_TIMEOUT", "-1"),
         (env_float, "FEATBIT_START_WAIT", "nan"),
         (env_int, "FEATBIT_SHM_RING_BYTES", "1e6"),
-        (env_mode, "FEATBIT_SHM_MODE", "rw-------"),
-        (env_mode, "FEATBIT_SHM_MODE", "1777"),
+        (env_int, "FEATBIT_SHM_STORE_UID", "root"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_the_variable(read: Any, name: str, raw: str) -> None:

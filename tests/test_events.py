@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgpack
-import posix_ipc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,6 +33,7 @@ from featbit_shm._core.user import InvalidUser, attr_string, make_user
 from featbit_shm.shm import ring as ring_module
 from featbit_shm.shm.control import SIZE, ControlBlock
 from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.objects import remove_objects
 from featbit_shm.shm.registry import Registry
 from featbit_shm.shm.ring import (
     HEADER,
@@ -56,11 +56,7 @@ PACKER = msgpack.Packer(autoreset=True)
 
 
 def _unlink_store(names: StoreNames) -> None:
-    for name in names.all_objects():
-        try:
-            posix_ipc.unlink_shared_memory(name)
-        except posix_ipc.ExistentialError:
-            pass
+    remove_objects(names.all_objects(), names.access)
 
 
 @pytest.fixture
@@ -164,7 +160,7 @@ def test_r68_response_classification(status: int | None, outcome: Outcome) -> No
 def test_ring_wraps_and_keeps_order(names: StoreNames) -> None:
     reg = Registry(names)
     ring = reg.claim(4096)
-    consumer = Ring.open(ring.name)
+    consumer = Ring.open(names, ring.ring_id)
     sent, got = [], []
     for i in range(2000):
         record = f"event-{i}-".encode() * (1 + i % 7)
@@ -186,7 +182,7 @@ def test_r67_full_ring_drops_the_new_event_and_counts_it(names: StoreNames) -> N
         appended += 1
     assert ring.append_record(b"x" * 100) is False
     assert ring.words[W_DROPPED] == 2
-    consumer = Ring.open(ring.name)
+    consumer = Ring.open(names, ring.ring_id)
     records = consumer.take(10_000)
     assert records == [b"x" * 100] * appended  # the old events were kept, not overwritten
 
@@ -196,7 +192,7 @@ def test_ring_memory_follows_the_backlog_not_the_capacity(names: StoreNames) -> 
     # process keeps it drained. Three laps of a 4 MiB ring, drained every
     # 100 records: the ring never holds more than its last reservations.
     ring = Registry(names).claim(4 * 1024 * 1024)
-    consumer = Ring.open(ring.name)
+    consumer = Ring.open(names, ring.ring_id)
     assert ring.resident_bytes <= HEADER + RESERVE
     record = b"e" * 200
     peak = 0
@@ -213,7 +209,7 @@ def test_ring_memory_follows_the_backlog_not_the_capacity(names: StoreNames) -> 
 
 def test_ring_without_consumer_grows_to_its_capacity_then_gives_memory_back(names: StoreNames) -> None:
     ring = Registry(names).claim(1024 * 1024)
-    consumer = Ring.open(ring.name)
+    consumer = Ring.open(names, ring.ring_id)
     written = 0
     while ring.append_record(b"k" * 500):
         written += 1
@@ -242,7 +238,7 @@ def test_released_pages_never_hold_unread_records(pages: int, reserve_pages: int
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ring_module, "RESERVE", reserve_pages * PAGE)
         ring = Registry(names).claim(pages * PAGE)
-        consumer = Ring.open(ring.name)
+        consumer = Ring.open(names, ring.ring_id)
         try:
             sent: list[bytes] = []
             got: list[bytes] = []
@@ -273,7 +269,7 @@ def test_release_spares_consumed_pages_that_the_next_lap_already_rewrote(names: 
 
     monkeypatch.setattr(ring_module, "RESERVE", 4 * PAGE)
     ring = Registry(names).claim(4 * PAGE)  # 16 KiB
-    consumer = Ring.open(ring.name)
+    consumer = Ring.open(names, ring.ring_id)
     record = iter(bytes([i % 250 + 1]) * 1020 for i in range(10**6))
     sent: list[bytes] = []
 
@@ -314,7 +310,7 @@ def test_full_dev_shm_drops_and_counts_events_instead_of_sigbus(names: StoreName
     assert refused == 10 and ring.words[W_NOSPACE] == 10 and ring.words[W_DROPPED] == 10
     monkeypatch.setattr(ring_module, "_fallocate", os.posix_fallocate)  # room again: events flow again
     assert ring.append_record(b"b" * 900)
-    consumer = Ring.open(ring.name)
+    consumer = Ring.open(names, ring.ring_id)
     assert consumer.take(10**6) == [b"a" * 900] * kept + [b"b" * 900]
 
 
@@ -631,12 +627,11 @@ def test_spare_rings_are_ready_before_a_worker_records_and_claimed_without_alloc
 
 
 def test_a_vanished_spare_is_skipped(names: StoreNames) -> None:
-    import posix_ipc
 
     registry = Registry(names)
     ring_id = registry.add_spare(1 << 16)
     assert ring_id is not None
-    posix_ipc.unlink_shared_memory(names.existing("r")[0])
+    os.unlink("/dev/shm" + names.existing("r")[0])
     ring = registry.claim(1 << 16)
     assert ring.name != names.existing("r") or ring_id != int(ring.name.rsplit(".r", 1)[1])
     assert registry.spares_wanted(lambda pid: False)[0] == 0
@@ -718,7 +713,7 @@ def test_c_fast_path_writes_exactly_what_the_python_path_writes(pages: int, ops:
             assert (ring.writer is None) == pure
             if not pure:
                 ring.writer = counting = _CountingWriter(ring.writer)
-            sides.append((names, recorder, ring, Ring.open(ring.name)))
+            sides.append((names, recorder, ring, Ring.open(names, ring.ring_id)))
         try:
             for user, size, expt, action in ops:
                 ts[0] = next(clock)
@@ -746,7 +741,7 @@ def test_pure_python_recorder_delivers_the_same_payloads(names: StoreNames, monk
     user = {"key": "u", "name": "N", "country": "fr"}
     assert recorder.record_eval(user, "flag", "v1", "on", True)
     assert recorder._ring.writer is None
-    record = Ring.open(recorder._ring.name).take(1)[0]
+    record = Ring.open(names, recorder._ring.ring_id).take(1)[0]
     payload = Renderer().render(record)
     assert json.loads(payload)["variations"][0]["variation"] == {"id": "v1", "value": "on"}
     assert json.loads(payload)["user"] == {"keyId": "u", "name": "N", "customizedProperties": [{"name": "country", "value": "fr"}]}
@@ -760,7 +755,7 @@ def test_recorded_bytes_equal_encode_eval(names: StoreNames, monkeypatch: pytest
     consumer = None
     for user in ({"key": "u"}, {"key": "u", "n": 1.5}, {"key": "w" * 70000}):
         assert recorder.record_eval(user, "flag", "v1", "on", False)
-        consumer = consumer or Ring.open(recorder._ring.name)
+        consumer = consumer or Ring.open(names, recorder._ring.ring_id)
         assert consumer.take(1) == [encode_eval(PACKER, 1_700_000_000_123_456_789, user, "flag", "v1", "on", False)[4:]]
 
 

@@ -16,14 +16,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import posix_ipc
 import pytest
 
 from featbit_shm import Config, FBClient, SharedMemoryError
 from featbit_shm._core.dataset import Changes, DataSet
 from featbit_shm.shm.control import W_FLAGS, W_SEGMENTS, W_SEQ, ControlBlock, SyncState
 from featbit_shm.shm.names import StoreNames
-from featbit_shm.shm.reader import SnapshotReader, map_readonly
+from featbit_shm.shm.objects import kind_of, map_readonly
+from featbit_shm.shm.reader import SnapshotReader
+from featbit_shm.shm.trust import CONTROL, SNAPSHOT, StoreAccess
 from featbit_shm.shm.writer import SnapshotWriter
 from featbit_shm.testing import builders as b
 
@@ -85,10 +86,10 @@ def test_publish_then_read_in_another_reader(names: StoreNames) -> None:
 def test_reader_mapping_is_read_only(names: StoreNames) -> None:
     with SnapshotWriter(names) as writer:
         writer.publish(dataset(b.flag("a")))
-        mm = map_readonly(writer.current_name)
+        mm = map_readonly(writer.current_name, SNAPSHOT, names.access)
         with pytest.raises(TypeError):
             mm[0:1] = b"x"
-        ctl = map_readonly(names.control)
+        ctl = map_readonly(names.control, CONTROL, names.access)
         with pytest.raises(TypeError):
             ctl[16:24] = bytes(8)
         assert ControlBlock(ctl).readonly
@@ -163,7 +164,7 @@ def test_secret_never_appears_in_names_or_shared_memory() -> None:
         for name in (names.control, writer.current_name, names.lock_path):
             assert secret not in name and "very-secret" not in name
         for name in (names.control, *names.existing()):
-            assert secret.encode() not in bytes(map_readonly(name))
+            assert secret.encode() not in bytes(map_readonly(name, kind_of(name), names.access))
     assert StoreNames.for_env(secret, "ns") != StoreNames.for_env(secret, "other")
     assert StoreNames.for_env(secret, "ns") != StoreNames.for_env(secret + "x", "ns")
 
@@ -178,18 +179,23 @@ def test_objects_are_created_0600_by_default(names: StoreNames) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as nobody")
 @pytest.mark.subprocess
 def test_0600_object_cannot_be_opened_by_another_uid(names: StoreNames) -> None:
-    def read_as_nobody(path: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["/bin/cat", path], user="nobody", capture_output=True, timeout=30)
+    def read_as_nobody(path: str, group: int | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["/bin/cat", path], user="nobody", group=group, extra_groups=[], capture_output=True, timeout=30)
 
     with SnapshotWriter(names) as writer:
         writer.publish(dataset(b.flag("a")))
         denied = read_as_nobody("/dev/shm" + writer.current_name)
         assert denied.returncode != 0 and b"Permission denied" in denied.stderr
-    # The positive control: a mode the operator widened is readable by that uid.
-    other = StoreNames.for_env("", names.tag + "-open")
-    with SnapshotWriter(other, mode=0o644) as writer:
+    # The positive control: a store shared with nobody's group is readable by it.
+    import grp
+    import pwd
+
+    group = pwd.getpwnam("nobody").pw_gid
+    other = StoreNames.for_env("", names.tag + "-open", StoreAccess(os.geteuid(), group))
+    assert grp.getgrgid(group)
+    with SnapshotWriter(other) as writer:
         writer.publish(dataset(b.flag("a")))
-        assert read_as_nobody("/dev/shm" + writer.current_name).returncode == 0
+        assert read_as_nobody("/dev/shm" + writer.current_name, group).returncode == 0
 
 
 def test_reader_before_writer_attaches_later(names: StoreNames) -> None:
@@ -333,10 +339,11 @@ def test_writer_killed_between_sequence_writes_is_recovered(names: StoreNames) -
 
 
 def test_corrupt_control_block_is_reinitialised_by_a_new_writer(names: StoreNames) -> None:
-    shm = posix_ipc.SharedMemory(names.control, posix_ipc.O_CREX, mode=0o600, size=4096)
-    with mmap.mmap(shm.fd, 4096) as mm:
+    fd = os.open("/dev/shm" + names.control, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, 4096)
+    with mmap.mmap(fd, 4096) as mm:
         mm[:8] = b"GARBAGE!"
-    shm.close_fd()
+    os.close(fd)
     reader = SnapshotReader(names)
     assert reader.current() is None  # not a control block: not ready, no crash
     with SnapshotWriter(names) as writer:
@@ -348,7 +355,7 @@ def test_status_fields_in_control_block(names: StoreNames) -> None:
     clock = [1000.0]
     with SnapshotWriter(names, wallclock=lambda: clock[0], getpid=lambda: 4242) as writer:
         writer.publish(dataset(b.flag("a"), b.flag("b"), segments=(b.segment("s"),)))
-        block = ControlBlock(map_readonly(names.control))
+        block = ControlBlock(map_readonly(names.control, CONTROL, names.access))
         assert (block.leader_pid, block.heartbeat, block.state) == (4242, 1000.0, SyncState.OK)
         assert block.read_pointer().data_version == dataset(b.flag("a")).version
         assert (block.counter("publishes"), block.q[W_FLAGS], block.q[W_SEGMENTS]) == (1, 2, 1)

@@ -41,6 +41,7 @@ ERROR_FLAG_NOT_FOUND = "FlagNotFound"  # unknown or archived key
 ERROR_MALFORMED_FLAG = "MalformedFlag"  # data that cannot be evaluated
 ERROR_INVALID_USER = "InvalidUser"  # a user dict FeatBit cannot take
 ERROR_EXCEPTION = "Exception"  # a bug: logged with its traceback
+ERROR_STORE_REFUSED = "StoreRefused"  # the host's store is another account's (issue 16): never read
 
 
 # Reason texts: fbclient's where fbclient has one, so code that compares

@@ -12,8 +12,8 @@ Spelling rules, the same for every variable:
 * booleans: ``1 true yes on`` and ``0 false no off``, any case; anything
   else is a :class:`~featbit_shm.errors.ConfigError` naming the variable
   (never silently false);
-* numbers: decimal (``FEATBIT_SHM_MODE`` is octal, as ``chmod`` takes it);
-  a number that does not parse, or is out of range, is a ``ConfigError``.
+* numbers: decimal; a number that does not parse, or is out of range, is a
+  ``ConfigError``.
 
 The sync process is configured through the same variables: a launcher hands
 its child the values of :meth:`to_env`-style dictionaries built with
@@ -44,7 +44,7 @@ class Variable:
     """One row of the table: name, kind, default, who reads it, what it does."""
 
     name: str
-    kind: str  # "str", "bool", "tristate", "int", "float", "mode", "secret"
+    kind: str  # "str", "bool", "tristate", "int", "float", "secret"
     default: Default
     readers: str
     meaning: str
@@ -70,11 +70,11 @@ VARIABLES: Final[dict[str, Variable]] = {
         Variable("FEATBIT_SHM_AUTOSTART", "bool", True, "client", "0: a client never starts a sync process (server hooks and tests set it)"),
         Variable("FEATBIT_SHM_IDLE_TIMEOUT", "float", None, "sync", "exit after this many seconds with no live client (autostarted: 30; unset: run until stopped)"),
         Variable("FEATBIT_SHM_OWNER_PID", "int", None, "sync", "exit when this process is gone (set by launchers)"),
-        Variable("FEATBIT_SHM_MODE", "mode", 0o600, "sync, client", "octal mode of the shared-memory objects"),
+        Variable("FEATBIT_SHM_GROUP", "str", "", "client, sync", "a group (name or gid) the store is shared with: workers in it that run under another uid may read snapshots and write their event rings (set by the server hooks for servers that switch uid)"),
+        Variable("FEATBIT_SHM_STORE_UID", "int", None, "client", "the uid of the account whose store workers trust (default: their own; the server hooks set the master's uid for workers that switch uid)"),
         Variable("FEATBIT_SHM_STANDBY", "bool", True, "sync", "0: the leader starts no standby candidate"),
         Variable("FEATBIT_SHM_RING_BYTES", "int", DEFAULT_EVENT_RING_BYTES, "client, sync", "bytes of each worker's event ring (whole pages; memory follows the backlog)"),
-        Variable("FEATBIT_SHM_RUNTIME_DIR", "str", "", "client, sync", "directory of the lock files (default $TMPDIR/featbit-shm)"),
-        Variable("TMPDIR", "str", "/tmp", "client, sync", "where the default lock directory is made"),
+        Variable("FEATBIT_SHM_RUNTIME_DIR", "str", "", "client, sync", "directory of the lock files (default /dev/shm/featbit-shm-<uid>, private to the account)"),
         Variable("FEATBIT_START_WAIT", "float", 5.0, "gunicorn hooks", "seconds when_ready waits for the first snapshot"),
         Variable("FEATBIT_LOG_LEVEL", "str", "INFO", "sync", "log level of the sync process (DEBUG, INFO, WARNING, ...)"),
         Variable("FEATBIT_SHM_PURE_PYTHON", "bool", False, "client", "1: never use the optional C fast path of evaluation events"),
@@ -141,26 +141,8 @@ def env_int(name: str, env: Mapping[str, str] | None = None) -> int | None:
     return int(raw)
 
 
-def env_mode(name: str, env: Mapping[str, str] | None = None) -> int:
-    """An octal file mode such as ``600`` or ``0640``."""
-    var, raw = _raw(name, ("mode",), env)
-    if not raw:
-        return int(var.default or 0)
-    try:
-        mode = int(raw, 8)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an octal mode such as 600") from None
-    if not 0 <= mode <= 0o777:
-        raise ConfigError(f"{name}={raw!r} is not a file mode (000 to 777)")
-    return mode
-
-
 def format_bool(value: bool) -> str:
     return "1" if value else "0"
-
-
-def format_mode(mode: int) -> str:
-    return f"{mode:o}"
 
 
 def format_number(value: float | int | None) -> str:

@@ -1,49 +1,153 @@
-"""Lock files: where they live and the one way they are taken.
+"""Lock files: where they live, and the one way they are opened and taken.
 
-A store has three lock files, all in one runtime directory (see
-:func:`runtime_directory`): the election's leader and standby locks (taken
-by :mod:`featbit_shm.sync.election`) and the registry lock (taken here, by
-:mod:`.registry`). Every lock is ``flock`` on an open file: the kernel drops
-it when its holder dies, so a SIGKILLed process never wedges anyone.
+A store has three lock files: the election's leader and standby locks
+(:mod:`featbit_shm.sync.election`) and the registry lock (:mod:`.registry`).
+They live in a per-account directory in /dev/shm,
+``/dev/shm/featbit-shm-<uid>``, beside the objects themselves: every process
+that shares /dev/shm shares the locks, whatever its TMPDIR or private /tmp.
+The directory is created 0700 (01770 with the store's group) and refused --
+a clear error naming it, then the next name, ``featbit-shm-<uid>.1`` ... --
+when it is a link, belongs to another account or is writable by others.
+``FEATBIT_SHM_RUNTIME_DIR`` names another directory (checked the same way).
+
+Every lock is ``flock`` on a file opened with ``O_NOFOLLOW`` and checked
+like any object (:mod:`.trust`): the kernel drops a dead holder's lock, so a
+SIGKILLed process never wedges anyone, and a planted link is never followed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 
+from .._core.errors import SharedMemoryError
 from .._runtime.environment import env_str
+from .trust import DIRECTORY, LOCK, StoreAccess, Untrusted
+
+SHM_ROOT = "/dev/shm"
+DIRECTORY_SLOTS = 8
 
 
-def runtime_directory(env: Mapping[str, str] | None = None) -> str:
-    """The directory of this account's lock files: ``FEATBIT_SHM_RUNTIME_DIR``,
-    else ``$TMPDIR/featbit-shm`` (``/tmp/featbit-shm``)."""
-    return env_str("FEATBIT_SHM_RUNTIME_DIR", env) or os.path.join(env_str("TMPDIR", env) or "/tmp", "featbit-shm")
+def runtime_directory(access: StoreAccess, env: Mapping[str, str] | None = None) -> str:
+    """This account's lock directory: the first of its names that is free or
+    trusted (``FEATBIT_SHM_RUNTIME_DIR`` when set)."""
+    override = env_str("FEATBIT_SHM_RUNTIME_DIR", env)
+    if override:
+        return override
+    base = os.path.join(SHM_ROOT, f"featbit-shm-{access.owner}")
+    refused = []
+    for path in [base] + [f"{base}.{i}" for i in range(1, DIRECTORY_SLOTS)]:
+        try:
+            access.check(path, DIRECTORY, os.lstat(path))
+        except FileNotFoundError:
+            return path
+        except Untrusted as exc:
+            refused.append(exc.refusal.describe())
+            continue
+        return path
+    raise SharedMemoryError("no usable lock directory: " + "; ".join(refused))
 
 
-def ensure_directory(path: str) -> None:
-    """Create the directory a lock file lives in (0700) when it is missing."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+def ensure_directory(path: str, access: StoreAccess) -> None:
+    """Create the directory of a lock file when it is missing, and check it."""
+    directory = os.path.dirname(path)
+    try:
+        os.mkdir(directory, access.directory_mode())
+        created = True
+    except FileExistsError:
+        created = False
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if created:
+            access.apply(fd, DIRECTORY)
+        access.check(directory, DIRECTORY, os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
+def open_lock_file(path: str, access: StoreAccess) -> int:
+    """Open (creating it if needed) a lock file of this store; its descriptor."""
+    ensure_directory(path, access)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, access.file_mode(LOCK))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            access.check(path, LOCK, os.lstat(path))  # raises: a link is not a regular file
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and access.group is not None and st.st_gid != access.group:
+            access.apply(fd, LOCK)  # made by this process just now
+            st = os.fstat(fd)
+        access.check(path, LOCK, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager
-def exclusive(path: str) -> Iterator[None]:
+def exclusive(path: str, access: StoreAccess) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` while the body runs.
 
     A plain ``fcntl.flock`` rather than a ``filelock.FileLock``: the
     semantics are the same (an exclusive lock on an open file, released by
     the kernel when its holder dies), but filelock 4 resets its fork-tracking
     state in every new process, which cost a freshly forked worker about
-    1.4 ms of its 5 ms cold start (bench_fleet), twice the rest of the
-    registration. Each use opens its own descriptor, so threads of one
-    process exclude each other too; a waiter is woken by the kernel when the
-    holder lets go (no polling).
+    1.4 ms of its 5 ms cold start (bench_fleet), and it follows links. Each
+    use opens its own descriptor, so threads of one process exclude each
+    other too; a waiter is woken by the kernel when the holder lets go.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_lock_file(path, access)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+class FileLock:
+    """A lock file held across calls (the election's leader and standby locks)."""
+
+    def __init__(self, path: str, access: StoreAccess) -> None:
+        self.path = path
+        self._access = access
+        self._fd = -1
+        self._guard = threading.Lock()
+
+    @property
+    def is_locked(self) -> bool:
+        return self._fd >= 0
+
+    def acquire(self, timeout: float = 0.0, *, poll: float = 0.01, idle: Callable[[], None] | None = None) -> bool:
+        """Take the lock, waiting up to ``timeout`` seconds (``idle`` runs
+        between polls). True when it is held."""
+        with self._guard:
+            if self._fd >= 0:
+                return True
+            fd = open_lock_file(self.path, self._access)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        return False
+                    if idle is not None:
+                        idle()
+                    time.sleep(poll)
+                    continue
+                self._fd = fd
+                return True
+
+    def release(self) -> None:
+        with self._guard:
+            if self._fd >= 0:
+                os.close(self._fd)  # the kernel drops the flock with the descriptor
+                self._fd = -1

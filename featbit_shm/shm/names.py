@@ -1,20 +1,28 @@
-"""Names of a store's shared-memory objects and lock file.
+"""Names of a store's shared-memory objects and lock files.
 
-Names derive from a hash of (env secret, namespace): the secret itself never
-appears in a name, in shared memory, or in a log (R-77). Offline stores
-(no secret) are told apart by namespace alone.
+A store's name tag derives from a hash of (env secret, namespace): the
+secret itself never appears in a name, in shared memory, or in a log (R-77).
+Every object name also carries the uid of the account the store belongs to
+(``/fbshm.<uid>.<tag>.<kind>``), so two accounts on one host never share a
+name; and since anyone can create a file under any name in /dev/shm, the
+names that must be found again -- the control block and the registry -- have
+fallback slots (``.ctl``, ``.ctl.1``, ...): when another account squats one,
+the store's writer takes the next, and readers take the first one they trust
+(:mod:`.trust`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .locks import runtime_directory
+from .trust import StoreAccess
 
 PREFIX = "fbshm."
 SHM_DIR = "/dev/shm"
+SLOTS = 8  # names tried for the control block and for the registry
 
 
 @dataclass(frozen=True)
@@ -22,47 +30,64 @@ class StoreNames:
     """Every name one store uses. Build it with :meth:`for_env`."""
 
     tag: str  # the hash; safe to log
+    access: StoreAccess = field(default_factory=StoreAccess)
 
     @classmethod
-    def for_env(cls, env_secret: str, namespace: str = "default") -> StoreNames:
+    def for_env(cls, env_secret: str, namespace: str = "default", access: StoreAccess | None = None) -> StoreNames:
         digest = hashlib.sha256(b"featbit-shm/1\0" + env_secret.encode() + b"\0" + namespace.encode()).hexdigest()
-        return cls(digest[:20])
+        return cls(digest[:20], access if access is not None else StoreAccess.from_env())
+
+    @property
+    def base(self) -> str:
+        return f"/{PREFIX}{self.access.owner}.{self.tag}"
 
     @property
     def control(self) -> str:
-        return f"/{PREFIX}{self.tag}.ctl"
+        """The control block's first-choice name (see :attr:`controls`)."""
+        return f"{self.base}.ctl"
+
+    @property
+    def controls(self) -> list[str]:
+        """The names the control block may have, in the order they are tried."""
+        return [self.control] + [f"{self.control}.{i}" for i in range(1, SLOTS)]
 
     def root(self, generation: int) -> str:
         """The root object of a snapshot generation."""
-        return f"/{PREFIX}{self.tag}.g{generation}"
+        return f"{self.base}.g{generation}"
 
     def chunk(self, chunk_id: int) -> str:
         """A chunk of entity blobs (its id is the generation that wrote it)."""
-        return f"/{PREFIX}{self.tag}.c{chunk_id}"
+        return f"{self.base}.c{chunk_id}"
 
     def ring(self, ring_id: int) -> str:
         """A worker's event ring."""
-        return f"/{PREFIX}{self.tag}.r{ring_id}"
+        return f"{self.base}.r{ring_id}"
 
     @property
     def registry(self) -> str:
-        """The table of claimed event rings."""
-        return f"/{PREFIX}{self.tag}.reg"
+        """The table of claimed event rings, first-choice name (see :attr:`registries`)."""
+        return f"{self.base}.reg"
+
+    @property
+    def registries(self) -> list[str]:
+        return [self.registry] + [f"{self.registry}.{i}" for i in range(1, SLOTS)]
 
     def all_objects(self) -> list[str]:
-        """Every object of this store now in /dev/shm: snapshots, rings, registry, control."""
+        """Every object under this store's names now in /dev/shm: snapshots,
+        rings, registry and control block (ours or squatted)."""
         found = self.existing("gcr")
-        for name in (self.registry, self.control):
-            if os.path.exists(SHM_DIR + name):
+        for name in (*self.registries, *self.controls):
+            if os.path.lexists(SHM_DIR + name):
                 found.append(name)
         return found
 
     @property
     def lock_path(self) -> str:
-        return os.path.join(runtime_directory(), f"{PREFIX}{self.tag}.lock")
+        """The leader lock file; the standby and registry locks are beside it."""
+        return os.path.join(runtime_directory(self.access), f"{self.tag}.lock")
 
     def existing(self, kind: str = "gc") -> list[str]:
-        """This store's snapshot objects now in /dev/shm (Linux), as shm names.
+        """This store's numbered objects now in /dev/shm, as names.
 
         ``kind`` picks roots (``g``), chunks (``c``), event rings (``r``), or
         several (``gc``, the default: the snapshot objects).
@@ -71,5 +96,6 @@ class StoreNames:
             entries = os.listdir(SHM_DIR)
         except OSError:
             return []
-        prefixes = tuple(f"{PREFIX}{self.tag}.{k}" for k in kind)
+        base = self.base[1:]
+        prefixes = tuple(f"{base}.{k}" for k in kind)
         return sorted("/" + e for e in entries if e.startswith(prefixes) and e[len(prefixes[0]) :].isdigit())

@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 
-import posix_ipc
-
+from .._core.errors import SharedMemoryError
 from .._core.snapshot import SnapshotError, SnapshotImage
 from .._core.view import CompiledView
 from .control import W_GENERATION, ControlBlock, ControlError, SyncState
 from .names import SHM_DIR, StoreNames
 from .objects import map_readonly
+from .trust import CONTROL, SNAPSHOT, Refusal, Untrusted
 
 log = logging.getLogger("featbit_shm.shm")
 
@@ -29,13 +29,35 @@ log = logging.getLogger("featbit_shm.shm")
 def generation_bytes(names: StoreNames, root_name: str) -> int | None:
     """Bytes in /dev/shm of one generation: its root plus its live chunks."""
     try:
-        root = map_readonly(root_name)
+        root = map_readonly(root_name, SNAPSHOT, names.access)
         total = len(root)
         for chunk_id in SnapshotImage(root).chunks:
             total += os.stat(SHM_DIR + names.chunk(chunk_id)).st_size
         return total
-    except (posix_ipc.Error, OSError, SnapshotError):
+    except (OSError, SnapshotError):
         return None  # the writer moved on meanwhile
+
+
+def find_control(names: StoreNames) -> tuple[ControlBlock | None, Refusal | None]:
+    """The store's control block, mapped read-only: the first of its names
+    that holds a trusted, valid one. Objects of another account under those
+    names are refused (logged) and skipped; the last refusal comes back
+    with a None block, so a caller can say why it found nothing."""
+    refused = None
+    for name in names.controls:
+        try:
+            block = ControlBlock(map_readonly(name, CONTROL, names.access))
+            block.check()
+        except (FileNotFoundError, SnapshotError, ControlError):
+            continue
+        except Untrusted as exc:
+            refused = exc.refusal
+            continue
+        except OSError as exc:
+            log.warning("featbit_shm: cannot open control block %s: %s", name, exc)
+            continue
+        return block, None
+    return None, refused
 
 
 class SnapshotReader:
@@ -70,6 +92,9 @@ class SnapshotReader:
         self._next_try = 0.0
         self.refreshes = 0
         self.failed_refreshes = 0
+        #: Set while the store's names hold only another account's objects:
+        #: evaluation then answers with reason kind Error, naming it.
+        self.refused: Refusal | None = None
 
     # ------------------------------------------------------------------ hot path
 
@@ -104,14 +129,8 @@ class SnapshotReader:
             self._lock.release()
 
     def _attach(self) -> bool:
-        try:
-            mm = map_readonly(self.names.control)
-            block = ControlBlock(mm)
-            block.check()
-        except (posix_ipc.ExistentialError, SnapshotError, ControlError):
-            return False
-        except (posix_ipc.Error, OSError) as exc:
-            log.warning("featbit_shm: cannot open control block %s: %s", self.names.control, exc)
+        block, self.refused = find_control(self.names)
+        if block is None:
             return False
         self._control = block
         self._words = block.q
@@ -141,18 +160,21 @@ class SnapshotReader:
                     self._detach()
                     self._next_try = self._clock() + self._retry_interval
                 return True  # nothing published (any more)
+            if not pointer.name.startswith(self.names.base + ".g"):
+                log.warning("featbit_shm: control block points at %r, not a snapshot of this store", pointer.name)
+                return False
             try:
-                root = map_readonly(pointer.name, pointer.length)
+                root = map_readonly(pointer.name, SNAPSHOT, self.names.access, pointer.length)
                 chunks: dict[int, mmap.mmap] = {}
                 image = SnapshotImage(root, chunks.get, length=pointer.length, crc=pointer.crc)
                 # Map every live chunk now (reusing this process's maps of the
                 # chunks that did not change), so no evaluation ever opens one.
                 for chunk_id in image.chunks:
                     known = self._chunks.get(chunk_id)
-                    chunks[chunk_id] = known if known is not None else map_readonly(self.names.chunk(chunk_id))
-            except (posix_ipc.ExistentialError, SnapshotError):
+                    chunks[chunk_id] = known if known is not None else map_readonly(self.names.chunk(chunk_id), SNAPSHOT, self.names.access)
+            except (FileNotFoundError, SnapshotError):
                 continue  # unlinked or replaced under us: read the pointer again
-            except (posix_ipc.Error, OSError) as exc:
+            except (OSError, SharedMemoryError) as exc:  # Untrusted: another account's object under a retired name
                 log.warning("featbit_shm: cannot map snapshot %s: %s", pointer.name, exc)
                 return False
             if image.generation != pointer.generation:

@@ -26,13 +26,12 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-import posix_ipc
-
 from .._core.errors import SharedMemoryError
-from .locks import ensure_directory, exclusive
-from .names import SHM_DIR, StoreNames
-from .objects import create_object, unlink_object
+from .locks import exclusive
+from .names import StoreNames
+from .objects import create_object, open_object, unlink_object
 from .ring import W_HEAD, W_PID, W_TAIL, Ring, ring_capacity
+from .trust import REGISTRY, RING, Untrusted
 
 MAGIC: Final = b"FBSHMREG"
 SLOTS: Final = 256
@@ -45,17 +44,15 @@ FREE, CLAIMED, CLIENT, SPARE = 0, 1, 2, 3
 class Registry:
     """The table of claimed rings (one per worker process)."""
 
-    def __init__(self, names: StoreNames, mode: int = 0o600) -> None:
+    def __init__(self, names: StoreNames) -> None:
         self.names = names
-        self.name = names.registry
+        self.name = names.registry  # the slot in use, once mapped (see _map)
         self.lock_path = names.lock_path + ".registry"
-        ensure_directory(self.lock_path)
-        self._mode = mode
         self._mm: mmap.mmap | None = None
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
         """The registry lock, held while the body runs (:func:`.locks.exclusive`)."""
-        return exclusive(self.lock_path)
+        return exclusive(self.lock_path, self.names.access)
 
     def attach(self, *, create: bool = True) -> bool:
         """Map the table under the lock, as a worker's registration does (the
@@ -63,26 +60,48 @@ class Registry:
         ``create=False`` a store that has no registry yet is left as it is.
         True when the table is mapped."""
         with self._locked():
-            if not create and not os.path.exists(SHM_DIR + self.name):
+            if not create and self._find()[0] is None:
                 return False
             self._map()
             return True
 
+    def _find(self) -> tuple[int | None, str | None]:
+        """(descriptor, name) of the first registry slot holding a trusted
+        registry, or (None, the first free slot's name). Untrusted slots are
+        refused (logged) and skipped."""
+        free = None
+        for name in self.names.registries:
+            try:
+                fd = open_object(name, REGISTRY, self.names.access, writable=True)
+            except FileNotFoundError:
+                free = free or name
+                continue
+            except Untrusted:
+                continue
+            self.name = name
+            return fd, name
+        return None, free
+
     def _map(self) -> mmap.mmap:
         if self._mm is not None:
             return self._mm
+        fd, name = self._find()
+        fresh = False
+        if fd is None:
+            if name is None:
+                raise SharedMemoryError(f"every registry name of store {self.names.tag} is taken by another account")
+            try:
+                fd = create_object(name, SIZE, REGISTRY, self.names.access)
+                fresh = True
+            except FileExistsError:  # created meanwhile (we hold the lock: by someone else)
+                fd = open_object(name, REGISTRY, self.names.access, writable=True)
+            self.name = name
         try:
-            shm = create_object(self.name, SIZE, mode=self._mode, gid=None, fallocate=os.posix_fallocate)
-            fresh = True
-        except posix_ipc.ExistentialError:
-            shm = posix_ipc.SharedMemory(self.name, 0)
-            fresh = False
-        try:
-            if os.fstat(shm.fd).st_size < SIZE:
+            if os.fstat(fd).st_size < SIZE:
                 raise SharedMemoryError(f"{self.name} is too small to be a registry")
-            mm = mmap.mmap(shm.fd, SIZE)
+            mm = mmap.mmap(fd, SIZE)
         finally:
-            shm.close_fd()
+            os.close(fd)
         if fresh or bytes(mm[:8]) != MAGIC:
             mm[:] = bytes(SIZE)
             mm[:8] = MAGIC
@@ -117,8 +136,8 @@ class Registry:
             if state != SPARE:
                 continue
             try:
-                ring = Ring.open(self.names.ring(ring_id))
-            except (posix_ipc.Error, OSError, SharedMemoryError):
+                ring = Ring.open(self.names, ring_id)
+            except (OSError, SharedMemoryError):
                 _SLOT.pack_into(mm, HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)  # vanished or damaged
                 continue
             if ring.capacity != capacity or ring.words[W_HEAD] != ring.words[W_TAIL]:
@@ -133,31 +152,41 @@ class Registry:
                 break
         else:
             raise SharedMemoryError(f"all {SLOTS} event rings are claimed")
-        next_id = struct.unpack_from("<Q", mm, 8)[0] + 1
-        struct.pack_into("<Q", mm, 8, next_id)
-        ring = Ring.create(self.names, next_id, capacity, self._mode)
+        next_id, ring = self._create_ring(mm, capacity)
         _SLOT.pack_into(mm, HEADER + i * _SLOT.size, os.getpid(), next_id, CLAIMED, time.time())
         return ring
+
+    def _create_ring(self, mm: mmap.mmap, capacity: int) -> tuple[int, Ring]:
+        """A new ring under the next free id (called with the lock held): an
+        id whose name another account squatted is skipped (refused, logged)."""
+        for _ in range(16):
+            ring_id = struct.unpack_from("<Q", mm, 8)[0] + 1
+            struct.pack_into("<Q", mm, 8, ring_id)
+            try:
+                return ring_id, Ring.create(self.names, ring_id, capacity)
+            except Untrusted:
+                continue
+        raise SharedMemoryError(f"16 ring names in a row of store {self.names.tag} are taken by another account")
 
     def add_spare(self, capacity: int) -> int | None:
         """Create one empty ring for a future worker (sync process). Returns its
         id, or None when fewer than a quarter of the slots are free (spares
-        never crowd out workers). The memory is reserved outside the lock,
-        so workers registering meanwhile do not wait for it."""
+        never crowd out workers)."""
         with self._locked():
             mm = self._map()
             free = sum(1 for i in range(SLOTS) if _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)[2] == FREE)
             if free < SLOTS // 4:
                 return None
-            ring_id = struct.unpack_from("<Q", mm, 8)[0] + 1
-            struct.pack_into("<Q", mm, 8, ring_id)
-        Ring.create(self.names, ring_id, capacity, self._mode).close()
+            # Spares are rare (one at a time) and reserve only 64 KiB: made
+            # under the lock, like a worker's own ring.
+            ring_id, ring = self._create_ring(mm, capacity)
+        ring.close()
         with self._locked():
             for i in range(SLOTS):
                 if _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)[2] == FREE:
                     _SLOT.pack_into(mm, HEADER + i * _SLOT.size, 0, ring_id, SPARE, time.time())
                     return int(ring_id)
-        posix_ipc.unlink_shared_memory(self.names.ring(ring_id))  # the slots filled up meanwhile
+        unlink_object(self.names.ring(ring_id), RING, self.names.access)  # the slots filled up meanwhile
         return None
 
     def spares_wanted(self, alive: Callable[[int], bool]) -> tuple[int, int]:
@@ -184,7 +213,7 @@ class Registry:
             for i in range(SLOTS):
                 _pid, ring_id, state, _at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
                 if state == SPARE:
-                    unlink_object(self.names.ring(ring_id))
+                    unlink_object(self.names.ring(ring_id), RING, self.names.access)
                     _SLOT.pack_into(mm, HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)
                     dropped += 1
         return dropped
@@ -209,7 +238,7 @@ class Registry:
                 return None
             try:
                 return self._claim_locked(mm, ring_capacity(ring_bytes))
-            except (posix_ipc.Error, OSError, SharedMemoryError):
+            except (OSError, SharedMemoryError):
                 return None
 
     def live_processes(self, alive: Callable[[int], bool]) -> int:
@@ -250,5 +279,5 @@ class Registry:
             if self.slots():
                 return False
             self.close()
-            unlink_object(self.name)
+            unlink_object(self.name, REGISTRY, self.names.access)
             return True

@@ -78,13 +78,12 @@ import os
 import struct
 from typing import Any, Final
 
-import posix_ipc
-
 from .._core.errors import ConfigError, SharedMemoryError
 from .._runtime.environment import env_bool
 from .._runtime.notices import warn_limited
 from .names import StoreNames
-from .objects import create_object
+from .objects import create_object, open_object, unlink_object
+from .trust import RING
 
 try:  # the optional C fast path of evaluation events (see enable_fast_path)
     from ._fastring import Writer as _FastWriter
@@ -145,10 +144,12 @@ class Ring:
         self.writer: Any = None  # the C fast path, once enable_fast_path() made it
 
     @classmethod
-    def create(cls, names: StoreNames, ring_id: int, capacity: int, mode: int) -> Ring:
+    def create(cls, names: StoreNames, ring_id: int, capacity: int) -> Ring:
         """A new empty ring: the header page and the first 64 KiB are
         reserved now (a full /dev/shm raises :class:`SharedMemoryError`),
-        the rest as it is written."""
+        the rest as it is written. A stale ring of this store under the same
+        id is replaced; another account's object under the name raises
+        :class:`~.trust.Untrusted` (the registry then takes the next id)."""
         capacity = ring_capacity(capacity)
         name = names.ring(ring_id)
         first = min(RESERVE, capacity)
@@ -157,15 +158,17 @@ class Ring:
             _fallocate(fd, offset, length)
             os.ftruncate(fd, HEADER + capacity)
 
+        access = names.access
         try:
-            shm = create_object(name, HEADER + first, mode=mode, gid=None, fallocate=reserve)
-        except posix_ipc.ExistentialError:
-            posix_ipc.unlink_shared_memory(name)  # a stale ring with a recycled id
-            shm = create_object(name, HEADER + first, mode=mode, gid=None, fallocate=reserve)
+            fd = create_object(name, HEADER + first, RING, access, reserve)
+        except FileExistsError:
+            os.close(open_object(name, RING, access))  # raises Untrusted when it is not ours
+            unlink_object(name, RING, access)  # ours: a stale ring with a recycled id
+            fd = create_object(name, HEADER + first, RING, access, reserve)
         try:
-            mm = mmap.mmap(shm.fd, HEADER + capacity)
+            mm = mmap.mmap(fd, HEADER + capacity)
         except BaseException:
-            shm.close_fd()
+            os.close(fd)
             raise
         mm[:8] = MAGIC
         words = memoryview(mm)[:HEADER].cast("Q")
@@ -173,19 +176,24 @@ class Ring:
         words[W_CAP] = capacity
         words[W_PID] = os.getpid()
         words.release()
-        ring = cls(mm, name, shm.fd)
+        ring = cls(mm, name, fd)
         ring.words[W_RESERVED] = first
         return ring
 
+    @property
+    def ring_id(self) -> int:
+        return int(self.name.rsplit(".r", 1)[1])
+
     @classmethod
-    def open(cls, name: str) -> Ring:
-        shm = posix_ipc.SharedMemory(name, 0)
+    def open(cls, names: StoreNames, ring_id: int) -> Ring:
+        """Map an existing ring of this store (checked, :mod:`.trust`)."""
+        name = names.ring(ring_id)
+        fd = open_object(name, RING, names.access, writable=True)
         try:
-            size = os.fstat(shm.fd).st_size
-            mm = mmap.mmap(shm.fd, size)
-            return cls(mm, name, shm.fd)
+            mm = mmap.mmap(fd, os.fstat(fd).st_size)
+            return cls(mm, name, fd)
         except BaseException:
-            shm.close_fd()
+            os.close(fd)
             raise
 
     # ------------------------------------------------------------------ producer

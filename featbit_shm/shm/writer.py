@@ -20,15 +20,14 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-import posix_ipc
-
 from .._core.dataset import Changes, DataSet
 from .._core.errors import SharedMemoryError
 from .._core.snapshot import SnapshotBuilder, SnapshotError, SnapshotImage, active_counts, root_crc
 from .._runtime.environment import env_str
 from .control import SIZE, W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, W_STATE_SINCE, ControlBlock, SyncState
 from .names import StoreNames
-from .objects import Fallocate, create_object, map_readonly, unlink_object
+from .objects import Fallocate, create_object, map_readonly, open_object, unlink_object
+from .trust import CONTROL, SNAPSHOT, Untrusted
 
 log = logging.getLogger("featbit_shm.shm")
 
@@ -73,8 +72,6 @@ class SnapshotWriter:
         self,
         names: StoreNames,
         *,
-        mode: int = 0o600,
-        gid: int | None = None,
         grace: float = 2.0,
         keep: int = 3,
         clock: Callable[[], float] = time.monotonic,
@@ -85,8 +82,7 @@ class SnapshotWriter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.names = names
-        self._mode = mode
-        self._gid = gid
+        self._access = names.access
         self._grace = grace
         self._keep = keep
         self._clock = clock
@@ -100,39 +96,55 @@ class SnapshotWriter:
         self._live_chunks: set[int] = set()
         self._closed = False
         self._current_root: mmap.mmap | None = None
-        _shm, self._ctl_map, self.control = self._open_control()
+        self.control_name, self._ctl_map, self.control = self._open_control()
         self.generation = self.control.generation
         self.current_name = ""
         self._adopt_existing()
 
     # ------------------------------------------------------------------ setup
 
-    def _open_control(self) -> tuple[posix_ipc.SharedMemory, mmap.mmap, ControlBlock]:
-        name = self.names.control
+    def _open_control(self) -> tuple[str, mmap.mmap, ControlBlock]:
+        """The store's control block: the first trusted one among its names
+        (a restart: adopted), else a new one under the first free name.
+        Another account's object under a name is refused and skipped, never
+        adopted or removed (:mod:`.trust`)."""
+        free = None
+        for name in self.names.controls:
+            try:
+                fd = open_object(name, CONTROL, self._access, writable=True)
+            except FileNotFoundError:
+                free = free or name
+                continue
+            except Untrusted:
+                continue
+            try:
+                if os.fstat(fd).st_size != SIZE:
+                    # Never shrink or grow a block others may have mapped: replace it.
+                    log.warning("featbit_shm: control block %s has the wrong size; replacing it", name)
+                    unlink_object(name, CONTROL, self._access)
+                    return self._open_control()
+                mm = mmap.mmap(fd, SIZE)
+            finally:
+                os.close(fd)
+            block = ControlBlock(mm)
+            if not block.valid():
+                block.initialize()
+            elif block.recover():
+                log.warning("featbit_shm: previous writer died while updating %s; recovered", name)
+            return name, mm, block
+        if free is None:
+            raise SharedMemoryError(f"every control block name of store {self.names.tag} is taken by another account")
         try:
-            shm = create_object(name, SIZE, mode=self._mode, gid=self._gid, fallocate=self._fallocate)
-            fresh = True
-        except posix_ipc.ExistentialError:
-            shm = posix_ipc.SharedMemory(name, 0)
-            fresh = False
+            fd = create_object(free, SIZE, CONTROL, self._access, self._fallocate)
+        except FileExistsError:  # another writer made it meanwhile: take it as above
+            return self._open_control()
         try:
-            if os.fstat(shm.fd).st_size != SIZE:
-                if fresh:
-                    raise SharedMemoryError(f"control block {name} has the wrong size")
-                # Never shrink or grow a block others may have mapped: replace it.
-                log.warning("featbit_shm: control block %s has the wrong size; replacing it", name)
-                shm.close_fd()
-                shm.unlink()
-                return self._open_control()
-            mm = mmap.mmap(shm.fd, SIZE)
+            mm = mmap.mmap(fd, SIZE)
         finally:
-            shm.close_fd()
+            os.close(fd)
         block = ControlBlock(mm)
-        if fresh or not block.valid():
-            block.initialize()
-        elif block.recover():
-            log.warning("featbit_shm: previous writer died while updating %s; recovered", name)
-        return shm, mm, block
+        block.initialize()
+        return free, mm, block
 
     def _adopt_existing(self) -> None:
         """After a restart: keep the published generation if it checks out
@@ -150,7 +162,7 @@ class SnapshotWriter:
                 # A writer killed inside write_pointer may have left the
                 # generation word behind the root it points at.
                 self.generation = max(self.generation, image.generation)
-            except (SnapshotError, OSError, posix_ipc.Error) as exc:
+            except (SnapshotError, OSError) as exc:
                 log.warning("featbit_shm: published snapshot %s is unusable (%s); it will be replaced", pointer.name, exc)
         existing = self.names.existing()
         # Never reuse a number an object of this store already carries.
@@ -172,22 +184,34 @@ class SnapshotWriter:
         """
         if self._closed:
             raise SharedMemoryError("writer is closed")
+        for _ in range(16):
+            try:
+                return self._publish(dataset, changes, state)
+            except Untrusted:
+                # Another account squatted this generation's name: never
+                # touch it, number the next generation past it.
+                self.generation += 1
+        raise SharedMemoryError(f"16 snapshot names in a row of store {self.names.tag} are taken by another account")
+
+    def _publish(self, dataset: DataSet, changes: Changes | None, state: SyncState) -> int:
         generation = self.generation + 1
         created: list[tuple[str, mmap.mmap | None]] = []
 
         def allocate(kind: str, ident: int, size: int) -> mmap.mmap:
             name = self.names.root(ident) if kind == "root" else self.names.chunk(ident)
             try:
-                shm = create_object(name, size, mode=self._mode, gid=self._gid, fallocate=self._fallocate)
-            except posix_ipc.ExistentialError:
-                # A stale object from a crashed writer that numbered the same way.
-                posix_ipc.unlink_shared_memory(name)
-                shm = create_object(name, size, mode=self._mode, gid=self._gid, fallocate=self._fallocate)
+                fd = create_object(name, size, SNAPSHOT, self._access, self._fallocate)
+            except FileExistsError:
+                # Ours: a stale object from a crashed writer that numbered the
+                # same way; replace it. Not ours: open_object raises Untrusted.
+                os.close(open_object(name, SNAPSHOT, self._access))
+                unlink_object(name, SNAPSHOT, self._access)
+                fd = create_object(name, size, SNAPSHOT, self._access, self._fallocate)
             created.append((name, None))  # unlinked on failure even if mapping fails
             try:
-                mm = mmap.mmap(shm.fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+                mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
             finally:
-                shm.close_fd()
+                os.close(fd)
             created[-1] = (name, mm)
             return mm
 
@@ -199,7 +223,7 @@ class SnapshotWriter:
             for name, mm in created:
                 if mm is not None:
                     mm.close()
-                unlink_object(name)
+                unlink_object(name, SNAPSHOT, self._access)
             self.control.add("publish_errors")
             raise
         for chunk in built.new_chunks.values():
@@ -258,7 +282,7 @@ class SnapshotWriter:
         while retired and (now - retired[0][1] >= self._grace or len(retired) > self._keep):
             names, _ = retired.popleft()
             for name in names:
-                unlink_object(name)
+                unlink_object(name, SNAPSHOT, self._access)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -285,8 +309,8 @@ class SnapshotWriter:
         if unlink:
             for name in [n for group, _ in self._retired for n in group] + self.names.existing():
                 if name:
-                    unlink_object(name)
-            unlink_object(self.names.control)
+                    unlink_object(name, SNAPSHOT, self._access)
+            unlink_object(self.control_name, CONTROL, self._access)
             self._retired.clear()
 
     def __enter__(self) -> SnapshotWriter:
@@ -302,12 +326,12 @@ def open_image(names: StoreNames, root_name: str, length: int, crc: int) -> Snap
     For the writer's restart check and the CLI; workers use
     :class:`~featbit_shm.shm.reader.SnapshotReader`, which also caches maps.
     """
-    root = map_readonly(root_name, length)
+    root = map_readonly(root_name, SNAPSHOT, names.access, length)
     chunks: dict[int, mmap.mmap] = {}
 
     def chunk_of(chunk_id: int) -> mmap.mmap:
         if chunk_id not in chunks:
-            chunks[chunk_id] = map_readonly(names.chunk(chunk_id))
+            chunks[chunk_id] = map_readonly(names.chunk(chunk_id), SNAPSHOT, names.access)
         return chunks[chunk_id]
 
     return SnapshotImage(root, chunk_of, length=length, crc=crc)

@@ -1,10 +1,12 @@
 """Who leads a store: the leader and standby lock files.
 
 Every candidate tries the leader lock without blocking; the winner leads. A
-loser tries the standby lock: the one that gets it blocks on the leader
+loser tries the standby lock: the one that gets it waits on the leader
 lock to take over the moment the leader dies (the kernel drops a dead
 process's locks); every other candidate exits. See
-:mod:`featbit_shm.sync.process` for what leading means.
+:mod:`featbit_shm.sync.process` for what leading means. The lock files are
+:class:`~featbit_shm.shm.locks.FileLock`\\ s in the account's lock directory
+beside the shared objects.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import filelock
-
-from ..shm.locks import ensure_directory
+from ..shm.locks import FileLock
 from ..shm.names import StoreNames
 
 
@@ -23,34 +23,21 @@ class Election:
 
     def __init__(self, names: StoreNames) -> None:
         path = names.lock_path
-        ensure_directory(path)
-        self.leader = filelock.FileLock(path, thread_local=False)
-        self.standby = filelock.FileLock(path + ".standby", thread_local=False)
+        self.leader = FileLock(path, names.access)
+        self.standby = FileLock(path + ".standby", names.access)
 
     def try_lead(self) -> bool:
-        try:
-            self.leader.acquire(timeout=0)
-            return True
-        except filelock.Timeout:
-            return False
+        return self.leader.acquire(0)
 
     def try_standby(self) -> bool:
-        try:
-            self.standby.acquire(timeout=0)
-            return True
-        except filelock.Timeout:
-            return False
+        return self.standby.acquire(0)
 
     def wait_to_lead(self, stop: threading.Event, tick: Callable[[], None]) -> bool:
         while not stop.is_set():
-            try:
-                self.leader.acquire(timeout=0.05)
+            if self.leader.acquire(0.05, idle=tick):
                 return True
-            except filelock.Timeout:
-                tick()
         return False
 
     def release(self) -> None:
         for lock in (self.standby, self.leader):
-            if lock.is_locked:
-                lock.release(force=True)
+            lock.release()

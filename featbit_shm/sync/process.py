@@ -45,11 +45,12 @@ import time
 from .._core.dataset import Changes, DataSet
 from .._core.protocol import Backoff
 from .._core.wire import DataSyncMessage
+from .._runtime import redaction
 from .._runtime.environment import env_str
 from .._runtime.processes import pid_alive
-from ..shm.control import ControlBlock, SyncState
+from ..shm.control import SyncState
 from ..shm.names import StoreNames
-from ..shm.objects import map_readonly
+from ..shm.reader import find_control
 from ..shm.registry import Registry
 from ..shm.writer import SnapshotWriter, open_image, publish_delay_from_env
 from .election import Election
@@ -106,7 +107,7 @@ class SyncProcess:
                 log.info("featbit_shm: standing by for store %s", self.names.tag)
                 if not election.wait_to_lead(self.stop, self._watch_owner):
                     return EXIT_OK
-                election.standby.release(force=True)
+                election.standby.release()
                 if self._previous_leader_stopped_cleanly():
                     log.info("featbit_shm: the leader of store %s stopped cleanly; standby exits", self.names.tag)
                     return EXIT_OK
@@ -118,16 +119,12 @@ class SyncProcess:
     def _previous_leader_stopped_cleanly(self) -> bool:
         """A clean stop unlinks the control block (or leaves it OFF after a
         4003); a leader that crashed leaves it as it was. Only then take over."""
-        try:
-            block = ControlBlock(map_readonly(self.names.control))
-            block.check()
-        except Exception:  # noqa: BLE001 - absent or unreadable: nothing to take over
-            return True
-        return block.state is SyncState.OFF
+        block, _refused = find_control(self.names)
+        return block is None or block.state is SyncState.OFF
 
     def _lead(self) -> int:
         # publish_delay: the test-only slow-writer fault (store.writer docstring); None unless set.
-        self.writer = SnapshotWriter(self.names, mode=self.settings.mode, publish_delay=publish_delay_from_env())
+        self.writer = SnapshotWriter(self.names, publish_delay=publish_delay_from_env())
         clean = False
         try:
             self._adopt()
@@ -240,7 +237,7 @@ class SyncProcess:
         idle = self.settings.idle_timeout
         if idle is not None:
             if self._registry is None:
-                self._registry = Registry(self.names, self.settings.mode)
+                self._registry = Registry(self.names)
             try:
                 live = self._registry.live_processes(pid_alive)
             except Exception as exc:  # noqa: BLE001 - a broken registry must not stop syncing
@@ -271,7 +268,6 @@ class SyncProcess:
             ring_bytes=s.ring_bytes,
             attempts=s.events_max_retries + 1,
             retry_delay=s.events_retry_interval,
-            mode=s.mode,
         )
         self._pump_thread = threading.Thread(target=self._pump.run, args=(self._pump_stop,), name="featbit-events", daemon=True)
         self._pump_thread.start()
@@ -312,7 +308,7 @@ class SyncProcess:
             return
         if not self._election.try_standby():
             return  # someone else stands by
-        self._election.standby.release(force=True)
+        self._election.standby.release()
         young = proc is not None and now - self._standby_started < 5.0
         self._standby_delay = min(self._standby_delay * 2, STANDBY_BACKOFF_MAX_S) if young else STANDBY_CHECK_S
         log.warning("featbit_shm: no standby sync process for store %s; starting one", self.names.tag)
@@ -326,11 +322,13 @@ class SyncProcess:
 def main(argv: list[str] | None = None) -> int:
     """``python -m featbit_shm.sync`` / ``featbit-shm sync``: configured from FEATBIT_*."""
     logging.basicConfig(level=env_str("FEATBIT_LOG_LEVEL").upper(), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    redaction.install()  # no token or secret in any log line, whatever a server sends back
     try:
         settings = SyncSettings.from_env()
     except Exception as exc:  # noqa: BLE001 - a config error is a clear message, not a traceback
-        print(f"featbit-shm sync: {exc}", file=sys.stderr)
+        print(f"featbit-shm sync: {redaction.REDACTOR.redact(str(exc))}", file=sys.stderr)
         return 2
+    redaction.install(settings.env_secret)
     process = SyncProcess(settings)
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -57,6 +57,7 @@ from ..shm.names import StoreNames
 from ..shm.objects import unlink_object
 from ..shm.registry import Registry
 from ..shm.ring import W_DROPPED, W_FLUSH_DONE, W_FLUSH_REQ, W_MALFORMED, Ring
+from ..shm.trust import RING
 
 log = logging.getLogger("featbit_shm.events")
 
@@ -122,7 +123,6 @@ class EventPump:
         attempts: int = ATTEMPTS,
         retry_delay: float = RETRY_DELAY_S,
         max_buffer: int = 10_000,
-        mode: int = 0o600,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         alive: Callable[[int], bool] = pid_alive,
@@ -135,7 +135,7 @@ class EventPump:
         self._ring_bytes = ring_bytes or DEFAULT_EVENT_RING_BYTES
         self._max_spares = spare_rings
         self._spares_checked = -1e9
-        self.registry = Registry(names, mode)
+        self.registry = Registry(names)
         self._post = post
         self._control = control
         self._flush_interval = flush_interval
@@ -237,7 +237,7 @@ class EventPump:
         ring = self._rings.get(ring_id)
         if ring is None:
             try:
-                ring = self._rings[ring_id] = Ring.open(self.names.ring(ring_id))
+                ring = self._rings[ring_id] = Ring.open(self.names, ring_id)
             except Exception as exc:  # noqa: BLE001 - a vanished or damaged ring
                 log.warning("featbit_shm: cannot open event ring %d: %s", ring_id, exc)
                 return None
@@ -248,7 +248,7 @@ class EventPump:
         if ring is not None:
             self._dropped_reclaimed += int(ring.words[W_DROPPED])
             ring.close()
-        unlink_object(self.names.ring(ring_id))
+        unlink_object(self.names.ring(ring_id), RING, self.names.access)
         self.registry.release(slot, ring_id)
 
     def _send(self, *, all_of_it: bool) -> None:

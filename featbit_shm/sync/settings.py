@@ -21,10 +21,8 @@ from .._runtime.environment import (
     env_bool,
     env_float,
     env_int,
-    env_mode,
     env_str,
     format_bool,
-    format_mode,
     format_number,
 )
 
@@ -38,7 +36,6 @@ class SyncSettings:
     bootstrap_file: str | None = None
     namespace: str = "default"
     owner_pid: int | None = None
-    mode: int = 0o600
     heartbeat_interval: float = 0.5
     standby: bool = True  # keep a standby candidate ready to take over
     disable_events: bool = False
@@ -67,7 +64,6 @@ class SyncSettings:
             bootstrap_file=env_str("FEATBIT_BOOTSTRAP_FILE", env) or None,
             namespace=env_str("FEATBIT_NAMESPACE", env),
             owner_pid=env_int("FEATBIT_SHM_OWNER_PID", env) or None,
-            mode=env_mode("FEATBIT_SHM_MODE", env),
             standby=env_bool("FEATBIT_SHM_STANDBY", env),
             disable_events=env_bool("FEATBIT_DISABLE_EVENTS", env),
             events_flush_interval=env_float("FEATBIT_EVENTS_FLUSH_INTERVAL", env) or 1.0,
@@ -101,7 +97,6 @@ class SyncSettings:
             "FEATBIT_OFFLINE": format_bool(self.offline),
             "FEATBIT_BOOTSTRAP_FILE": self.bootstrap_file or "",
             "FEATBIT_NAMESPACE": self.namespace,
-            "FEATBIT_SHM_MODE": format_mode(self.mode),
             "FEATBIT_SHM_STANDBY": format_bool(self.standby),
             "FEATBIT_DISABLE_EVENTS": format_bool(self.disable_events),
             "FEATBIT_EVENTS_FLUSH_INTERVAL": format_number(self.events_flush_interval),

@@ -41,6 +41,7 @@ from .._core.protocol import (
 )
 from .._core.wire import DataSyncMessage
 from .._runtime.files import read_bootstrap_file
+from .._runtime.redaction import REDACTOR
 from ..shm.control import SyncState
 
 log = logging.getLogger("featbit_shm.sync")
@@ -146,7 +147,9 @@ class StreamSource:
 
     def _session(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event) -> None:
         """One connection: open, request data, read until it ends."""
-        url = streaming_url(self._base, build_token(self._secret, self._clock_ms(), self._rand()))
+        token = build_token(self._secret, self._clock_ms(), self._rand())
+        REDACTOR.add(token)  # never logged, even when a server echoes it back
+        url = streaming_url(self._base, token)
         try:
             # websocket-client validates UTF-8 in pure Python (5 s for a 5 MB
             # full sync); parse_frame decodes the bytes strictly in C instead,

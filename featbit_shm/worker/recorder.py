@@ -33,8 +33,8 @@ _time_ns = time.time_ns
 
 
 class EventRecorder:
-    def __init__(self, names: StoreNames, *, ring_bytes: int, mode: int = 0o600, registry: Registry | None = None) -> None:
-        self._registry = registry if registry is not None else Registry(names, mode)
+    def __init__(self, names: StoreNames, *, ring_bytes: int, registry: Registry | None = None) -> None:
+        self._registry = registry if registry is not None else Registry(names)
         self._ring_bytes = ring_bytes
         self._ring: Ring | None = None
         self._failed_at = 0.0

@@ -46,12 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import posix_ipc
-
 from featbit_shm import Config, FBClient
 from featbit_shm.shm.control import ControlBlock, SyncState
 from featbit_shm.shm.names import StoreNames
-from featbit_shm.shm.reader import map_readonly
+from featbit_shm.shm.objects import remove_objects
+from featbit_shm.shm.reader import find_control
 from featbit_shm.testing.server import FeatBitStandIn
 
 from ..app_servers import free_port, new_namespace
@@ -265,12 +264,8 @@ class Soak:
         return [p for p in processes_of(self.namespace) if not is_zombie(p)]
 
     def control(self) -> ControlBlock | None:
-        try:
-            block = ControlBlock(map_readonly(self.names.control))
-            block.check()
-            return block
-        except Exception:  # noqa: BLE001 - not there (yet, or any more)
-            return None
+        block, _refused = find_control(self.names)
+        return block
 
     def get(self, path: str, timeout: float = 10.0) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -822,9 +817,7 @@ class Soak:
             self.gunicorn.wait(10)
         for pid in processes_of(self.namespace, sync_only=False):
             kill(pid)
-        for name in self.names.all_objects():
-            with contextlib.suppress(posix_ipc.ExistentialError):
-                posix_ipc.unlink_shared_memory(name)
+        remove_objects(self.names.all_objects(), self.names.access)
         with contextlib.suppress(Exception):
             self.gunicorn_log.close()
 

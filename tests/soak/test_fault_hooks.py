@@ -10,13 +10,13 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
-import posix_ipc
 import pytest
 import websocket
 
 from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.protocol import build_token, streaming_url
 from featbit_shm.shm.names import StoreNames
+from featbit_shm.shm.objects import remove_objects
 from featbit_shm.shm.reader import SnapshotReader
 from featbit_shm.shm.writer import FAULT_PUBLISH_DELAY_ENV, SnapshotWriter, publish_delay_from_env
 from featbit_shm.testing import builders as b
@@ -119,7 +119,6 @@ def test_publish_delay_is_off_unless_set_and_reads_its_file_at_every_publish(tmp
         assert stalls == [0.125] and reader.generation == 1
     finally:
         writer.close(unlink=True)
-        for name in names.all_objects():
-            posix_ipc.unlink_shared_memory(name)
+        remove_objects(names.all_objects(), names.access)
 
 
