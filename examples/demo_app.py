@@ -1,6 +1,6 @@
 """A small WSGI app that evaluates flags with featbit_shm (used by the README demo).
 
-    GET /?user=alice&country=us   ->  {"pid": ..., "generation": ..., "flags": {...}}
+    GET /?user=alice&country=us   ->  {"pid": ..., "uid": ..., "generation": ..., "flags": {...}}
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     banner = client.variation_detail("welcome-banner", user, False)
     body = {
         "pid": os.getpid(),
+        "uid": os.geteuid(),
         "generation": client.generation,
         "user": user["key"],
         "flags": {

@@ -16,7 +16,9 @@ In the app, ``featbit_shm.get()`` is the worker's client (a drop-in for
 What each hook does (gunicorn's names and arity; none of them ever raises,
 because an exception in a hook halts the arbiter):
 
-* ``when_ready(server)`` -- the master starts the sync process (a fresh
+* ``when_ready(server)`` -- with gunicorn's ``user``/``group`` set, shares the
+  store with the workers' group (``FEATBIT_SHM_GROUP``, readable snapshots,
+  writable rings; :mod:`featbit_shm.shm.trust`); then the master starts the sync process (a fresh
   interpreter, configured through the environment; it owns the websocket and
   exits if the master disappears) and waits up to ``FEATBIT_START_WAIT``
   seconds (default 5) for the first snapshot, so workers start with data;
@@ -73,6 +75,7 @@ def when_ready(server: Any) -> None:
         from featbit_shm.sync import SyncSettings, spawn_sync_process
         from featbit_shm.worker.host import warm_attach_path
 
+        _share_with_workers(server)
         settings = SyncSettings.from_env()
         # Workers read the shared store, even offline with a bootstrap file.
         os.environ["FEATBIT_SHM_SHARED"] = "1"
@@ -92,6 +95,24 @@ def when_ready(server: Any) -> None:
         _log(server, "warning", "featbit_shm: no flag data yet; workers serve defaults until the sync process publishes")
     except Exception as exc:  # noqa: BLE001 - a hook must never halt the arbiter
         _log(server, "error", "featbit_shm: could not start the sync process: %s", exc)
+
+
+def _share_with_workers(server: Any) -> None:
+    """gunicorn's ``user``/``group``: workers switch to another uid after the
+    fork. Share the store with their group, and tell them whose store to
+    trust (the master's account), through the environment they inherit: the
+    sync process then makes snapshots readable (never writable) by that
+    group, and event rings, the registry and its lock writable by it
+    (featbit_shm.shm.trust). An explicit FEATBIT_SHM_GROUP wins."""
+    cfg = getattr(server, "cfg", None)
+    uid = getattr(cfg, "uid", os.geteuid())
+    gid = getattr(cfg, "gid", os.getegid())
+    if uid != os.geteuid() or gid != os.getegid():
+        os.environ.setdefault("FEATBIT_SHM_GROUP", str(gid))
+        os.environ.setdefault("FEATBIT_SHM_STORE_UID", str(os.geteuid()))
+        from featbit_shm._runtime.environment import env_str
+
+        _log(server, "info", "featbit_shm: workers run as uid %s gid %s: the store is shared with group %s", uid, gid, env_str("FEATBIT_SHM_GROUP"))
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -19,3 +19,8 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 preload_app = os.environ.get("GUNICORN_PRELOAD", "0").lower() in ("1", "true", "yes")
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+# Workers switch to this account after the fork (the hooks share the store with its group).
+if os.environ.get("GUNICORN_USER"):
+    user = os.environ["GUNICORN_USER"]
+if os.environ.get("GUNICORN_GROUP"):
+    group = os.environ["GUNICORN_GROUP"]

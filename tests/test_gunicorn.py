@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pwd
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from featbit_shm.shm.names import StoreNames
 from featbit_shm.testing.server import FeatBitStandIn
 
+from .accounts import unprivileged_account
 from .app_servers import ROOT, WORKERS, AppServer, ask, banner_off, free_port, new_namespace, server
 from .sync_helpers import eventually, processes_of
 
@@ -26,7 +35,10 @@ __all__ = ["server"]  # the fixture, imported for pytest
 class Gunicorn(AppServer):
     kind = "gunicorn"
 
-    def __init__(self, server: FeatBitStandIn, *, worker_class: str = "sync", preload: bool = False, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, server: FeatBitStandIn, *, worker_class: str = "sync", preload: bool = False,
+        extra_env: dict[str, str] | None = None, python: str = sys.executable,
+    ) -> None:
         self.port = free_port()
         self.namespace = new_namespace("guni")
         env = {
@@ -37,7 +49,7 @@ class Gunicorn(AppServer):
             "GUNICORN_PRELOAD": "1" if preload else "0",
             **(extra_env or {}),
         }
-        command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn_hooks" / "featbit.conf.py"), "--log-level", "warning", "demo_app:app"]
+        command = [python, "-m", "gunicorn", "-c", str(ROOT / "gunicorn_hooks" / "featbit.conf.py"), "--log-level", "warning", "demo_app:app"]
         super().__init__(server, command, env)
 
 
@@ -148,5 +160,80 @@ def test_max_requests_recycling_delivers_every_event_and_leaves_nothing(server: 
         assert len(received) == 3 * (answers + 1)
         assert eventually(lambda: processes_of(g.namespace) == [], timeout=15)
         assert g.store_objects() == []
+    finally:
+        g.cleanup()
+
+
+@pytest.fixture(scope="module")
+def worker_python() -> Iterator[str]:
+    """A Python that another account can run: the interpreter of the tests may
+    live under a private home (pyenv in /root), so the uid-switching server
+    runs on the system interpreter, in a venv with gunicorn and featbit-shm's
+    dependencies; featbit_shm itself comes from the checkout (PYTHONPATH)."""
+    system = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    if system is None:
+        pytest.skip("no system python3 that another account could run")
+    base = Path(tempfile.mkdtemp(prefix="featbit-uid-"))
+    os.chmod(base, 0o755)
+    try:
+        subprocess.run([system, "-m", "venv", str(base / "venv")], check=True, capture_output=True, timeout=300)
+        install = subprocess.run(
+            [str(base / "venv" / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "gunicorn", "msgpack", "websocket-client"],
+            capture_output=True, timeout=600,
+        )
+        if install.returncode != 0:
+            pytest.skip(f"could not install gunicorn for the system python: {install.stderr.decode()[-300:]}")
+        yield str(base / "venv" / "bin" / "python")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def worker_account(worker_python: str) -> Iterator[pwd.struct_passwd]:
+    with unprivileged_account("fbshm-wrk") as account:
+        # The workers import the app and featbit_shm from the checkout as this account.
+        probe = subprocess.run(
+            [worker_python, "-c", "import featbit_shm, gunicorn, demo_app"],
+            user=account.pw_uid, group=account.pw_gid, extra_groups=[], capture_output=True, timeout=60, cwd="/",
+            env={**os.environ, "PYTHONPATH": str(ROOT / "examples") + os.pathsep + str(ROOT)},
+        )
+        if probe.returncode != 0:
+            pytest.skip(f"the checkout is not readable by another account: {probe.stderr.decode()[-300:]}")
+        yield account
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_workers_that_switch_uid_follow_every_patch_and_deliver_every_event(
+    server: FeatBitStandIn, worker_account: pwd.struct_passwd, worker_python: str, preload: bool
+) -> None:
+    # gunicorn `user`/`group`: the master (root) runs the hooks and the sync
+    # process, the workers run as an unprivileged account. They must read
+    # every new snapshot and write their event rings, and must not be able
+    # to write the control block or a snapshot (issue 16).
+    g = Gunicorn(
+        server, preload=preload, python=worker_python,
+        extra_env={"GUNICORN_USER": worker_account.pw_name, "GUNICORN_GROUP": worker_account.pw_name},
+    )
+    try:
+        before = g.workers()
+        assert len(before) == WORKERS
+        assert {a["uid"] for a in before.values()} == {worker_account.pw_uid}
+        banner_off(server)  # a new generation, read by every worker after its uid switch
+        after = g.workers(lambda a: a["flags"]["welcome-banner"] is False)
+        assert set(after) == set(before), "a worker stayed on an old generation"
+        doc = json.loads((ROOT / "examples" / "flags.json").read_text())
+        banner = next(f for f in doc["data"]["featureFlags"] if f["key"] == "welcome-banner")
+        banner["updatedAt"] = "2025-07-01T00:00:00.000Z"
+        server.update_flag(banner)  # and another one
+        again = g.workers(lambda a: a["flags"]["welcome-banner"] is True)
+        assert set(again) == set(before)
+        names = StoreNames.for_env(server.secret, g.namespace)
+        control = os.stat("/dev/shm" + names.control)
+        assert control.st_uid == 0 and control.st_mode & 0o022 == 0  # never writable by the workers
+        answers = sum(1 for _ in range(200) if ask(g.port))
+        assert g.stop() == 0
+        received = [e for e in server.events if e["user"]["keyId"] == "alice"]
+        assert len(received) >= 3 * answers  # every event of those requests arrived
+        assert eventually(lambda: processes_of(g.namespace) == [], timeout=15)
     finally:
         g.cleanup()

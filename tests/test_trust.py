@@ -41,6 +41,7 @@ from featbit_shm.shm.trust import StoreAccess
 from featbit_shm.shm.writer import SnapshotWriter
 from featbit_shm.testing import builders as b
 
+from .accounts import unprivileged_account
 from .sync_helpers import eventually
 
 pytestmark = pytest.mark.subprocess
@@ -55,25 +56,8 @@ def dataset(value: str) -> DataSet:
 
 @pytest.fixture(scope="module")
 def attacker() -> Iterator[pwd.struct_passwd]:
-    if os.geteuid() != 0:
-        pytest.skip("the trust tests create an unprivileged account with useradd: run them as root")
-    if shutil.which("useradd") is None or shutil.which("userdel") is None:
-        pytest.skip("useradd/userdel are not installed: the trust tests need a second account")
-    name = f"fbshm-atk-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name], check=True, capture_output=True)
-    account = pwd.getpwnam(name)
-    try:
+    with unprivileged_account("fbshm-atk") as account:
         yield account
-    finally:
-        for entry in os.listdir("/dev/shm"):  # whatever the attacker left
-            path = os.path.join("/dev/shm", entry)
-            with contextlib.suppress(OSError):
-                if os.lstat(path).st_uid == account.pw_uid:
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path)
-                    else:
-                        os.unlink(path)
-        subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
 def as_account(account: pwd.struct_passwd, attack: Callable[[], None]) -> None:

@@ -3,9 +3,13 @@
 Theory of operation
 -------------------
 
-One store per (account, environment, namespace) on a host. Its name tag is a
-hash of (env secret, namespace) (:mod:`.names`); the secret itself never
-appears in a name, in shared memory or in a log (R-77).
+One store per (account, environment, namespace) on a host. Its names carry
+the account's uid and a hash of (env secret, namespace) (:mod:`.names`); the
+secret itself never appears in a name, in shared memory or in a log (R-77).
+/dev/shm belongs to every account, so nothing found there is trusted before
+``fstat`` says this account made it (:mod:`.trust`): another account's object
+under a store's name is refused -- never read, adopted or unlinked -- and the
+writer takes a fresh name.
 
 Who writes: exactly one process per store -- the elected sync process, the
 *leader* -- holds a :class:`~.writer.SnapshotWriter`. Who reads: every
@@ -43,8 +47,13 @@ is fixed when it is created.
 Objects and lock files
 ----------------------
 
-``<tag>`` is :attr:`.names.StoreNames.tag`; objects live in /dev/shm, lock
-files in the runtime directory (:func:`.locks.runtime_directory`).
+``<tag>`` stands for ``<uid>.<hash>`` (:attr:`.names.StoreNames.base`);
+objects live in /dev/shm, lock files in the account's private directory
+``/dev/shm/featbit-shm-<uid>`` (:func:`.locks.runtime_directory`). The control
+block and the registry may also be found under ``.ctl.1`` ... and ``.reg.1``
+... when another account squatted the first name. Modes: 0600 (0640 for
+snapshots and control block, 0660 for rings, registry and locks, when the
+store is shared with a group, :mod:`.trust`).
 
 ======================  =====================  =====================  ======================  ===========================  ==============================
 object / lock file      created by             written by             read by                 lifetime                     removed by
@@ -65,7 +74,7 @@ event ring              ring, or the pump as   data: the owner;       (consumer)
 ``fbshm.<tag>.reg``     whoever maps it first  any registered         the pump, the idle      the store's life             the leader on a clean stop
 registry                (worker or pump)       process, under the     check, the CLI                                       when no ring is claimed and
 (:mod:`.registry`)                             registry lock                                                               no client lives
-``fbshm.<tag>.lock``    the first candidate    (a lock, no content)   --                      held by the leader           nobody yet (lock files stay)
+``<tag>.lock``          the first candidate    (a lock, no content)   --                      held by the leader           nobody yet (lock files stay)
 leader lock
 ``...lock.standby``     the first candidate    (a lock)               --                      held by the standby          nobody yet
 ``...lock.registry``    whoever touches the    (a lock)               --                      held while a slot changes    nobody yet
@@ -92,6 +101,7 @@ length is validated), but a reader could retry more often.
 Modules
 -------
 
+* :mod:`.trust` -- whom a store trusts, and the refusals;
 * :mod:`.names` -- every name a store uses;
 * :mod:`.objects` -- create (exclusive, space reserved), map read-only, unlink;
 * :mod:`.locks` -- the runtime directory and the one way a lock file is taken;

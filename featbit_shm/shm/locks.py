@@ -66,6 +66,7 @@ def ensure_directory(path: str, access: StoreAccess) -> None:
         if created:
             access.apply(fd, DIRECTORY)
         access.check(directory, DIRECTORY, os.fstat(fd))
+        access.widen(fd, DIRECTORY)
     finally:
         os.close(fd)
 
@@ -80,11 +81,8 @@ def open_lock_file(path: str, access: StoreAccess) -> int:
             access.check(path, LOCK, os.lstat(path))  # raises: a link is not a regular file
         raise
     try:
-        st = os.fstat(fd)
-        if st.st_uid == os.geteuid() and access.group is not None and st.st_gid != access.group:
-            access.apply(fd, LOCK)  # made by this process just now
-            st = os.fstat(fd)
-        access.check(path, LOCK, st)
+        access.check(path, LOCK, os.fstat(fd))
+        access.widen(fd, LOCK)
     except BaseException:
         os.close(fd)
         raise

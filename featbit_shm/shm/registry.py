@@ -97,6 +97,7 @@ class Registry:
                 fd = open_object(name, REGISTRY, self.names.access, writable=True)
             self.name = name
         try:
+            self.names.access.widen(fd, REGISTRY)
             if os.fstat(fd).st_size < SIZE:
                 raise SharedMemoryError(f"{self.name} is too small to be a registry")
             mm = mmap.mmap(fd, SIZE)

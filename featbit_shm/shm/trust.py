@@ -108,16 +108,32 @@ class StoreAccess:
             reason = None if stat.S_ISDIR(st.st_mode) else "not a directory"
         else:
             reason = None if stat.S_ISREG(st.st_mode) else "not a regular file"
-        shared = self.group is not None and st.st_gid == self.group
-        if reason is None and st.st_uid != self.owner and not (shared and kind in WORKER_WRITABLE):
+        ours = st.st_uid == self.owner
+        # A worker of a server that switches uid made it, in the store's group.
+        shared = self.group is not None and st.st_gid == self.group and kind in WORKER_WRITABLE
+        if reason is None and not ours and not shared:
             reason = f"owned by uid {st.st_uid}, expected {self.owner}"
         if reason is None and mode & 0o002:
             reason = "writable by every account"
-        if reason is None and mode & 0o020 and not (shared and kind in (WORKER_WRITABLE | {DIRECTORY})):
+        # Group write: only where workers write (rings, registry, locks, the
+        # lock directory), and only on what the store's owner or group holds.
+        if reason is None and mode & 0o020 and not (kind in WORKER_WRITABLE | {DIRECTORY} and (ours or shared)):
             reason = "writable by its group"
         if reason is not None:
             refusal = Refusal(name, kind, st.st_uid, mode, reason)
             raise refuse(refusal) if record else Untrusted(refusal)
+
+    def widen(self, fd: int, kind: str) -> None:
+        """Give an existing object of this account the store's group and mode
+        when a group is configured and the object predates it (a server that
+        switches uid, started after a client made the object). Never narrows:
+        without a group nothing changes."""
+        if self.group is None:
+            return
+        st = os.fstat(fd)
+        wanted = self.file_mode(kind) if kind != DIRECTORY else self.directory_mode()
+        if st.st_uid == os.geteuid() and (st.st_gid != self.group or stat.S_IMODE(st.st_mode) != wanted):
+            self.apply(fd, kind)
 
     def apply(self, fd: int, kind: str) -> None:
         """Give a just-created object its group and mode (the umask may have

@@ -118,6 +118,7 @@ class SnapshotWriter:
             except Untrusted:
                 continue
             try:
+                self._access.widen(fd, CONTROL)
                 if os.fstat(fd).st_size != SIZE:
                     # Never shrink or grow a block others may have mapped: replace it.
                     log.warning("featbit_shm: control block %s has the wrong size; replacing it", name)
