@@ -20,16 +20,16 @@ _last: dict[str, float] = {}
 _lock = threading.Lock()
 
 
-def warn_limited(key: str, message: str, *, every: float = EVERY) -> bool:
-    """Log ``message`` at WARNING unless ``key`` was warned about less than
-    ``every`` seconds ago in this process. True when it was logged."""
+def warn_limited(key: str, message: str, *, every: float = EVERY, level: int = logging.WARNING) -> bool:
+    """Log ``message`` (at WARNING, or ``level``) unless ``key`` was logged
+    less than ``every`` seconds ago in this process. True when it was logged."""
     now = time.monotonic()
     with _lock:
         last = _last.get(key)
         if last is not None and now - last < every:
             return False
         _last[key] = now
-    log.warning(message)
+    log.log(level, message)
     return True
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import grp
+import logging
 import os
 import stat
 from collections.abc import Mapping
@@ -75,6 +76,7 @@ def refuse(refusal: Refusal) -> Untrusted:
         f"refused {refusal.name}",
         f"featbit_shm: refusing {refusal.describe()}; another account may be trying to feed or squat this "
         "store, or a server was misconfigured. The object is not read, adopted or removed.",
+        level=logging.ERROR,
     )
     return Untrusted(refusal)
 
