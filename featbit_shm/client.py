@@ -49,9 +49,10 @@ from ._core.results import (
     to_str,
 )
 from ._core.user import InvalidUser, make_user
-from ._runtime.environment import env_float, format_number
+from ._runtime.environment import env_bool, env_float, env_int, format_number
 from ._runtime.files import read_bootstrap_file
 from ._runtime.notices import warn_limited
+from ._runtime.processes import pid_alive
 from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, EvalDetail
 from .config import Config
 from .flag_change_notification import FlagTracker, TrackingSource
@@ -99,30 +100,15 @@ class FBClient:
         if not config.offline:
             # Online: evaluate from the host's store, fed by the sync process
             # (started by the server's hooks, a mule or `featbit-shm sync`).
-            reader = SnapshotReader(self._names, retry_interval=0.05)
+            reader = self._join(start_wait)
             self._source = reader
-            registry = Registry(self._names)  # one lock file handle for both uses (cold start)
-            if not config.disable_events:
-                # Events go into this process's ring; the sync process posts them.
-                self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes, registry=registry)
-            host.join(
-                self._names,
-                reader,
-                registry,
-                self._events,
-                ring_bytes=config.event_ring_bytes,
-                start_sync=self._start_sync_process if config.start_sync else None,
-            )
-            host.wait_ready(reader, start_wait)
         elif config.shared:
             # R-71: offline is ready at once, with the host's shared snapshot
             # when one is published and an empty store otherwise -- except when
             # a bootstrap file is configured: its sync process must publish it.
             if config.bootstrap_file:
                 # A sync process serves this file: not ready until it has published.
-                reader = SnapshotReader(self._names, retry_interval=0.05)
-                self._source = reader
-                host.wait_ready(reader, start_wait)
+                self._source = self._join(start_wait)
             else:
                 self._source = SnapshotReader(self._names, retry_interval=0.05, fallback=sources.memory_view(DataSet(), 0))
         else:
@@ -131,17 +117,48 @@ class FBClient:
             self._report(result, config.bootstrap_file)
             self._use_memory(result.dataset)
 
-    def _start_sync_process(self) -> int:
-        """Start a sync process for this client's store (``host.join`` calls
-        this when none serves it). It is configured by this client's Config
-        over the process environment, has no owner, and exits once no client
-        has been alive for ``FEATBIT_SHM_IDLE_TIMEOUT`` (default 30 s)."""
-        from .sync import SyncSettings, spawn_sync_process
+    def _join(self, start_wait: float) -> SnapshotReader:
+        """Join the host's store (see :mod:`featbit_shm.worker.host`): the
+        reader, its watch (registration after a fork, healing), the event
+        ring, a sync process when none serves the store, the wait for data."""
+        config = self._config
+        registry = Registry(self._names)  # one lock file handle for both uses (cold start)
+        if not config.disable_events and not config.offline:
+            # Events go into this process's ring; the sync process posts them.
+            self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes, registry=registry)
+        watch = host.HostWatch(
+            self._names, registry, self._events, ring_bytes=config.event_ring_bytes,
+            start_sync=self._start_sync_process if env_bool("FEATBIT_SHM_HEAL") else None,
+        )
+        reader = SnapshotReader(self._names, retry_interval=0.05, on_watch=watch)
+        host.join(
+            self._names, reader, registry, self._events, ring_bytes=config.event_ring_bytes,
+            start_sync=self._start_sync_process if config.start_sync else None,
+        )
+        host.wait_ready(reader, start_wait)
+        return reader
+
+    def _start_sync_process(self) -> int | None:
+        """Start a sync process for this client's store, detached (never a
+        child of this process); its pid. ``host`` calls this when none serves
+        the store. It is configured by this client's Config over the process
+        environment. Under a server that owns its sync processes
+        (``FEATBIT_SHM_OWNER_PID``, set by the gunicorn hooks) it belongs to
+        that server -- and none is started once the server is gone; otherwise
+        it exits once no client has been alive for ``FEATBIT_SHM_IDLE_TIMEOUT``
+        (default 30 s)."""
+        from .sync import SyncSettings, start_detached
 
         env = {**os.environ, **self._config.to_env()}
-        env["FEATBIT_SHM_OWNER_PID"] = ""
-        env["FEATBIT_SHM_IDLE_TIMEOUT"] = format_number(env_float("FEATBIT_SHM_IDLE_TIMEOUT") or host.AUTOSTART_IDLE_TIMEOUT_S)
-        return spawn_sync_process(SyncSettings.from_env(env)).pid
+        owner = env_int("FEATBIT_SHM_OWNER_PID")
+        if owner:
+            if not pid_alive(owner):
+                return None  # the server is gone, and its workers with it
+            env["FEATBIT_SHM_IDLE_TIMEOUT"] = ""
+        else:
+            env["FEATBIT_SHM_OWNER_PID"] = ""
+            env["FEATBIT_SHM_IDLE_TIMEOUT"] = format_number(env_float("FEATBIT_SHM_IDLE_TIMEOUT") or host.AUTOSTART_IDLE_TIMEOUT_S)
+        return start_detached(SyncSettings.from_env(env))
 
     def _use_memory(self, dataset: DataSet) -> None:
         """Serve this data from now on (offline data of the client's own)."""

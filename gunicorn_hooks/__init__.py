@@ -76,6 +76,10 @@ def when_ready(server: Any) -> None:
         from featbit_shm.worker.host import warm_attach_path
 
         _share_with_workers(server)
+        # The master owns the host's sync process; a worker that finds none
+        # serving the store starts one on the master's behalf (it exits with
+        # the master), and none once the master is gone.
+        os.environ["FEATBIT_SHM_OWNER_PID"] = str(os.getpid())
         settings = SyncSettings.from_env()
         # Workers read the shared store, even offline with a bootstrap file.
         os.environ["FEATBIT_SHM_SHARED"] = "1"
@@ -152,7 +156,9 @@ def on_exit(server: Any) -> None:
     """Stop the sync process and remove the store's shared-memory objects."""
     global _sync
     try:
+        from featbit_shm._runtime.processes import pid_alive
         from featbit_shm.shm.objects import remove_objects
+        from featbit_shm.shm.registry import Registry
         from featbit_shm.sync import stop_sync_process
 
         if _sync is not None:
@@ -163,6 +169,14 @@ def on_exit(server: Any) -> None:
 
         settings = SyncSettings.from_env()
         names = StoreNames.for_env(settings.store_secret, settings.namespace)
+        # The last owner out removes the store; another server's live workers
+        # (two servers on one store) keep theirs, and start a sync process.
+        registry = Registry(names)
+        others = registry.live_pids(pid_alive) - {os.getpid()} if registry.attach(create=False) else set()
+        registry.close()
+        if others:
+            _log(server, "info", "featbit_shm: %d process(es) of another server still use the store; it stays", len(others))
+            return
         remove_objects(names.all_objects(), names.access)
     except Exception as exc:  # noqa: BLE001
         _log(server, "error", "featbit_shm: on_exit: %s", exc)

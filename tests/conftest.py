@@ -26,6 +26,9 @@ import pytest
 # Tests start their own sync processes; an online client must not start one
 # behind their back (test_sync.py checks auto-start on its own).
 os.environ["FEATBIT_SHM_AUTOSTART"] = "0"
+# Nor heal a store whose sync process a test stopped on purpose; the healing
+# tests turn it on for their own clients and servers.
+os.environ["FEATBIT_SHM_HEAL"] = "0"
 
 from featbit_shm import Config, FBClient
 from featbit_shm.testing import builders as b

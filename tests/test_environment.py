@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from featbit_shm import Config, ConfigError
-from featbit_shm._runtime.environment import VARIABLES, env_bool, env_float, env_int, env_str, env_tristate
+from featbit_shm._runtime.environment import (
+    VARIABLES,
+    env_bool,
+    env_float,
+    env_int,
+    env_str,
+    env_tristate,
+    markdown_table,
+)
 from featbit_shm.sync import SyncSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +114,7 @@ def test_the_documented_table_is_the_table_in_the_code() -> None:
     doc = (ROOT / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
     documented = re.findall(r"^\| `([A-Z_]+)` \|", doc, re.MULTILINE)
     assert documented == list(VARIABLES)
+    assert markdown_table() in doc  # kinds, defaults and meanings too
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "docs/CONFIGURATION.md" in readme
 

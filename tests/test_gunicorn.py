@@ -37,10 +37,10 @@ class Gunicorn(AppServer):
 
     def __init__(
         self, server: FeatBitStandIn, *, worker_class: str = "sync", preload: bool = False,
-        extra_env: dict[str, str] | None = None, python: str = sys.executable,
+        extra_env: dict[str, str] | None = None, python: str = sys.executable, namespace: str | None = None,
     ) -> None:
         self.port = free_port()
-        self.namespace = new_namespace("guni")
+        self.namespace = namespace or new_namespace("guni")
         env = {
             "GUNICORN_BIND": f"127.0.0.1:{self.port}",
             "GUNICORN_WORKERS": str(WORKERS),

@@ -67,7 +67,9 @@ VARIABLES: Final[dict[str, Variable]] = {
         Variable("FEATBIT_STREAMING_FIRST_RETRY_DELAY", "float", 1.0, "sync", "first websocket reconnect delay in seconds (doubles up to 60)"),
         # -- the host runtime --
         Variable("FEATBIT_SHM_SHARED", "tristate", None, "client", "1: evaluate from the host's shared store even offline with a bootstrap file (set by the server hooks)"),
-        Variable("FEATBIT_SHM_AUTOSTART", "bool", True, "client", "0: a client never starts a sync process (server hooks and tests set it)"),
+        Variable("FEATBIT_SHM_AUTOSTART", "bool", True, "client", "0: a client never starts a sync process when it is built (server hooks and tests set it)"),
+        Variable("FEATBIT_SHM_HEAL", "bool", True, "client", "0: a worker never starts a sync process when it finds none serving its store (tests set it)"),
+        Variable("FEATBIT_SHM_LOG_FILE", "str", "", "sync", "file a started sync process appends its log to (default: discarded)"),
         Variable("FEATBIT_SHM_IDLE_TIMEOUT", "float", None, "sync", "exit after this many seconds with no live client (autostarted: 30; unset: run until stopped)"),
         Variable("FEATBIT_SHM_OWNER_PID", "int", None, "sync", "exit when this process is gone (set by launchers)"),
         Variable("FEATBIT_SHM_GROUP", "str", "", "client, sync", "a group (name or gid) the store is shared with: workers in it that run under another uid may read snapshots and write their event rings (set by the server hooks for servers that switch uid)"),
@@ -148,3 +150,25 @@ def format_bool(value: bool) -> str:
 def format_number(value: float | int | None) -> str:
     """A number as its variable holds it; None (unset) is the empty string."""
     return "" if value is None else repr(value)
+
+
+_KIND_NAMES: Final = {"str": "text", "secret": "text (secret)", "bool": "boolean", "tristate": "boolean or unset", "int": "whole number", "float": "number"}
+
+
+def markdown_table() -> str:
+    """The table of docs/CONFIGURATION.md (``python -m featbit_shm._runtime.environment``)."""
+
+    def default(v: Variable) -> str:
+        if v.default is None:
+            return "unset"
+        if v.kind in ("bool", "tristate"):
+            return "1" if v.default else "0"
+        return "empty" if v.default == "" else str(v.default)
+
+    rows = ["| variable | kind | default | read by | meaning |", "|---|---|---|---|---|"]
+    rows += [f"| `{v.name}` | {_KIND_NAMES[v.kind]} | {default(v)} | {v.readers} | {v.meaning} |" for v in VARIABLES.values()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -6,7 +6,10 @@ import os
 
 
 def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as running until reaped)."""
+    """True while ``pid`` runs. A zombie -- exited, not yet reaped by its
+    parent -- counts as dead: it will never write a heartbeat or an event
+    again, and an app that never reaps an autostarted child must not keep
+    a store's clients "alive" forever."""
     if pid <= 0:
         return False
     try:
@@ -14,5 +17,16 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # it exists, under another uid
-    return True
+        pass  # it exists, under another uid
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False  # no /proc (or it just went): trust kill()
+    # "pid (comm) S ...": the state follows the last ')' (comm may hold any byte).
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3] == b"Z"

@@ -25,6 +25,8 @@ from .trust import CONTROL, SNAPSHOT, Refusal, Untrusted
 
 log = logging.getLogger("featbit_shm.shm")
 
+WATCH_INTERVAL_S = 0.5  # how often a reader with a watch checks that a sync process serves the store
+
 
 def generation_bytes(names: StoreNames, root_name: str) -> int | None:
     """Bytes in /dev/shm of one generation: its root plus its live chunks."""
@@ -76,6 +78,7 @@ class SnapshotReader:
         clock: Callable[[], float] = time.monotonic,
         getpid: Callable[[], int] = os.getpid,
         fallback: CompiledView | None = None,
+        on_watch: Callable[[bool], None] | None = None,
     ) -> None:
         self.names = names
         self._retry_interval = retry_interval
@@ -95,6 +98,14 @@ class SnapshotReader:
         #: Set while the store's names hold only another account's objects:
         #: evaluation then answers with reason kind Error, naming it.
         self.refused: Refusal | None = None
+        # The watch (see _watch): about every WATCH_INTERVAL_S of use, tell
+        # ``on_watch`` whether a live sync process serves the store. Counted
+        # in calls so the hot path reads no clock: the count adapts to the
+        # call rate.
+        self._on_watch = on_watch
+        self._countdown = 1 if on_watch is not None else 1 << 62
+        self._per_watch = 1
+        self._next_watch = 0.0
 
     # ------------------------------------------------------------------ hot path
 
@@ -102,13 +113,20 @@ class SnapshotReader:
         """The view to evaluate with (None: nothing published yet)."""
         words = self._words
         if words is not None and words[W_GENERATION] == self._seen:
-            return self._view
+            self._countdown -= 1
+            if self._countdown:
+                return self._view
         return self._slow_path()
 
     # ------------------------------------------------------------------ slow path
 
     def _slow_path(self) -> CompiledView | None:
-        if self._clock() < self._next_try:
+        now = self._clock()
+        if self._countdown <= 0 or (self._on_watch is not None and now >= self._next_watch):
+            self._watch(now)
+        if self._words is not None and self._words[W_GENERATION] == self._seen:
+            return self._view  # only the watch was due
+        if now < self._next_try:
             return self._view
         pid = self._getpid()
         if pid != self._pid:
@@ -127,6 +145,31 @@ class SnapshotReader:
             return self._view
         finally:
             self._lock.release()
+
+    def _watch(self, now: float) -> None:
+        """Tell ``on_watch`` whether a sync process serves the store (the one
+        liveness rule). It is due every WATCH_INTERVAL_S; between two, the
+        hot path counts calls, and the count is tuned to the call rate."""
+        if self._on_watch is None:
+            self._countdown = 1 << 62
+            return
+        if now < self._next_watch:  # the count ran out early: the rate went up
+            self._per_watch = min(self._per_watch * 2, 1 << 16)
+        elif now > self._next_watch + WATCH_INTERVAL_S:  # it ran out late: the rate went down
+            self._per_watch = max(self._per_watch // 2, 1)
+        self._countdown = self._per_watch
+        if now < self._next_watch:
+            return
+        self._next_watch = now + WATCH_INTERVAL_S
+        block = self._control
+        if block is None:
+            served = False  # no control block (yet, or no more: its leader stopped)
+        else:
+            served = block.leader_alive(time.time()) or block.state is SyncState.OFF  # OFF: rejected (R-18), not dead
+        try:
+            self._on_watch(served)
+        except Exception:
+            log.exception("featbit_shm: the store watch failed")
 
     def _attach(self) -> bool:
         block, self.refused = find_control(self.names)

@@ -1,6 +1,6 @@
 """The registry of a store's event rings and client processes.
 
-Registry (``fbshm.<hash>.reg``): 256 slots of (pid, ring id, state, time),
+Registry (``fbshm.<uid>.<hash>.reg``): 1024 slots of (pid, ring id, state, time),
 changed only under a file lock (``flock``; see :mod:`.locks`). A
 client registers its process and claims the process's ring in one locked
 step when it is built; after a fork the child claims its own on its first
@@ -34,7 +34,7 @@ from .ring import W_HEAD, W_PID, W_TAIL, Ring, ring_capacity
 from .trust import REGISTRY, RING, Untrusted
 
 MAGIC: Final = b"FBSHMREG"
-SLOTS: Final = 256
+SLOTS: Final = 1024  # processes per store that can register (and record events) at once
 HEADER: Final = 64
 _SLOT: Final = struct.Struct("<qQQd")  # pid, ring id, state, claimed at
 SIZE: Final = HEADER + SLOTS * _SLOT.size
@@ -243,8 +243,14 @@ class Registry:
                 return None
 
     def live_processes(self, alive: Callable[[int], bool]) -> int:
-        """Processes with a client or a ring that are still running; frees the
-        client slots of dead ones (rings are freed by the pump after draining)."""
+        """How many processes with a client or a ring are still running (see :meth:`live_pids`)."""
+        return len(self.live_pids(alive))
+
+    def live_pids(self, alive: Callable[[int], bool]) -> set[int]:
+        """Pids of the processes with a client or a ring that are still
+        running; frees the client slots of dead ones (zombies count as dead;
+        rings are freed by the pump once drained). The sync process calls
+        this every half second, so recycled workers never fill the table."""
         with self._locked():
             mm = self._map()
             pids = set()
@@ -256,7 +262,7 @@ class Registry:
                     pids.add(pid)
                 elif state == CLIENT:
                     _SLOT.pack_into(mm, HEADER + i * _SLOT.size, 0, 0, FREE, 0.0)
-            return len(pids)
+            return pids
 
     def release(self, slot: int, ring_id: int) -> None:
         """Free a slot whose ring was drained and unlinked (sync process)."""

@@ -9,7 +9,7 @@ imports only those two light modules, so an app process that may start a
 sync process pays nothing for the websocket client.
 """
 
-from .launcher import spawn_sync_process, stop_sync_process
+from .launcher import spawn_sync_process, start_detached, stop_sync_process
 from .settings import SyncSettings
 
-__all__ = ["SyncSettings", "spawn_sync_process", "stop_sync_process"]
+__all__ = ["SyncSettings", "spawn_sync_process", "start_detached", "stop_sync_process"]

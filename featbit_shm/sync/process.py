@@ -24,7 +24,7 @@ full or patch is published as one generation (R-13, R-14); the state
 (INITIALIZING / OK / INTERRUPTED / OFF, R-16) and a heartbeat at least every
 second go into the control block.
 
-Exit. On SIGTERM/SIGINT, or when the owner process (``FEATBIT_SHM_OWNER_PID``,
+Exit. On SIGTERM, SIGINT or SIGHUP (a closed terminal), or when the owner process (``FEATBIT_SHM_OWNER_PID``,
 e.g. the gunicorn master) is gone, the leader stops its standby and, as the
 last owner, unlinks every shared-memory object of the store. After a 4003
 (R-18) it stops too but leaves the store with state OFF for clients to see.
@@ -143,7 +143,33 @@ class SyncProcess:
             # the next leader does. A rejected client (4003) leaves the store
             # in place with state OFF, so every client and `featbit-shm status`
             # can see why nothing syncs (R-23); its owner removes it on exit.
-            self.writer.close(unlink=(clean or self.stop.is_set()) and not self.rejected)
+            stopping = (clean or self.stop.is_set()) and not self.rejected
+            others = self._clients_remain() if stopping else set()
+            if others:
+                log.info("featbit_shm: %d process(es) still use store %s; leaving it for the next leader", len(others), self.names.tag)
+            self.writer.close(unlink=stopping and not others)
+
+    def _clients_remain(self, wait: float = 3.0) -> set[int]:
+        """Live processes still registered with the store, after waiting up
+        to ``wait`` seconds for a stopping server's workers to exit. A leader
+        that stops while others remain hands over: it leaves the store to
+        them (they start a new sync process when none serves it,
+        featbit_shm.worker.host), and the last one out removes it."""
+        registry = Registry(self.names)
+        try:
+            if not registry.attach(create=False):
+                return set()
+            deadline = time.monotonic() + wait
+            while True:
+                pids = registry.live_pids(pid_alive)
+                if not pids or time.monotonic() >= deadline:
+                    return pids
+                time.sleep(0.1)
+        except Exception as exc:  # noqa: BLE001 - when in doubt, leave the store in place
+            log.warning("featbit_shm: cannot read the client registry at stop: %s", exc)
+            return {-1}
+        finally:
+            registry.close()
 
     def _adopt(self) -> None:
         """Resume from the published snapshot: its data version is our cursor."""
@@ -234,22 +260,27 @@ class SyncProcess:
         if owner and not pid_alive(owner):
             log.info("featbit_shm: owner process %d is gone; stopping", owner)
             self.stop.set()
+        if self.writer is None:
+            return  # a standby: the registry is the leader's business
+        if self._registry is None:
+            self._registry = Registry(self.names)
+        try:
+            # Every half second, idle timeout or not: frees the slots of
+            # exited clients, so recycled workers never fill the registry.
+            live = self._registry.live_processes(pid_alive)
+        except Exception as exc:  # noqa: BLE001 - a broken registry must not stop syncing
+            log.warning("featbit_shm: cannot read the client registry: %s", exc)
+            return
         idle = self.settings.idle_timeout
-        if idle is not None:
-            if self._registry is None:
-                self._registry = Registry(self.names)
-            try:
-                live = self._registry.live_processes(pid_alive)
-            except Exception as exc:  # noqa: BLE001 - a broken registry must not stop syncing
-                log.warning("featbit_shm: cannot read the client registry: %s", exc)
-                return
-            if live:
-                self._idle_since = None
-            elif self._idle_since is None:
-                self._idle_since = now
-            elif now - self._idle_since >= idle:
-                log.info("featbit_shm: no client for %.0f s; stopping", idle)
-                self.stop.set()
+        if idle is None:
+            return
+        if live:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since >= idle:
+            log.info("featbit_shm: no client for %.0f s; stopping", idle)
+            self.stop.set()
 
     # ------------------------------------------------------------------ events
 
@@ -334,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         process.stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # A clean stop on each of them, whatever the caller had blocked or ignored
+    # (dispositions set to "ignore" and the blocked mask survive exec).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     return process.run()

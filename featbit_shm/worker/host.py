@@ -15,6 +15,15 @@ steps, all bounded and none of them fatal:
 
 Server integrations start the sync process themselves (the gunicorn master,
 a uWSGI mule) and turn step 2 off with ``FEATBIT_SHM_AUTOSTART=0``.
+
+Afterwards the client keeps watching (:class:`HostWatch`, called by the
+reader about every half second of use): a forked child registers itself,
+and when no live sync process has served the store for
+:data:`HEAL_GRACE_S` -- leader and standby SIGKILLed, OOM-killed, a server
+that stopped and took its sync process along while this one still runs --
+the worker starts one (``FEATBIT_SHM_HEAL``, on by default; at most every
+:data:`HEAL_INTERVAL_S`), and says so in its log. A worker that may not
+start one says loudly that it serves stale data.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from collections.abc import Callable
 from .._core.evaluator import evaluate
 from .._core.records import EvalEncoder
 from .._core.user import make_user
+from .._runtime.notices import warn_limited
 from ..shm.control import SyncState
 from ..shm.names import StoreNames
 from ..shm.reader import SnapshotReader
@@ -38,6 +48,13 @@ log = logging.getLogger("featbit_shm")
 #: An autostarted sync process exits after this long with no live client
 #: (``FEATBIT_SHM_IDLE_TIMEOUT`` overrides it).
 AUTOSTART_IDLE_TIMEOUT_S = 30.0
+
+#: How long no sync process may serve a store before a worker starts one
+#: (a sync process that is just starting publishes well within it).
+HEAL_GRACE_S = 2.0
+#: A worker starts at most one sync process per this many seconds (the
+#: election keeps one leader however many workers start one at once).
+HEAL_INTERVAL_S = 10.0
 
 _registered: set[tuple[str, int]] = set()  # (store, pid) already in the store's client registry
 
@@ -55,24 +72,91 @@ def join(
     recorder: EventRecorder | None,
     *,
     ring_bytes: int,
-    start_sync: Callable[[], int] | None,
+    start_sync: Callable[[], int | None] | None,
 ) -> None:
     """Register this process (and claim its event ring for ``recorder``),
     then start a sync process with ``start_sync`` (it returns the new pid)
     when none serves the store. Never raises: a failure is logged and the
     client simply waits for data."""
     try:
-        if (names.tag, os.getpid()) not in _registered:
-            ring = registry.register_client(ring_bytes if recorder is not None else None)
-            _registered.add((names.tag, os.getpid()))
-            if ring is not None and recorder is not None:
-                recorder.adopt(ring)
+        register(names, registry, recorder, ring_bytes)
         if start_sync is None or leader_alive(reader):
             return
         pid = start_sync()
-        log.info("featbit_shm: started sync process %d for store %s", pid, names.tag)
+        if pid:
+            log.info("featbit_shm: started sync process %d for store %s", pid, names.tag)
     except Exception as exc:  # noqa: BLE001 - construction goes on; data may come later
         log.warning("featbit_shm: could not start a sync process: %s", exc)
+
+
+def register(names: StoreNames, registry: Registry, recorder: EventRecorder | None, ring_bytes: int) -> None:
+    """Register this process as a client of the store (once per process; a
+    forked child registers itself), claiming its event ring in the same step."""
+    if (names.tag, os.getpid()) in _registered:
+        return
+    ring = registry.register_client(ring_bytes if recorder is not None else None)
+    _registered.add((names.tag, os.getpid()))
+    if ring is not None and recorder is not None:
+        recorder.adopt(ring)
+
+
+class HostWatch:
+    """What a worker does about its host at each watch of its reader
+    (``SnapshotReader(on_watch=...)``): see the module docstring."""
+
+    def __init__(
+        self,
+        names: StoreNames,
+        registry: Registry,
+        recorder: EventRecorder | None,
+        *,
+        ring_bytes: int,
+        start_sync: Callable[[], int | None] | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._names = names
+        self._registry = registry
+        self._recorder = recorder
+        self._ring_bytes = ring_bytes
+        self._start_sync = start_sync
+        self._clock = clock
+        self._unserved_since: float | None = None
+        self._next_start = 0.0
+        self.started: list[int] = []  # pids of the sync processes this watch started
+
+    def __call__(self, served: bool) -> None:
+        if (self._names.tag, os.getpid()) not in _registered:
+            try:
+                register(self._names, self._registry, self._recorder, self._ring_bytes)
+            except Exception as exc:  # noqa: BLE001 - registration is retried at the next watch
+                warn_limited("register-failed", f"featbit_shm: cannot register pid {os.getpid()} with store {self._names.tag}: {exc}")
+        now = self._clock()
+        if served:
+            self._unserved_since = None
+            return
+        if self._unserved_since is None:
+            self._unserved_since = now
+        if now - self._unserved_since < HEAL_GRACE_S:
+            return
+        if self._start_sync is None:
+            warn_limited(
+                "unserved",
+                f"featbit_shm: no sync process serves store {self._names.tag}: pid {os.getpid()} keeps serving its "
+                "last snapshot, which may be stale (starting one is off: FEATBIT_SHM_HEAL=0)",
+                level=logging.ERROR,
+            )
+            return
+        if now < self._next_start:
+            return
+        self._next_start = now + HEAL_INTERVAL_S
+        try:
+            pid = self._start_sync()
+        except Exception as exc:  # noqa: BLE001 - retried after HEAL_INTERVAL_S
+            warn_limited("heal-failed", f"featbit_shm: no sync process serves store {self._names.tag}, and starting one failed: {exc}", level=logging.ERROR)
+            return
+        if pid:
+            self.started.append(pid)
+            warn_limited("heal", f"featbit_shm: no sync process served store {self._names.tag}; pid {os.getpid()} started one (pid {pid})")
 
 
 def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
