@@ -103,7 +103,10 @@ class SnapshotReader:
         # in calls so the hot path reads no clock: the count adapts to the
         # call rate.
         self._on_watch = on_watch
-        self._countdown = 1 if on_watch is not None else 1 << 62
+        self._countdown = 1 << 62
+        if on_watch is not None:
+            self._countdown = 1
+            self.current = self._current_watched  # type: ignore[method-assign]
         self._per_watch = 1
         self._next_watch = 0.0
 
@@ -111,6 +114,14 @@ class SnapshotReader:
 
     def current(self) -> CompiledView | None:
         """The view to evaluate with (None: nothing published yet)."""
+        words = self._words
+        if words is not None and words[W_GENERATION] == self._seen:
+            return self._view
+        return self._slow_path()
+
+    def _current_watched(self) -> CompiledView | None:
+        """:meth:`current` of a reader with a watch (it replaces it): one
+        counter more per call, so a watch comes due without a clock read."""
         words = self._words
         if words is not None and words[W_GENERATION] == self._seen:
             self._countdown -= 1
