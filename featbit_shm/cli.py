@@ -66,6 +66,8 @@ def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
         status[name] = block.counter(name)
     status["events_delivery_stopped"] = bool(block.counter("delivery_stopped"))
     status["refused"] = refused  # objects under this store's names it does not trust
+    if not status["leader_alive"]:
+        status["problem"] = "no live sync process serves this store: its data is not kept fresh"
     if pointer is None:
         status["state"] = "torn"  # the sequence stayed odd: the writer died mid-update
     return status
@@ -80,7 +82,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, value in status.items():
             print(f"{key:<{width}}  {value}")
     usable = status["state"] in (SyncState.OK.name, SyncState.INTERRUPTED.name) and bool(status.get("generation"))
-    return 0 if usable else 1
+    # Data is there, but nothing keeps it fresh: workers serve what they have
+    # and start a sync process after a moment (worker.host); a probe must fail.
+    return 0 if usable and status.get("leader_alive") else 1
 
 
 def cmd_dump(args: argparse.Namespace) -> int:

@@ -29,12 +29,12 @@ from typing import Any
 from ._core.errors import ConfigError
 from ._core.settings import (
     EVENT_SCHEMES,
-    STREAMING_SCHEMES,
     check_count,
     check_namespace,
     check_positive,
     check_secret,
     check_url,
+    websocket_url,
 )
 from ._runtime.environment import (
     DEFAULT_EVENT_RING_BYTES,
@@ -114,7 +114,7 @@ class Config:
         if not self._offline:
             check_secret("env_secret", env_secret)
             check_url("event_url", event_url, EVENT_SCHEMES)
-            check_url("streaming_url", streaming_url, STREAMING_SCHEMES)
+            streaming_url = websocket_url("streaming_url", streaming_url)
         self._event_url = (event_url or "").rstrip("/")
         self._streaming_url = (streaming_url or "").rstrip("/")
         self._bootstrap_file = os.fspath(bootstrap_file) if bootstrap_file is not None else None

@@ -82,3 +82,17 @@ def run_env(namespace: str, extra: dict[str, str], *args: str) -> subprocess.Com
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATBIT_")}
     env.update(extra, FEATBIT_NAMESPACE=namespace)
     return subprocess.run([sys.executable, "-m", "featbit_shm.cli", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.subprocess
+def test_status_fails_when_no_sync_process_serves_the_store() -> None:
+    # Issue 17: status said OK and exited 0 with no sync process alive.
+    namespace = f"cli-{uuid.uuid4().hex[:8]}"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    with SnapshotWriter(StoreNames.for_env("", namespace), getpid=lambda: dead.pid) as writer:
+        writer.publish(DataSet())
+        done = run(namespace, "status", "--json")
+        status = json.loads(done.stdout)
+        assert (status["state"], status["leader_alive"]) == ("OK", False)
+        assert done.returncode == 1 and "no live sync process" in status["problem"]

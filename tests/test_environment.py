@@ -159,3 +159,12 @@ def test_sync_settings_name_the_variable_of_a_bad_url() -> None:
     env = {"FEATBIT_ENV_SECRET": "s", "FEATBIT_STREAMING_URL": "ftp://x", "FEATBIT_EVENT_URL": "http://x"}
     with pytest.raises(ConfigError, match="FEATBIT_STREAMING_URL"):
         SyncSettings.from_env(env)
+
+
+def test_an_http_streaming_url_becomes_a_websocket_url_for_client_and_sync_process() -> None:
+    # Issue 17: an http:// streaming URL was accepted, then crashed the sync process.
+    config = Config("secret", "http://127.0.0.1:9", "https://featbit.example.com/prefix/")
+    assert config.streaming_url == "wss://featbit.example.com/prefix"
+    assert Config("secret", "http://127.0.0.1:9", "http://127.0.0.1:9").streaming_url == "ws://127.0.0.1:9"
+    env = {"FEATBIT_ENV_SECRET": "s", "FEATBIT_STREAMING_URL": "http://127.0.0.1:5100", "FEATBIT_EVENT_URL": "http://x"}
+    assert SyncSettings.from_env(env).streaming_url == "ws://127.0.0.1:5100"

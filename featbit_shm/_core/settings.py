@@ -52,3 +52,11 @@ def check_count(name: str, value: object, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an int >= {minimum}")
     return value
+
+
+def websocket_url(name: str, value: object) -> str:
+    """A streaming base URL as the websocket client needs it: ``http`` and
+    ``https`` (what FeatBit's other SDKs accept too) become ``ws`` and ``wss``."""
+    url = check_url(name, value, STREAMING_SCHEMES)
+    scheme, rest = url.split(":", 1)
+    return {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + ":" + rest

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._core.errors import ConfigError
-from .._core.settings import EVENT_SCHEMES, STREAMING_SCHEMES, check_namespace, check_secret, check_url
+from .._core.settings import EVENT_SCHEMES, STREAMING_SCHEMES, check_namespace, check_secret, check_url, websocket_url
 from .._runtime.environment import (
     DEFAULT_EVENT_RING_BYTES,
     env_bool,
@@ -56,9 +56,11 @@ class SyncSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> SyncSettings:
         """Settings from the variables (the process environment by default);
         a bad value is a ConfigError naming its variable."""
+        streaming = env_str("FEATBIT_STREAMING_URL", env)
         settings = cls(
             env_secret=env_str("FEATBIT_ENV_SECRET", env),
-            streaming_url=env_str("FEATBIT_STREAMING_URL", env),
+            # http(s) becomes ws(s), as for Config (a bad one is refused by validate)
+            streaming_url=websocket_url("FEATBIT_STREAMING_URL", streaming) if streaming.startswith(("http:", "https:")) else streaming,
             event_url=env_str("FEATBIT_EVENT_URL", env),
             offline=env_bool("FEATBIT_OFFLINE", env),
             bootstrap_file=env_str("FEATBIT_BOOTSTRAP_FILE", env) or None,
