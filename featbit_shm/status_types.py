@@ -2,8 +2,10 @@
 
 The state comes from the store's control block, written by the sync
 process: INITIALIZING until its first committed sync, OK while it syncs,
-INTERRUPTED while it reconnects -- or when its heartbeat is older than
-:data:`~featbit_shm.shm.control.STALE_AFTER_S` (a dead or hung sync process) -- and OFF after a
+INTERRUPTED while it reconnects -- or when no live sync process serves the
+store (:meth:`~featbit_shm.shm.control.ControlBlock.leader_alive`: its pid is
+gone, or its heartbeat is older than
+:data:`~featbit_shm.shm.control.STALE_AFTER_S`) -- and OFF after a
 rejection (4003) or a clean stop. Offline clients are OK at once (R-71).
 Reading it is a few memory loads: no socket, no thread.
 """
@@ -79,9 +81,12 @@ class DataUpdateStatusProvider:
             return State(StateType.INITIALIZING, self._started, ErrorTrack("NoSyncProcess", "no sync process has created the store"))
         state = _MAP.get(block.state, StateType.OFF)
         since = block.state_since or self._started
-        age = block.heartbeat_age(time.time())
-        if state in (StateType.OK, StateType.INITIALIZING) and age > STALE_AFTER_S:
-            return State(StateType.INTERRUPTED, block.heartbeat or since, ErrorTrack("StaleHeartbeat", f"sync process silent for {age:.1f} s"))
+        now = time.time()
+        if state in (StateType.OK, StateType.INITIALIZING) and not block.leader_alive(now):
+            # The one liveness rule: a dead or hung sync process keeps nothing fresh.
+            age = block.heartbeat_age(now)
+            why = f"sync process silent for {age:.1f} s" if age > STALE_AFTER_S else f"sync process {block.leader_pid} is gone"
+            return State(StateType.INTERRUPTED, block.heartbeat or since, ErrorTrack("StaleHeartbeat", why))
         if state is StateType.OFF:
             return State(state, since, ErrorTrack("SyncStopped", "the sync process stopped (rejected by FeatBit, or shut down)"))
         return State(state, since)
