@@ -60,8 +60,11 @@ def get() -> FBClient:
 
 def _after_fork_in_child() -> None:
     # A client built in a parent keeps working in the child (its reader is
-    # fork-safe), so the child simply adopts it as its own.
-    global _client_pid
+    # fork-safe), so the child simply adopts it as its own. The lock is new:
+    # another thread of the parent may have held it inside get() at the fork,
+    # and no thread of the child would ever release it.
+    global _client_pid, _lock
+    _lock = threading.RLock()
     if _client is not None:
         _client_pid = os.getpid()
 

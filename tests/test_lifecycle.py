@@ -13,13 +13,16 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from featbit_shm._runtime.processes import pid_alive
 from featbit_shm.shm.names import StoreNames
 from featbit_shm.shm.objects import remove_objects
+from featbit_shm.shm.reader import SnapshotReader
 from featbit_shm.shm.registry import Registry
+from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
 from .app_servers import ROOT, WORKERS, ask, banner_off, server
@@ -185,3 +188,63 @@ def test_two_servers_on_one_store_stop_either_and_the_other_keeps_following(serv
     finally:
         blue.cleanup()
         green.cleanup()
+
+
+@pytest.mark.subprocess
+def test_a_publish_error_never_ends_the_sync_process_and_is_retried(tmp_path: Path) -> None:
+    # Any exception while publishing (a full /dev/shm, a permission error)
+    # killed the leader and then its standby. Now: logged, counted, retried.
+    namespace = f"life-{uuid.uuid4().hex[:10]}"
+    names = StoreNames.for_env("", namespace)
+    flags = tmp_path / "flags.json"
+    flags.write_text(json.dumps(b.data_sync([b.flag("kill-switch", variations=["on", "off"], variation_type="string")])))
+    fault = tmp_path / "dev-shm-is-full"
+    fault.touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATBIT_")}
+    env.update(FEATBIT_OFFLINE="1", FEATBIT_BOOTSTRAP_FILE=str(flags), FEATBIT_NAMESPACE=namespace, FEATBIT_SHM_FAULT_PUBLISH_FAIL=str(fault))
+    sync = subprocess.Popen([sys.executable, "-m", "featbit_shm.sync"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reader = SnapshotReader(names, retry_interval=0.02)
+    try:
+        assert eventually(lambda: reader.control is not None and reader.control.counter("publish_errors") >= 2, timeout=30)
+        assert sync.poll() is None and reader.generation == 0  # alive, nothing published yet
+        fault.unlink()  # room in /dev/shm again
+        assert eventually(lambda: reader.current() is not None and reader.current().flag("kill-switch") is not None, timeout=60)
+        assert sync.poll() is None
+    finally:
+        sync.terminate()
+        _out, err = sync.communicate(timeout=30)
+        remove_objects(names.all_objects(), names.access)
+    assert b"publishing store" in err and b"failed" in err  # said so, loudly
+
+
+@pytest.mark.subprocess
+def test_fork_while_another_thread_is_inside_get_does_not_deadlock_the_child() -> None:
+    import threading
+
+    import featbit_shm
+    from featbit_shm import _singleton
+
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _singleton._lock:  # what a thread inside featbit_shm.get() holds
+            inside.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert inside.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: get() must not wait for a lock no thread will release
+        code = 1
+        try:
+            signal.alarm(20)
+            featbit_shm.set_config(featbit_shm.Config(offline=True))
+            featbit_shm.get()
+            code = 0
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join(10)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # before: SIGALRM (-14), a deadlock

@@ -32,6 +32,7 @@ from .trust import CONTROL, SNAPSHOT, Untrusted
 log = logging.getLogger("featbit_shm.shm")
 
 FAULT_PUBLISH_DELAY_ENV = "FEATBIT_SHM_FAULT_PUBLISH_DELAY"
+FAULT_PUBLISH_FAIL_ENV = "FEATBIT_SHM_FAULT_PUBLISH_FAIL"
 # Fault the new object's pages in while mapping (Linux): cheaper than one fault per page.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
@@ -61,6 +62,22 @@ def publish_delay_from_env(env: Mapping[str, str] | None = None) -> Callable[[],
     return lambda: max(0.0, seconds)
 
 
+def publish_fault_from_env(env: Mapping[str, str] | None = None) -> Callable[[], None] | None:
+    """The fault injection of :envvar:`FEATBIT_SHM_FAULT_PUBLISH_FAIL` (tests
+    only): while the file it names exists, every publish fails as on a full
+    /dev/shm. None when it is unset."""
+    path = env_str(FAULT_PUBLISH_FAIL_ENV, env)
+    if not path:
+        return None
+    log.warning("featbit_shm: fault injection on: publishes fail while %s exists", path)
+
+    def fail() -> None:
+        if os.path.exists(path):
+            raise SharedMemoryError(f"fault injection: {path} exists, publishing fails as on a full /dev/shm")
+
+    return fail
+
+
 class SnapshotWriter:
     """Publishes generations of a data set into shared memory.
 
@@ -79,6 +96,7 @@ class SnapshotWriter:
         getpid: Callable[[], int] = os.getpid,
         fallocate: Fallocate = os.posix_fallocate,
         publish_delay: Callable[[], float] | None = None,
+        publish_fault: Callable[[], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.names = names
@@ -90,6 +108,7 @@ class SnapshotWriter:
         self._getpid = getpid
         self._fallocate = fallocate
         self._publish_delay = publish_delay  # fault injection only (module docstring)
+        self._publish_fault = publish_fault  # fault injection only
         self._sleep = sleep
         self._builder = SnapshotBuilder()
         self._retired: collections.deque[tuple[tuple[str, ...], float]] = collections.deque()
@@ -217,6 +236,8 @@ class SnapshotWriter:
             return mm
 
         try:
+            if self._publish_fault is not None:
+                self._publish_fault()
             built = self._builder.build_into(dataset, generation, changes, allocate)
             crc = root_crc(built.root)
         except BaseException:

@@ -47,12 +47,13 @@ from .._core.protocol import Backoff
 from .._core.wire import DataSyncMessage
 from .._runtime import redaction
 from .._runtime.environment import env_str
+from .._runtime.notices import warn_limited
 from .._runtime.processes import pid_alive
 from ..shm.control import SyncState
 from ..shm.names import StoreNames
 from ..shm.reader import find_control
 from ..shm.registry import Registry
-from ..shm.writer import SnapshotWriter, open_image, publish_delay_from_env
+from ..shm.writer import SnapshotWriter, open_image, publish_delay_from_env, publish_fault_from_env
 from .election import Election
 from .launcher import spawn_sync_process, stop_sync_process
 from .pump import EventPump, HttpSender
@@ -94,6 +95,9 @@ class SyncProcess:
         self._pump: EventPump | None = None
         self._pump_thread: threading.Thread | None = None
         self._pump_stop = threading.Event()
+        self._unpublished = False  # the data set holds changes no generation carries yet
+        self._publish_retry_at = 0.0
+        self._publish_retry_delay = 1.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,7 +128,7 @@ class SyncProcess:
 
     def _lead(self) -> int:
         # publish_delay: the test-only slow-writer fault (store.writer docstring); None unless set.
-        self.writer = SnapshotWriter(self.names, publish_delay=publish_delay_from_env())
+        self.writer = SnapshotWriter(self.names, publish_delay=publish_delay_from_env(), publish_fault=publish_fault_from_env())
         clean = False
         try:
             self._adopt()
@@ -227,11 +231,39 @@ class SyncProcess:
             flags |= changes.flags
             segments |= changes.segments
         changed = Changes(full, frozenset(flags), frozenset(segments))
-        if changed or self.state is not SyncState.OK or self.writer.generation == 0:
-            self.writer.publish(dataset, None if full else changed, SyncState.OK)
         self.dataset = dataset
+        if changed or self.state is not SyncState.OK or self.writer.generation == 0 or self._unpublished:
+            if not self._publish(None if full or self._unpublished else changed):
+                return
         self.state = SyncState.OK
         self.writer.set_state(SyncState.OK)
+
+    def _publish(self, changes: Changes | None) -> bool:
+        """Publish the data set; True on success. A failure (a full /dev/shm,
+        a permission error) never ends the process: it is logged, counted
+        (publish errors, in status), and the whole data set is published
+        again from the tick, 1 s later and then less often (up to 30 s),
+        while workers keep serving the last generation."""
+        assert self.writer is not None
+        try:
+            self.writer.publish(self.dataset, changes, SyncState.OK)
+        except Exception as exc:  # noqa: BLE001 - contained: retried from the tick
+            self._unpublished = True
+            self._publish_retry_delay = min(self._publish_retry_delay * 2, 30.0) if self._publish_retry_at else 1.0
+            self._publish_retry_at = time.monotonic() + self._publish_retry_delay
+            warn_limited(
+                "publish-failed",
+                f"featbit_shm: publishing store {self.names.tag} failed ({exc}); workers keep the last generation, "
+                f"retrying in {self._publish_retry_delay:.0f} s",
+                every=30.0,
+                level=logging.ERROR,
+            )
+            return False
+        if self._unpublished:
+            log.info("featbit_shm: store %s published again after %d failed attempt(s)", self.names.tag, self.writer.control.counter("publish_errors"))
+        self._unpublished = False
+        self._publish_retry_at = 0.0
+        return True
 
     def _on_state(self, state: SyncState) -> None:
         assert self.writer is not None
@@ -245,6 +277,10 @@ class SyncProcess:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        if self._unpublished and self.writer is not None and now >= self._publish_retry_at:
+            if self._publish(None):
+                self.state = SyncState.OK
+                self.writer.set_state(SyncState.OK)
         if self.writer is not None and now - self._last_beat >= self.settings.heartbeat_interval:
             self.writer.heartbeat()
             self._last_beat = now
