@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ import pytest
 import featbit_shm.integrations.uwsgi_mule
 from featbit_shm.testing.server import FeatBitStandIn
 
-from .app_servers import ROOT, WORKERS, AppServer, banner_off, free_port, new_namespace, server
+from .app_servers import ROOT, WORKERS, AppServer, ask, banner_off, free_port, new_namespace, server
 from .sync_helpers import eventually, processes_of
 
 pytestmark = pytest.mark.uwsgi
@@ -76,3 +77,41 @@ def test_the_mules_former_path_still_starts_the_sync_process(server: FeatBitStan
         assert eventually(lambda: processes_of(u.namespace) == [], timeout=15)
     finally:
         u.cleanup()
+
+
+def test_six_graceful_reloads_each_followed_by_a_patch_that_reaches_every_worker(server: FeatBitStandIn) -> None:
+    # Issue 17: every other SIGHUP reload left the host with no sync process
+    # (the new mule's candidate stood by, then exited: "the leader stopped
+    # cleanly"), and each new worker's first request took 15 s.
+    doc = json.loads((ROOT / "examples" / "flags.json").read_text())
+    banner = next(f for f in doc["data"]["featureFlags"] if f["key"] == "welcome-banner")
+    u = UWSGIServer(server)
+    try:
+        assert eventually(lambda: len(u.workers(lambda a: a["generation"] > 0)) >= 2, timeout=30)
+        for reload in range(6):
+            u.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)  # the master is replacing its workers and mule
+            start = time.monotonic()
+            first = eventually(lambda: _answer(u.port), timeout=60)
+            first_request = time.monotonic() - start
+            assert first is not None and first_request < 10  # liveness (the issue: under 2 s)
+            enabled = reload % 2 == 1
+            banner["isEnabled"] = enabled
+            banner["updatedAt"] = f"2025-08-0{reload + 1}T00:00:00.000Z"
+            server.update_flag(banner)
+            pushed = time.monotonic()
+            assert eventually(lambda want=enabled: len(u.workers(lambda a: a["flags"]["welcome-banner"] is want, timeout=2)) >= 2, timeout=60)
+            print(f"\nreload {reload + 1}: first request {first_request:.2f} s, patch everywhere in {time.monotonic() - pushed:.2f} s")
+            assert processes_of(u.namespace)  # a sync process serves the host
+        u.proc.send_signal(signal.SIGTERM)
+        assert u.proc.wait(30) is not None
+        assert eventually(lambda: processes_of(u.namespace) == [], timeout=30)
+    finally:
+        u.cleanup()
+
+
+def _answer(port: int) -> dict[str, object] | None:
+    try:
+        return ask(port)
+    except OSError:
+        return None
