@@ -248,3 +248,36 @@ def test_fork_while_another_thread_is_inside_get_does_not_deadlock_the_child() -
     holder.join(10)
     _pid, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0  # before: SIGALRM (-14), a deadlock
+
+
+@pytest.mark.subprocess
+def test_a_server_that_answers_pings_but_not_the_data_sync_request_never_moves_the_cursor(server: FeatBitStandIn) -> None:
+    # Issue 17: a server that answered pings but never the data-sync request
+    # left the store INTERRUPTED for good, and the next push moved the cursor
+    # past changes never fetched. Now the connection is replaced until a
+    # reply comes, and a push alone is never applied.
+    import threading
+
+    from featbit_shm._core.protocol import Backoff
+    from featbit_shm.sync.sources import StreamSource
+
+    server.ignore_data_sync = True
+    cursor = [0]
+    got: list[object] = []
+    stop = threading.Event()
+    source = StreamSource(
+        server.secret, server.streaming_url, lambda: cursor[0], backoff=Backoff(first=0.05, cap=0.1), pong_timeout=1.0
+    )
+    runner = threading.Thread(target=source.run, args=(got.extend, lambda _s: None, lambda: None, stop), daemon=True)
+    runner.start()
+    try:
+        assert eventually(lambda: source.connects >= 3, timeout=30)  # replaced, again and again
+        banner_off(server)  # a push while the request is unanswered
+        time.sleep(1.5)
+        assert got == []  # never applied alone
+        server.ignore_data_sync = False
+        assert eventually(lambda: got, timeout=30)  # the next connection's reply brings it all
+        assert got[0].event_type == "full"  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        runner.join(10)

@@ -62,6 +62,10 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
     return bool(select.select([sock], [], [], timeout)[0])
 
 
+class _Unanswered(Exception):
+    """The server skipped our data-sync request: reconnect and ask again."""
+
+
 class Terminal(Exception):
     """The server refused this client for good (close 4003, R-18)."""
 
@@ -94,8 +98,11 @@ class StreamSource:
     follows the request at once, and everything that arrives before its
     pong is held: the server answers a connection's messages in order, so
     the reply comes before the pong, and the held messages are then applied
-    together, reply included. If no pong comes within ``pong_timeout``, what
-    arrived is applied anyway. After the barrier, messages already waiting
+    together, reply included. A pong with nothing before it means the server
+    skipped the request, and no reply and pong within ``pong_timeout`` means
+    it is not answering: either way nothing held is applied (pushes alone
+    would move the cursor past changes never fetched) and the connection is
+    replaced, so the next one asks again. After the barrier, messages already waiting
     are read and applied as one batch, so a slow publish or a burst of
     pushes costs one generation, not one per message.
     """
@@ -177,10 +184,12 @@ class StreamSource:
                 tick()
                 now = time.monotonic()
                 if held is not None and now - requested > self._pong_timeout:
-                    if held:
-                        log.warning("featbit_shm: FeatBit did not answer the ping after data-sync; applying what arrived")
-                        self._deliver(held, on_data)
-                    held = None
+                    # No reply and pong in time: what arrived may be pushes
+                    # only, newer than changes the reply would bring. Never
+                    # apply them alone (the cursor would skip those changes);
+                    # the next connection asks again.
+                    log.warning("featbit_shm: FeatBit did not answer the data-sync request within %.1f s; reconnecting", self._pong_timeout)
+                    return
                 if now - last_ping >= self._ping_interval:
                     ws.send(PING_FRAME)  # R-9: the application ping, not a websocket ping
                     last_ping = now
@@ -217,6 +226,11 @@ class StreamSource:
                         if isinstance(parsed, DataSyncMessage):
                             (held if held is not None else batch).append(parsed)
                         elif isinstance(parsed, Pong) and held is not None:
+                            if not held:
+                                # The server answers in order: a pong with no
+                                # reply before it means the request was ignored.
+                                failure = _Unanswered("FeatBit answered the ping but not the data-sync request")
+                                break
                             batch[:0], held = held, None  # past the barrier: the reply is in
                         elif isinstance(parsed, Ignored):
                             log.warning("featbit_shm: ignored a message from FeatBit: %s", parsed.reason)
@@ -233,6 +247,8 @@ class StreamSource:
                         raise Terminal(f"close {code}")
                     log.warning("featbit_shm: server closed the stream (code %s); reconnecting", code)
                     return
+        except _Unanswered as exc:
+            log.warning("featbit_shm: %s; reconnecting", exc)
         except (OSError, websocket.WebSocketException, socket.timeout) as exc:
             # The server may have closed with a status before our write
             # failed: read it, so a 4003 is never mistaken for a drop.

@@ -266,6 +266,7 @@ class FeatBitStandIn:
         self.connections_rejected = 0
         self.clock_offset_ms = 0
         self.silent = False  # when True, data-sync and ping get no answer
+        self.ignore_data_sync = False  # when True, pings are answered and data-sync requests are not
         # A slow server: seconds to wait before answering a data-sync request
         # (pushes to other threads' changes still go out meanwhile).
         self.reply_delay = 0.0
@@ -533,7 +534,7 @@ class FeatBitStandIn:
         kind = message["messageType"]
         if kind == "ping":
             conn.send_json({"messageType": "pong", "data": {}})
-        elif kind == "data-sync":
+        elif kind == "data-sync" and not self.ignore_data_sync:
             if self.reply_delay:
                 time.sleep(self.reply_delay)
             body = message.get("data") or {}
