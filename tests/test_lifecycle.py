@@ -281,3 +281,74 @@ def test_a_server_that_answers_pings_but_not_the_data_sync_request_never_moves_t
     finally:
         stop.set()
         runner.join(10)
+
+
+class TricklingServer:
+    """Accepts websocket upgrades and answers one byte every half second, forever."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: object) -> None:
+        import socket
+
+        assert isinstance(conn, socket.socket)
+        with conn:
+            for byte in b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" * 100:
+                if self.stopped.wait(0.5):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.mark.subprocess
+def test_a_trickling_server_never_stops_the_heartbeat_nor_a_clean_stop() -> None:
+    # Issue 17: a server that trickled one byte every 2 s wedged the sync
+    # process: no heartbeat, owner death and SIGTERM ignored.
+    trickle = TricklingServer()
+    namespace = f"life-{uuid.uuid4().hex[:10]}"
+    names = StoreNames.for_env("secret-trickle", namespace)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATBIT_")}
+    env.update(
+        FEATBIT_ENV_SECRET="secret-trickle", FEATBIT_STREAMING_URL=f"ws://127.0.0.1:{trickle.port}",
+        FEATBIT_EVENT_URL=f"http://127.0.0.1:{trickle.port}", FEATBIT_NAMESPACE=namespace, FEATBIT_SHM_STANDBY="0",
+    )
+    sync = subprocess.Popen([sys.executable, "-m", "featbit_shm.sync"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reader = SnapshotReader(names, retry_interval=0.02)
+    try:
+        assert eventually(lambda: reader.control is not None, timeout=30)
+        time.sleep(5)  # deep inside the never-ending handshake
+        block = reader.control
+        assert block is not None and block.heartbeat_age(time.time()) < 3 and block.leader_alive(time.time())
+        sync.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        assert sync.wait(30) == 0
+        log.warning("SIGTERM during a trickled handshake: stopped in %.2f s", time.monotonic() - stopped)
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+            sync.wait(10)
+        trickle.close()
+        remove_objects(names.all_objects(), names.access)

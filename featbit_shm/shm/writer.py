@@ -291,6 +291,10 @@ class SnapshotWriter:
     def set_state(self, state: SyncState) -> None:
         self.control.set_state(state, self._wallclock())
 
+    def beat(self) -> None:
+        """Only the heartbeat word (and pid): safe from a thread of its own."""
+        self.control.beat(self._wallclock(), self._getpid())
+
     def heartbeat(self, now: float | None = None) -> None:
         """Write the heartbeat (the sync process does this at least every second)."""
         self.control.beat(self._wallclock() if now is None else now, self._getpid())

@@ -95,6 +95,7 @@ class SyncProcess:
         self._pump: EventPump | None = None
         self._pump_thread: threading.Thread | None = None
         self._pump_stop = threading.Event()
+        self._beat_stop = threading.Event()
         self._unpublished = False  # the data set holds changes no generation carries yet
         self._publish_retry_at = 0.0
         self._publish_retry_delay = 1.0
@@ -136,11 +137,13 @@ class SyncProcess:
                 self._start_standby()
             source = self._source()
             self.writer.heartbeat()
+            self._start_heartbeat()
             self._start_events()
             source.run(self._on_data, self._on_state, self._tick, self.stop)
             clean = True
             return EXIT_REJECTED if self.rejected else EXIT_OK
         finally:
+            self._beat_stop.set()
             self._stop_events()
             self._stop_standby()
             # The last owner removes everything on a clean stop; after a crash
@@ -275,16 +278,35 @@ class SyncProcess:
         self.state = state
         self.writer.set_state(state)
 
+    def _start_heartbeat(self) -> None:
+        """The heartbeat, the owner watch and the registry sweep run on a
+        thread of their own, so a stalled network (a server that trickles a
+        byte every few seconds, a blocked DNS lookup) never makes a live
+        leader look dead, nor keeps it running after its owner is gone."""
+        self._beat_stop = threading.Event()
+
+        def beat() -> None:
+            assert self.writer is not None
+            while not self._beat_stop.wait(self.settings.heartbeat_interval):
+                try:
+                    self.writer.beat()
+                    self._watch_owner()
+                except Exception:
+                    log.exception("featbit_shm: heartbeat failed")
+
+        threading.Thread(target=beat, name="featbit-heartbeat", daemon=True).start()
+
     def _tick(self) -> None:
+        """Called by the source between network operations (main thread):
+        retried publishes, retired snapshots, the standby."""
         now = time.monotonic()
         if self._unpublished and self.writer is not None and now >= self._publish_retry_at:
             if self._publish(None):
                 self.state = SyncState.OK
                 self.writer.set_state(SyncState.OK)
         if self.writer is not None and now - self._last_beat >= self.settings.heartbeat_interval:
-            self.writer.heartbeat()
+            self.writer.heartbeat()  # also unlinks retired generations (main thread only)
             self._last_beat = now
-        self._watch_owner()
         self._keep_standby(now)
 
     def _watch_owner(self) -> None:

@@ -10,6 +10,7 @@ the process can write its heartbeat and watch its owner, and they return when
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -18,7 +19,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import websocket
 
@@ -60,6 +61,48 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
     if getattr(sock, "pending", lambda: 0)():  # TLS: bytes already decrypted
         return True
     return bool(select.select([sock], [], [], timeout)[0])
+
+
+#: The longest one handshake, or one frame, may take: a server that trickles
+#: a byte every few seconds passes every per-read timeout, never this.
+OPERATION_DEADLINE_S = 15.0
+
+
+class _Watchdog:
+    """Ends a blocking websocket operation that outlives its deadline, or
+    any operation once the process is stopping (SIGTERM, owner gone), by
+    shutting the socket down from a thread of its own: the blocked read in
+    the main thread then fails at once and the session ends."""
+
+    def __init__(self, ws: websocket.WebSocket, stop: threading.Event) -> None:
+        self._ws = ws
+        self._stop = stop
+        self._until: float | None = None
+        self._done = threading.Event()
+        self.tripped = False
+        threading.Thread(target=self._run, name="featbit-stream-watchdog", daemon=True).start()
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        self._until = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._until = None
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            until = self._until
+            if self._stop.is_set() or (until is not None and time.monotonic() > until):
+                sock = self._ws.sock
+                if sock is not None and not self.tripped:
+                    self.tripped = True
+                    log.warning("featbit_shm: %s; abandoning the connection", "stopping" if self._stop.is_set() else f"a websocket operation took over {OPERATION_DEADLINE_S:.0f} s")
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._done.set()
 
 
 class _Unanswered(Exception):
@@ -157,19 +200,18 @@ class StreamSource:
         token = build_token(self._secret, self._clock_ms(), self._rand())
         REDACTOR.add(token)  # never logged, even when a server echoes it back
         url = streaming_url(self._base, token)
+        # websocket-client validates UTF-8 in pure Python (5 s for a 5 MB
+        # full sync); parse_frame decodes the bytes strictly in C instead,
+        # and ignores a frame that is not UTF-8 (R-11).
+        ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
+        ws.settimeout(self._connect_timeout)
+        dog = _Watchdog(ws, stop)
         try:
-            # websocket-client validates UTF-8 in pure Python (5 s for a 5 MB
-            # full sync); parse_frame decodes the bytes strictly in C instead,
-            # and ignores a frame that is not UTF-8 (R-11).
-            ws = websocket.create_connection(
-                url,
-                timeout=self._connect_timeout,
-                header=[f"User-Agent: {USER_AGENT}"],
-                enable_multithread=True,
-                skip_utf8_validation=True,
-            )
+            with dog.deadline(OPERATION_DEADLINE_S):
+                ws.connect(url, header=[f"User-Agent: {USER_AGENT}"])  # type: ignore[no-untyped-call]
         except (OSError, websocket.WebSocketException) as exc:
-            log.warning("featbit_shm: cannot connect to %s: %s", redact(url), exc)
+            dog.close()
+            log.warning("featbit_shm: cannot connect to %s: %s", redact(url), "stopped" if stop.is_set() else exc)
             return
         self.connects += 1
         if self._on_open is not None:
@@ -212,7 +254,8 @@ class StreamSource:
                 began = time.monotonic()
                 for _ in range(MAX_BATCH):
                     try:
-                        opcode, frame = ws.recv_data_frame(True)
+                        with dog.deadline(OPERATION_DEADLINE_S):
+                            opcode, frame = ws.recv_data_frame(True)
                     except (OSError, websocket.WebSocketException, socket.timeout) as exc:
                         failure = exc
                         break
@@ -257,6 +300,7 @@ class StreamSource:
                 raise Terminal(f"close {code}") from None
             log.warning("featbit_shm: stream dropped: %s", exc)
         finally:
+            dog.close()
             try:
                 ws.close(timeout=1)
             except Exception:  # noqa: BLE001 - closing a broken socket
