@@ -352,3 +352,32 @@ def test_a_trickling_server_never_stops_the_heartbeat_nor_a_clean_stop() -> None
             sync.wait(10)
         trickle.close()
         remove_objects(names.all_objects(), names.access)
+
+
+@pytest.mark.subprocess
+def test_candidates_with_different_tmpdirs_elect_one_leader(server: FeatBitStandIn, namespace: str, tmp_path: Path) -> None:
+    # Issue 17: candidates that saw different lock directories (TMPDIR,
+    # systemd PrivateTmp, a sidecar sharing /dev/shm but not /tmp) both led.
+    # The locks now live beside the objects, in /dev/shm.
+    from featbit_shm.sync import SyncSettings, spawn_sync_process
+
+    settings = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url=server.event_url, namespace=namespace)
+    procs = []
+    for i in range(3):
+        tmpdir = tmp_path / f"tmp{i}"
+        tmpdir.mkdir()
+        os.environ["TMPDIR"] = str(tmpdir)
+        try:
+            procs.append(spawn_sync_process(settings, owner_pid=os.getpid()))
+        finally:
+            del os.environ["TMPDIR"]
+    try:
+        assert eventually(lambda: server.connections_accepted >= 1, timeout=30)
+        time.sleep(2)
+        assert server.connections_accepted == 1 and server.open_connections == 1  # one websocket
+        assert len(processes_of(namespace)) == 2  # a leader and its standby; the third left
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from .._core.errors import SharedMemoryError
 from .._core.snapshot import SnapshotError, SnapshotImage
 from .._core.view import CompiledView
+from .._runtime.notices import warn_limited
 from .control import W_GENERATION, ControlBlock, ControlError, SyncState
 from .names import SHM_DIR, StoreNames
 from .objects import map_readonly
@@ -56,7 +57,7 @@ def find_control(names: StoreNames) -> tuple[ControlBlock | None, Refusal | None
             refused = exc.refusal
             continue
         except OSError as exc:
-            log.warning("featbit_shm: cannot open control block %s: %s", name, exc)
+            warn_limited(f"open {name}", f"featbit_shm: cannot open control block {name}: {exc}", level=logging.ERROR)
             continue
         return block, None
     return None, refused
@@ -215,7 +216,7 @@ class SnapshotReader:
                     self._next_try = self._clock() + self._retry_interval
                 return True  # nothing published (any more)
             if not pointer.name.startswith(self.names.base + ".g"):
-                log.warning("featbit_shm: control block points at %r, not a snapshot of this store", pointer.name)
+                warn_limited(f"pointer {self.names.tag}", f"featbit_shm: control block points at {pointer.name!r}, not a snapshot of this store", level=logging.ERROR)
                 return False
             try:
                 root = map_readonly(pointer.name, SNAPSHOT, self.names.access, pointer.length)
@@ -229,7 +230,14 @@ class SnapshotReader:
             except (FileNotFoundError, SnapshotError):
                 continue  # unlinked or replaced under us: read the pointer again
             except (OSError, SharedMemoryError) as exc:  # Untrusted: another account's object under a retired name
-                log.warning("featbit_shm: cannot map snapshot %s: %s", pointer.name, exc)
+                # Once a minute, not once per request: this worker keeps
+                # serving its last generation, and says so (promise 1).
+                warn_limited(
+                    f"map {self.names.tag}",
+                    f"featbit_shm: pid {os.getpid()} cannot map snapshot {pointer.name}: {exc}; it keeps serving "
+                    f"generation {self._seen}, which may be stale",
+                    level=logging.ERROR,
+                )
                 return False
             if image.generation != pointer.generation:
                 continue
