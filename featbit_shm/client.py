@@ -184,6 +184,16 @@ class FBClient:
         """True once the client has data to evaluate (offline: at once)."""
         return self._source.current() is not None
 
+    async def wait_until_ready(self, timeout: float = 15.0) -> bool:
+        """Wait for flag data without blocking the event loop (build the
+        client in an ASGI lifespan, then ``await client.wait_until_ready()``).
+        True once the client has data; False when the sync process reports
+        OFF or ``timeout`` runs out. Offline clients are ready at once."""
+        source = self._backing()
+        if isinstance(source, SnapshotReader):
+            return await host.wait_ready_async(source, timeout)
+        return self.initialize
+
     @property
     def update_status_provider(self) -> DataUpdateStatusProvider:
         """fbclient's status provider: state, ``wait_for_OKState``, ``latest_version``."""

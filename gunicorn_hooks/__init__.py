@@ -49,8 +49,16 @@ from typing import Any
 __all__ = ["child_exit", "on_exit", "on_reload", "post_fork", "when_ready", "worker_exit"]
 
 # The master starts the sync process in when_ready; clients (even one built by
-# a preloaded app before that) must not start their own.
+# a preloaded app before that) must not start their own, nor make the master
+# wait start_wait for data that only comes after when_ready.
 os.environ.setdefault("FEATBIT_SHM_AUTOSTART", "0")
+_host: Any = None
+try:
+    from featbit_shm.worker import host as _host
+
+    _host.start_deferred = True
+except Exception:  # noqa: BLE001 - a config module must load even if featbit_shm cannot
+    _host = None
 
 _sync: subprocess.Popen[bytes] | None = None
 
@@ -75,6 +83,8 @@ def when_ready(server: Any) -> None:
         from featbit_shm.sync import SyncSettings, spawn_sync_process
         from featbit_shm.worker.host import warm_attach_path
 
+        if _host is not None:
+            _host.start_deferred = False  # workers (forked after this) wait as usual
         _share_with_workers(server)
         # The master owns the host's sync process; a worker that finds none
         # serving the store starts one on the master's behalf (it exits with

@@ -38,6 +38,7 @@ class Gunicorn(AppServer):
     def __init__(
         self, server: FeatBitStandIn, *, worker_class: str = "sync", preload: bool = False,
         extra_env: dict[str, str] | None = None, python: str = sys.executable, namespace: str | None = None,
+        app: str = "demo_app:app",
     ) -> None:
         self.port = free_port()
         self.namespace = namespace or new_namespace("guni")
@@ -49,7 +50,7 @@ class Gunicorn(AppServer):
             "GUNICORN_PRELOAD": "1" if preload else "0",
             **(extra_env or {}),
         }
-        command = [python, "-m", "gunicorn", "-c", str(ROOT / "gunicorn_hooks" / "featbit.conf.py"), "--log-level", "warning", "demo_app:app"]
+        command = [python, "-m", "gunicorn", "-c", str(ROOT / "gunicorn_hooks" / "featbit.conf.py"), "--log-level", "warning", app]
         super().__init__(server, command, env)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from featbit_shm._core.dataset import DataSet
 from featbit_shm._runtime.processes import pid_alive
 from featbit_shm.shm.names import StoreNames
 from featbit_shm.shm.objects import remove_objects
@@ -381,3 +382,58 @@ def test_candidates_with_different_tmpdirs_elect_one_leader(server: FeatBitStand
             proc.terminate()
         for proc in procs:
             proc.wait(30)
+
+
+@pytest.mark.gunicorn
+def test_a_preloaded_app_that_builds_its_client_at_import_does_not_stall_the_master(server: FeatBitStandIn) -> None:
+    # Issue 17: with preload_app and a client built at import time (fbclient's
+    # own pattern) the master waited the client's full start_wait (15 s) before
+    # when_ready could start the sync process.
+    started = time.monotonic()
+    g = Gunicorn(server, preload=True, app="tests.preload_client_app:app")
+    try:
+        up = time.monotonic() - started
+        answers = eventually(lambda: following_banner(g), timeout=60)
+        log.warning("preload + client at import: server up in %.2f s", up)
+        # It did not wait (not 15 s, nor the 2 s after which a waiting client
+        # starts a sync process of its own, unowned, that outlives the server).
+        assert max(a["client_built_in_s"] for a in answers.values()) < 1.5
+        assert all(a["generation"] > 0 for a in answers.values())  # and the workers serve data
+        assert g.stop() == 0
+        assert eventually(lambda: processes_of(g.namespace) == [], timeout=20)
+    finally:
+        g.cleanup()
+
+
+def following_banner(g: Gunicorn) -> dict[int, dict[str, object]]:
+    seen = g.workers(lambda a: a["flags"]["welcome-banner"] is True, timeout=2)
+    return seen if len(seen) == WORKERS else {}
+
+
+def test_a_client_built_inside_an_event_loop_never_blocks_it(server: FeatBitStandIn) -> None:
+    # Issue 17: inside an asyncio loop (plain uvicorn --workers) the first
+    # featbit_shm.get() blocked the whole loop for 15 s when no data was there.
+    import asyncio
+
+    from featbit_shm import Config, FBClient
+    from featbit_shm.shm.writer import SnapshotWriter
+
+    namespace = f"life-{uuid.uuid4().hex[:10]}"
+    names = StoreNames.for_env(server.secret, namespace)
+
+    async def main() -> tuple[float, bool, bool]:
+        began = time.monotonic()
+        client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace), start_wait=15)
+        built = time.monotonic() - began
+        early = await client.wait_until_ready(0.2)
+        with SnapshotWriter(names) as writer:
+            writer.publish(DataSet())
+            later = await client.wait_until_ready(10)
+        client.stop()
+        return built, early, later
+
+    try:
+        built, early, later = asyncio.run(main())
+    finally:
+        remove_objects(names.all_objects(), names.access)
+    assert built < 5 and early is False and later is True

@@ -159,12 +159,40 @@ class HostWatch:
             warn_limited("heal", f"featbit_shm: no sync process served store {self._names.tag}; pid {os.getpid()} started one (pid {pid})")
 
 
+#: Set by a server integration in a process that will start the host's sync
+#: process only later (the gunicorn master loads a preloaded app before
+#: ``when_ready``): a client built meanwhile does not wait for data that
+#: cannot come yet. The integration clears it before workers fork.
+start_deferred = False
+
+
+def _blocking_would_stall() -> str | None:
+    """Why waiting here would stall more than this caller, or None."""
+    if start_deferred:
+        return "the server starts the sync process once it is ready (gunicorn when_ready)"
+    try:
+        import asyncio
+
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return "this thread runs an asyncio event loop (await client.wait_until_ready() instead)"
+
+
 def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
     """Block up to ``start_wait`` for a published snapshot (R-22..R-24).
 
     Returns early when the sync reports OFF (a rejected client, R-23), so
     a terminal failure never looks like a timeout -- or like success (G-1).
+    Never blocks where blocking stalls more than its caller: inside a
+    running event loop, or in a server master that starts the sync process
+    later (see :data:`start_deferred`); the client is then not ready until
+    data arrives, as with ``start_wait=0``.
     """
+    why = _blocking_would_stall() if start_wait > 0 else None
+    if why is not None and (reader.current() is None or reader.generation == 0):
+        log.info("featbit_shm: not waiting for flag data: %s", why)
+        return
     deadline = time.monotonic() + max(0.0, start_wait)
     while (reader.current() is None or reader.generation == 0) and time.monotonic() < deadline:
         if reader.state() is SyncState.OFF:
@@ -184,6 +212,19 @@ def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
             reader.names.tag,
             why,
         )
+
+
+async def wait_ready_async(reader: SnapshotReader, timeout: float) -> bool:
+    """:func:`wait_ready` for an event loop: polls without blocking it.
+    True once a snapshot is served; False on OFF or when ``timeout`` ends."""
+    import asyncio
+
+    deadline = time.monotonic() + max(0.0, timeout)
+    while reader.current() is None or reader.generation == 0:
+        if reader.state() is SyncState.OFF or time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def warm_attach_path(names: StoreNames) -> None:
