@@ -34,6 +34,12 @@ def set_config(config: Config) -> None:
         old.stop()
 
 
+def configured() -> Config | None:
+    """The Config given to :func:`set_config` in this process, if any (the
+    server integrations start the sync process with it)."""
+    return _config
+
+
 def get() -> FBClient:
     """The process's client, created on first call (with ``featbit_shm.start_wait``)."""
     global _client, _client_pid

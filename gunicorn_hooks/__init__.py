@@ -80,7 +80,7 @@ def when_ready(server: Any) -> None:
         from featbit_shm.shm.control import SyncState
         from featbit_shm.shm.names import StoreNames
         from featbit_shm.shm.reader import SnapshotReader
-        from featbit_shm.sync import SyncSettings, spawn_sync_process
+        from featbit_shm.sync import spawn_sync_process
         from featbit_shm.worker.host import warm_attach_path
 
         if _host is not None:
@@ -90,7 +90,7 @@ def when_ready(server: Any) -> None:
         # serving the store starts one on the master's behalf (it exits with
         # the master), and none once the master is gone.
         os.environ["FEATBIT_SHM_OWNER_PID"] = str(os.getpid())
-        settings = SyncSettings.from_env()
+        settings = _settings()
         # Workers read the shared store, even offline with a bootstrap file.
         os.environ["FEATBIT_SHM_SHARED"] = "1"
         _sync = spawn_sync_process(settings, owner_pid=os.getpid())
@@ -109,6 +109,20 @@ def when_ready(server: Any) -> None:
         _log(server, "warning", "featbit_shm: no flag data yet; workers serve defaults until the sync process publishes")
     except Exception as exc:  # noqa: BLE001 - a hook must never halt the arbiter
         _log(server, "error", "featbit_shm: could not start the sync process: %s", exc)
+
+
+def _settings() -> Any:
+    """The sync process's settings: the app's ``featbit_shm.set_config()``
+    when it made one (a preloaded Django or Flask app), over the FEATBIT_*
+    variables. Without preload the master never sees the app's Config: the
+    workers then start a sync process with it (featbit_shm.worker.host)."""
+    from featbit_shm import _singleton
+    from featbit_shm.sync import SyncSettings
+
+    config = _singleton.configured()
+    if config is None:
+        return SyncSettings.from_env()
+    return SyncSettings.from_env({**os.environ, **config.to_env()})
 
 
 def _share_with_workers(server: Any) -> None:
@@ -175,9 +189,8 @@ def on_exit(server: Any) -> None:
             stop_sync_process(_sync, timeout=10)
         _sync = None
         from featbit_shm.shm.names import StoreNames
-        from featbit_shm.sync import SyncSettings
 
-        settings = SyncSettings.from_env()
+        settings = _settings()
         names = StoreNames.for_env(settings.store_secret, settings.namespace)
         # The last owner out removes the store; another server's live workers
         # (two servers on one store) keep theirs, and start a sync process.

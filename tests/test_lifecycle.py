@@ -437,3 +437,28 @@ def test_a_client_built_inside_an_event_loop_never_blocks_it(server: FeatBitStan
     finally:
         remove_objects(names.all_objects(), names.access)
     assert built < 5 and early is False and later is True
+
+
+@pytest.mark.gunicorn
+@pytest.mark.parametrize("preload", [True, False])
+def test_an_app_configured_only_by_set_config_follows_patches_under_the_hooks(server: FeatBitStandIn, preload: bool) -> None:
+    # Issue 17: set_config(Config(...)) (the usual Django way) never reached
+    # the gunicorn hooks, which read only FEATBIT_* variables: every request
+    # served defaults for the life of the server.
+    namespace = f"life-{uuid.uuid4().hex[:10]}"
+    g = Gunicorn(
+        server, preload=preload, app="tests.set_config_app:app", namespace=namespace,
+        extra_env={
+            "FEATBIT_ENV_SECRET": "", "FEATBIT_STREAMING_URL": "", "FEATBIT_EVENT_URL": "", "FEATBIT_NAMESPACE": "",
+            "APP_FEATBIT_SECRET": server.secret, "APP_FEATBIT_EVENTS": server.event_url,
+            "APP_FEATBIT_STREAMING": server.streaming_url, "APP_FEATBIT_NAMESPACE": namespace,
+        },
+    )
+    try:
+        assert eventually(lambda: following_banner(g), timeout=60)  # data, not defaults
+        banner_off(server)
+        assert eventually(lambda: following(g, False), timeout=60)
+        assert g.stop() == 0
+        assert eventually(lambda: processes_of(namespace) == [], timeout=30)
+    finally:
+        g.cleanup()
