@@ -181,6 +181,7 @@ def on_exit(server: Any) -> None:
     global _sync
     try:
         from featbit_shm._runtime.processes import pid_alive
+        from featbit_shm.shm.locks import remove_lock_files
         from featbit_shm.shm.objects import remove_objects
         from featbit_shm.shm.registry import Registry
         from featbit_shm.sync import stop_sync_process
@@ -201,5 +202,7 @@ def on_exit(server: Any) -> None:
             _log(server, "info", "featbit_shm: %d process(es) of another server still use the store; it stays", len(others))
             return
         remove_objects(names.all_objects(), names.access)
+        lock = names.lock_path
+        remove_lock_files([lock + ".registry", lock + ".standby", lock], names.access)
     except Exception as exc:  # noqa: BLE001
         _log(server, "error", "featbit_shm: on_exit: %s", exc)

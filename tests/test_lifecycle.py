@@ -462,3 +462,50 @@ def test_an_app_configured_only_by_set_config_follows_patches_under_the_hooks(se
         assert eventually(lambda: processes_of(namespace) == [], timeout=30)
     finally:
         g.cleanup()
+
+
+@pytest.mark.subprocess
+def test_the_last_owner_out_removes_the_lock_files_too(server: FeatBitStandIn, namespace: str) -> None:
+    # Issue 17: lock files were never removed (950 after one test run).
+    from featbit_shm.shm import locks
+    from featbit_shm.sync import SyncSettings, spawn_sync_process
+
+    names = StoreNames.for_env(server.secret, namespace)
+    settings = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url=server.event_url, namespace=namespace)
+    proc = spawn_sync_process(settings, owner_pid=os.getpid())
+    try:
+        assert eventually(lambda: len(processes_of(namespace)) == 2, timeout=30)
+        directory = locks.runtime_directory(names.access)
+        assert any(entry.startswith(names.tag) for entry in os.listdir(directory))
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    assert eventually(lambda: processes_of(namespace) == [], timeout=15)
+    assert names.all_objects() == []
+    leftovers = [e for e in os.listdir(directory) if e.startswith(names.tag)] if os.path.isdir(directory) else []
+    assert leftovers == []
+
+
+def test_a_lock_taken_on_a_removed_lock_file_is_retaken_on_the_new_one(tmp_path: Path) -> None:
+    import threading
+
+    from featbit_shm.shm.locks import FileLock, remove_lock_files
+    from featbit_shm.shm.trust import StoreAccess
+
+    os.chmod(tmp_path, 0o700)
+    path = str(tmp_path / "store.lock")
+    access = StoreAccess(os.geteuid())
+    holder, waiter = FileLock(path, access), FileLock(path, access)
+    assert holder.acquire(0)
+    got = threading.Event()
+    threading.Thread(target=lambda: waiter.acquire(30) and got.set(), daemon=True).start()
+    time.sleep(0.2)
+    assert not got.is_set()
+    remove_lock_files([path], access)  # the last owner removes the file it holds...
+    holder.release()  # ...and leaves
+    assert got.wait(10)
+    assert os.path.exists(path)  # the waiter holds the file now under that name,
+    assert os.stat(path).st_ino == os.fstat(waiter._fd).st_ino  # not the removed one
+    third = FileLock(path, access)
+    assert not third.acquire(0)  # so it really excludes the next one
+    waiter.release()

@@ -13,6 +13,9 @@ when it is a link, belongs to another account or is writable by others.
 Every lock is ``flock`` on a file opened with ``O_NOFOLLOW`` and checked
 like any object (:mod:`.trust`): the kernel drops a dead holder's lock, so a
 SIGKILLed process never wedges anyone, and a planted link is never followed.
+The store's last owner removes its lock files (:func:`remove_lock_files`); a
+process that took a lock on a file removed meanwhile notices (the name no
+longer leads to the file it locked) and takes the new one.
 """
 
 from __future__ import annotations
@@ -101,12 +104,44 @@ def exclusive(path: str, access: StoreAccess) -> Iterator[None]:
     use opens its own descriptor, so threads of one process exclude each
     other too; a waiter is woken by the kernel when the holder lets go.
     """
-    fd = open_lock_file(path, access)
-    try:
+    while True:
+        fd = open_lock_file(path, access)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if _still_named(fd, path):
+            break
+        os.close(fd)  # the last owner removed the file while we waited: take the new one
+    try:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _still_named(fd: int, path: str) -> bool:
+    """Is the locked file still the one ``path`` names? Lock files can be
+    removed by a store's last owner; a lock taken on a removed file is
+    worthless, since the next opener creates a new one."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def remove_lock_files(paths: list[str], access: StoreAccess) -> None:
+    """Remove a store's lock files (its last owner, on a clean stop), then
+    the lock directory if nothing else is in it. Safe against waiters: a
+    lock taken on a removed file is retried on the new one (see
+    :func:`_still_named`)."""
+    for path in paths:
+        try:
+            access.check(path, LOCK, os.lstat(path), record=False)
+            os.unlink(path)
+        except (OSError, Untrusted):
+            continue
+    if paths:
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(paths[0]))  # only when empty
 
 
 class FileLock:
@@ -140,6 +175,13 @@ class FileLock:
                     if idle is not None:
                         idle()
                     time.sleep(poll)
+                    continue
+                if not _still_named(fd, self.path):
+                    # The file was removed (by the last owner) while we
+                    # waited on it: a lock on it excludes nobody. Take the
+                    # one now under that name.
+                    os.close(fd)
+                    fd = open_lock_file(self.path, self._access)
                     continue
                 self._fd = fd
                 return True

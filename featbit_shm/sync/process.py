@@ -50,6 +50,7 @@ from .._runtime.environment import env_str
 from .._runtime.notices import warn_limited
 from .._runtime.processes import pid_alive
 from ..shm.control import SyncState
+from ..shm.locks import remove_lock_files
 from ..shm.names import StoreNames
 from ..shm.reader import find_control
 from ..shm.registry import Registry
@@ -155,6 +156,11 @@ class SyncProcess:
             if others:
                 log.info("featbit_shm: %d process(es) still use store %s; leaving it for the next leader", len(others), self.names.tag)
             self.writer.close(unlink=stopping and not others)
+            if stopping and not others:
+                # The last owner out: the lock files go too (a process that
+                # waits on one notices and takes the new one, shm.locks).
+                lock = self.names.lock_path
+                remove_lock_files([lock + ".registry", lock + ".standby", lock], self.names.access)
 
     def _clients_remain(self, wait: float = 3.0) -> set[int]:
         """Live processes still registered with the store, after waiting up
