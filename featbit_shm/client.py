@@ -129,8 +129,10 @@ class FBClient:
         watch = host.HostWatch(
             self._names, registry, self._events, ring_bytes=config.event_ring_bytes,
             start_sync=self._start_sync_process if env_bool("FEATBIT_SHM_HEAL") else None,
+            config_fingerprint=config.fingerprint(), config_env=config.to_env(),
         )
         reader = SnapshotReader(self._names, retry_interval=0.05, on_watch=watch)
+        watch.reader = reader
         host.join(
             self._names, reader, registry, self._events, ring_bytes=config.event_ring_bytes,
             start_sync=self._start_sync_process if config.start_sync else None,

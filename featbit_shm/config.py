@@ -34,6 +34,7 @@ from ._core.settings import (
     check_positive,
     check_secret,
     check_url,
+    fingerprint,
     websocket_url,
 )
 from ._runtime.environment import (
@@ -276,6 +277,14 @@ class Config:
             shared=env_tristate("FEATBIT_SHM_SHARED", env),
             event_ring_bytes=env_int("FEATBIT_SHM_RING_BYTES", env) or DEFAULT_EVENT_RING_BYTES,
             start_sync=env_bool("FEATBIT_SHM_AUTOSTART", env),
+        )
+
+    def fingerprint(self) -> int:
+        """The settings a client and its sync process must agree on, hashed
+        as the sync process writes them into the control block."""
+        return fingerprint(
+            {"streaming_url": self._streaming_url, "event_url": self._event_url, "offline": self._offline,
+             "bootstrap_file": self._bootstrap_file, "disable_events": self._disable_events}
         )
 
     def to_env(self) -> dict[str, str]:

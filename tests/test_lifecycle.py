@@ -509,3 +509,34 @@ def test_a_lock_taken_on_a_removed_lock_file_is_retaken_on_the_new_one(tmp_path:
     third = FileLock(path, access)
     assert not third.acquire(0)  # so it really excludes the next one
     waiter.release()
+
+
+@pytest.mark.subprocess
+def test_a_client_configured_differently_from_the_running_sync_process_is_told_what_differs(
+    server: FeatBitStandIn, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 17: a sync process already running kept its old URLs (fixing a
+    # wrong URL had no effect while clients kept it alive), and nothing said why.
+    from featbit_shm import Config, FBClient
+    from featbit_shm.sync import SyncSettings, spawn_sync_process
+
+    settings = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url="http://127.0.0.1:9/old", namespace=namespace)
+    proc = spawn_sync_process(settings, owner_pid=os.getpid())
+    try:
+        same = FBClient(Config(server.secret, "http://127.0.0.1:9/old", server.streaming_url, namespace=namespace), start_wait=30)
+        assert same.initialize
+        with caplog.at_level(logging.ERROR, logger="featbit_shm"):
+            for _ in range(50):
+                same.variation("welcome-banner", {"key": "a"}, False)
+            time.sleep(0.6)
+            same.variation("welcome-banner", {"key": "a"}, False)
+        assert "another configuration" not in caplog.text  # the same Config: silent
+        other = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace), start_wait=30)
+        with caplog.at_level(logging.ERROR, logger="featbit_shm"):
+            eventually(lambda: other.variation("welcome-banner", {"key": "a"}, False) is not None and "another configuration" in caplog.text, timeout=10)
+        assert "FEATBIT_EVENT_URL='http://127.0.0.1:9/old' there" in caplog.text and server.secret not in caplog.text
+        same.stop()
+        other.stop()
+    finally:
+        proc.terminate()
+        proc.wait(30)

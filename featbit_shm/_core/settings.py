@@ -8,6 +8,7 @@ variable).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from urllib.parse import urlsplit
 
@@ -60,3 +61,18 @@ def websocket_url(name: str, value: object) -> str:
     url = check_url(name, value, STREAMING_SCHEMES)
     scheme, rest = url.split(":", 1)
     return {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + ":" + rest
+
+
+#: What a client and the sync process serving it must agree on (the secret
+#: and namespace already name the store).
+FINGERPRINTED = ("streaming_url", "event_url", "offline", "bootstrap_file", "disable_events")
+
+
+def fingerprint(values: dict[str, object]) -> int:
+    """A 64-bit fingerprint of the :data:`FINGERPRINTED` settings (never 0:
+    0 means "no fingerprint", a leader older than this field)."""
+    def canonical(value: object) -> str:
+        return str(value).rstrip("/") if value else ""
+
+    text = "\0".join(f"{k}={canonical(values.get(k))}" for k in FINGERPRINTED)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") or 1

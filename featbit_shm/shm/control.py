@@ -27,7 +27,8 @@ Byte layout (little-endian, 4096 bytes, every field 8-byte aligned so each
     144   8  u64   publish errors
     152   8  f64   last publish     Unix time
     160   8  u64   events queued
-    168  56  --    reserved
+    168   8  u64   config           fingerprint of the leader's configuration (_core.settings.fingerprint)
+    176  48  --    reserved
     224  64  64s   snapshot name    ASCII, NUL padded
     288  ...       reserved to 4096
 
@@ -74,6 +75,7 @@ W_PUBLISHES: Final = 17
 W_PUBLISH_ERRORS: Final = 18
 W_LAST_PUBLISH: Final = 19
 W_EVENTS_QUEUED: Final = 20
+W_CONFIG: Final = 21
 
 COUNTERS: Final = {
     "reconnects": W_RECONNECTS,
@@ -208,6 +210,10 @@ class ControlBlock:
         :data:`STALE_AFTER_S` old. Workers, the status provider and
         ``featbit-shm status`` all judge a store by this."""
         return self.heartbeat_age(now) <= STALE_AFTER_S and self.state is not SyncState.OFF and alive(self.leader_pid)
+
+    @property
+    def config_fingerprint(self) -> int:
+        return int(self.q[W_CONFIG])
 
     def counter(self, name: str) -> int:
         return int(self.q[COUNTERS[name]])

@@ -49,7 +49,7 @@ from .._runtime import redaction
 from .._runtime.environment import env_str
 from .._runtime.notices import warn_limited
 from .._runtime.processes import pid_alive
-from ..shm.control import SyncState
+from ..shm.control import W_CONFIG, SyncState
 from ..shm.locks import remove_lock_files
 from ..shm.names import StoreNames
 from ..shm.reader import find_control
@@ -134,6 +134,8 @@ class SyncProcess:
         clean = False
         try:
             self._adopt()
+            # Clients compare it with their own Config (worker.host.HostWatch).
+            self.writer.control.set_word(W_CONFIG, self.settings.fingerprint())
             if self._spawn_standby:
                 self._start_standby()
             source = self._source()

@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._core.errors import ConfigError
-from .._core.settings import EVENT_SCHEMES, STREAMING_SCHEMES, check_namespace, check_secret, check_url, websocket_url
+from .._core.settings import (
+    EVENT_SCHEMES,
+    FINGERPRINTED,
+    STREAMING_SCHEMES,
+    check_namespace,
+    check_secret,
+    check_url,
+    fingerprint,
+    websocket_url,
+)
 from .._runtime.environment import (
     DEFAULT_EVENT_RING_BYTES,
     env_bool,
@@ -110,6 +119,10 @@ class SyncSettings:
             "FEATBIT_SHM_RING_BYTES": format_number(self.ring_bytes),
         }
         return env
+
+    def fingerprint(self) -> int:
+        """What clients compare with their own Config (control block, W_CONFIG)."""
+        return fingerprint({k: getattr(self, k) for k in FINGERPRINTED})
 
     @property
     def store_secret(self) -> str:

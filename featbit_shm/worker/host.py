@@ -113,8 +113,13 @@ class HostWatch:
         ring_bytes: int,
         start_sync: Callable[[], int | None] | None,
         clock: Callable[[], float] = time.monotonic,
+        config_fingerprint: int = 0,
+        config_env: dict[str, str] | None = None,
     ) -> None:
         self._names = names
+        self._fingerprint = config_fingerprint
+        self._config_env = config_env or {}
+        self.reader: SnapshotReader | None = None  # set once the reader exists
         self._registry = registry
         self._recorder = recorder
         self._ring_bytes = ring_bytes
@@ -133,6 +138,7 @@ class HostWatch:
         now = self._clock()
         if served:
             self._unserved_since = None
+            self._check_config()
             return
         if self._unserved_since is None:
             self._unserved_since = now
@@ -159,6 +165,23 @@ class HostWatch:
             warn_limited("heal", f"featbit_shm: no sync process served store {self._names.tag}; pid {os.getpid()} started one (pid {pid})")
 
 
+    def _check_config(self) -> None:
+        """One configuration plane: say loudly when the sync process serving
+        this store runs with another configuration than this client's."""
+        block = self.reader.control if self.reader is not None else None
+        theirs = block.config_fingerprint if block is not None else 0
+        if not self._fingerprint or not theirs or theirs == self._fingerprint:
+            return
+        assert block is not None
+        warn_limited(
+            "config-mismatch",
+            f"featbit_shm: the sync process serving store {self._names.tag} (pid {block.leader_pid}) runs with another "
+            f"configuration than this client: {config_difference(block.leader_pid, self._config_env)}; it keeps its own "
+            "until it is restarted (stop it, or the server that owns it)",
+            level=logging.ERROR,
+        )
+
+
 #: Set by a server integration in a process that will start the host's sync
 #: process only later (the gunicorn master loads a preloaded app before
 #: ``when_ready``): a client built meanwhile does not wait for data that
@@ -177,6 +200,27 @@ def _blocking_would_stall() -> str | None:
     except RuntimeError:
         return None
     return "this thread runs an asyncio event loop (await client.wait_until_ready() instead)"
+
+
+_COMPARED = ("FEATBIT_STREAMING_URL", "FEATBIT_EVENT_URL", "FEATBIT_OFFLINE", "FEATBIT_BOOTSTRAP_FILE", "FEATBIT_DISABLE_EVENTS")
+
+
+def config_difference(pid: int, mine: dict[str, str]) -> str:
+    """Which settings differ between this client (``mine``: its Config as
+    variables) and the sync process ``pid``, read from its environment when
+    this account may read it. Never names the secret."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            raw = fh.read().split(b"\0")
+    except OSError:
+        return "its environment is not readable here (compare the FEATBIT_* variables it was started with)"
+    theirs = dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+    diffs = [
+        f"{name}={theirs.get(name, '')!r} there, {mine.get(name, '')!r} here"
+        for name in _COMPARED
+        if (theirs.get(name, "") or "").rstrip("/") != (mine.get(name, "") or "").rstrip("/")
+    ]
+    return "; ".join(diffs) or "the same FEATBIT_* variables, another fingerprint"
 
 
 def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
