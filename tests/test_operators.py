@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import math
+import re
+import time
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featbit_shm._core.operators import MalformedFlag, compile_condition, compile_regex, parse_number
+from featbit_shm._core.operators import (
+    REGEX_MAX_SUBJECT,
+    REGEX_MIN_SUBJECT,
+    REGEX_STEP_BUDGET,
+    MalformedFlag,
+    _SearchCost,
+    compile_condition,
+    compile_regex,
+    compile_regex_capped,
+    parse_number,
+)
 from featbit_shm._core.user import make_user
 from featbit_shm._core.wire import normalize_condition
 from featbit_shm.testing import builders as b
@@ -109,32 +121,346 @@ def test_r41_regex_uses_search_semantics() -> None:
     assert matches("xabcx", "MatchRegex", "^abc$") is False
 
 
-@pytest.mark.parametrize(
-    "pattern",
-    [r"(a+)+b", r"(a|aa)*b", r"(\w+\s?)+$", r"(x+x+)+y", r"((ab)*)+", r"(a*)*"],
-)
-def test_r42_regex_with_unbounded_backtracking_is_refused(pattern: str) -> None:
-    with pytest.raises(MalformedFlag, match="cost"):
+# Issue 16: the regex guard. Every accepted pattern has a subject cap within
+# which its search stays within REGEX_STEP_BUDGET modelled steps (about
+# 10 ms); what cannot be bounded is refused.
+
+REFUSED = [
+    # exponential: a repeat or alternation that can restart in the next repetition
+    (r"(a+)+b", "nested quantifier"),
+    (r"(a+)+", "nested quantifier"),
+    (r"([a-z]+)*$", "nested quantifier"),
+    (r"(\w+\s?)+$", "nested quantifier"),
+    (r"(x+x+)+y", "nested quantifier"),
+    (r"((ab)*)+", "nested quantifier"),
+    (r"(a*)*", "nested quantifier"),
+    (r"(.*)*x", "nested quantifier"),
+    (r"(\.\d*\d*)+x", "nested quantifier"),  # delimited repetitions, ambiguous inside
+    (r"(?:ab?|b)+x", "nested quantifier"),  # "ab" is one repetition or two
+    (r"(?:a?){20}a{20}", "nested quantifier"),
+    (r"(a|aa)*b", "quantified alternation with overlapping branches"),
+    (r"(a|a)*", "quantified alternation with overlapping branches"),
+    (r"(a)(?:b\1)+", "backreference inside a repeat"),
+    # polynomial: issue 16 measured 5.9 s for one search with such patterns
+    (r"\d*\d*\d*\d*x", "adjacent overlapping repeats"),
+    (r"(?:[a-z]+){4}!", "adjacent overlapping repeats"),
+    (r".*.*.*.*x", "adjacent overlapping repeats"),
+    (r"\d*\d*\d*x", "adjacent overlapping repeats"),
+    (r".*a.*a.*ax", "adjacent overlapping repeats"),
+    (r"\d*1\d*1\d*x", "adjacent overlapping repeats"),  # through literals they can read
+    (r"[a-z]*-?[a-z]*-?[a-z]*!", "adjacent overlapping repeats"),  # through optional items
+]
+
+
+@pytest.mark.parametrize(("pattern", "why"), REFUSED)
+def test_r42_regex_with_unbounded_backtracking_is_refused(pattern: str, why: str) -> None:
+    with pytest.raises(MalformedFlag, match=re.escape(f"regex refused ({why}): its cost could not be bounded")):
         compile_regex(pattern)
 
 
+def test_r42_refused_regex_makes_the_condition_malformed() -> None:
+    with pytest.raises(MalformedFlag, match="overlapping repeats"):
+        matches("1111", "MatchRegex", r"\d*\d*\d*\d*x")
+
+
+REAL_WORLD = [
+    r"^[a-z0-9._%+-]+@example\.com$",
+    r".*@example\.com",
+    r"^\d{3}-\d{4}$",
+    r"colou?r",
+    r"^(beta|canary)-",
+    r"\.(jpg|png)$",
+    r"^[A-Z]{2}$",
+    r"^user-\d+$",
+    r"version-[0-9]+\.[0-9]+",
+    r"^[a-zA-Z0-9_-]+@[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)+$",
+    r"^(\+?0?86\-?)?1[345789]\d{9}$",
+    r"(foo|bar)+",
+    r"^[^@]+@example\.(com|org)$",
+    r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}",
+    r"(?i)^pro",
+]
+
+
+@pytest.mark.parametrize("pattern", REAL_WORLD)
+def test_r42_ordinary_regexes_are_accepted_at_full_length(pattern: str) -> None:
+    assert compile_regex_capped(pattern)[1] == REGEX_MAX_SUBJECT
+    subject = "a" * (REGEX_MAX_SUBJECT - 1) + "!"
+    assert matches(subject, "MatchRegex", pattern) is (re.search(pattern, subject) is not None)
+
+
 @pytest.mark.parametrize(
-    "pattern",
-    [
-        r"^[a-zA-Z0-9_-]+@[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)+$",
-        r"^(\+?0?86\-?)?1[345789]\d{9}$",
-        r"(foo|bar)+",
-        r"colou?r",
-        r".*@gmail\.com$",
-    ],
+    "pattern", [r".*@gmail\.com$", r"(\.[a-z]+)+$", r"\d+$", r"(\d)+x", r"[^@]+@[^@]+\.[a-z]+", r"\w+\s+\w+"]
 )
-def test_r42_ordinary_regexes_are_accepted(pattern: str) -> None:
-    compile_regex(pattern)
+def test_r42_ordinary_regexes_with_costlier_steps_keep_a_long_cap(pattern: str) -> None:
+    assert 512 <= compile_regex_capped(pattern)[1] <= REGEX_MAX_SUBJECT
+
+
+@pytest.mark.parametrize(("pattern", "low", "high"), [(r"\d*\d*x", 64, 200), (r".*foo.*bar", 64, 200), (r"^.*foo.*bar", 400, 1000)])
+def test_r42_two_overlapping_repeats_get_a_shorter_cap(pattern: str, low: int, high: int) -> None:
+    cap = compile_regex_capped(pattern)[1]
+    assert low <= cap <= high
+    assert matches("1" * cap, "MatchRegex", pattern) is False  # the cap itself is allowed
+    with pytest.raises(MalformedFlag, match=f"subject longer than {cap} characters"):
+        matches("1" * (cap + 1), "MatchRegex", pattern)
+    with pytest.raises(MalformedFlag, match="subject"):
+        matches("1" * (cap + 1), "NotMatchRegex", pattern)
 
 
 def test_r42_regex_subject_length_is_bounded() -> None:
     with pytest.raises(MalformedFlag, match="subject"):
         matches("a" * 5000, "MatchRegex", "b")
+    assert matches("a" * REGEX_MAX_SUBJECT, "MatchRegex", "b") is False
+
+
+def linked(pattern: str) -> bool:
+    """Two repeats read the same stretch: the cap falls to about 100."""
+    cap = compile_regex_capped(pattern)[1]
+    assert cap < 200 or cap > 500, cap
+    return cap < 200
+
+
+def test_r42_repeats_overlap_through_what_lies_between_them() -> None:
+    assert linked(r"\d*1\d*x")  # a literal both can read
+    assert linked(r"\d*-?\d*x")  # an optional item
+    assert linked(r"\d*[a-z]*\d*x")  # a repeat that can read nothing
+    assert not linked(r"\d*-\d*x")  # a literal the first cannot read
+    assert not linked(r"\d*a\d*x")
+    assert not linked(r"[a-z]*a[0-9]*x")  # the second cannot read the "a"
+
+
+def test_r42_case_insensitive_sets_overlap_their_other_case() -> None:
+    assert not linked(r"[a-z]+[A-Z]+!")
+    assert linked(r"(?i)[a-z]+[A-Z]+!")
+    assert linked(r"(?i:[a-z]+)[A-Z]+!")
+    assert linked(r"(?i)[a-z]+\u212a+!")  # KELVIN SIGN is a k, ignoring case
+    assert not linked(r"(?i)[a-h]+\u212a+!")
+
+
+def test_r42_non_ascii_classes_are_told_apart() -> None:
+    assert not linked(r"\w+\s+\d+\W")
+    assert not linked(r"[^@]+@[^@]+!")
+    assert not linked(r"\d+\D+!")
+    assert not linked(r"[^\W\d]+\d+!")
+    assert linked(r"\w+\d+!")  # a digit is a word character
+    assert linked(r"\w+[\u0660-\u0669]+!")  # so is ARABIC-INDIC DIGIT ZERO
+    assert linked(r"[^a]+\s+!")
+
+
+# The measure: every path a backtracking search explores, counted exactly on
+# the position automaton of the pattern as ``re`` parses it (a position per
+# character item or anchor; a repeat {m,n} written out as m copies and n-m
+# nested optional ones, as ``re`` counts). The count is the characters and
+# anchors matched along every path, summed over the start positions the search
+# tries; ``re`` explores no more on a subject no match is found in. It does not
+# depend on the machine: REGEX_STEP_BUDGET steps take about 10 ms on CPython
+# 3.11 for the costliest patterns the model accepts, and a few ms for most.
+
+try:
+    import re._compiler as _sre_compile
+    import re._parser as _sre_parse
+except ImportError:  # pragma: no cover - Python 3.9 / 3.10
+    import sre_compile as _sre_compile  # type: ignore[no-redef]
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
+
+_Piece = tuple[bool, list[int], list[int]]  # nullable, first positions, last positions
+
+
+class _Positions:
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.test: list[Any] = []  # a one-item compiled pattern, or an anchor code
+        self.follow: list[list[int]] = []
+
+    def add(self, test: Any) -> _Piece:
+        self.test.append(test)
+        self.follow.append([])
+        p = len(self.test) - 1
+        return False, [p], [p]
+
+    def seq(self, makers: list[Any]) -> _Piece:
+        nullable, first, last = True, list[int](), list[int]()
+        for make in makers:
+            n, f, lst = make()
+            for p in last:
+                self.follow[p].extend(f)
+            first = first + f if nullable else first
+            last = last + lst if n else lst
+            nullable = nullable and n
+        return nullable, first, last
+
+    def items(self, items: Any) -> _Piece:
+        return self.seq([lambda op=op, av=av: self.item(op, av) for op, av in items])
+
+    def item(self, op: Any, av: Any) -> _Piece:
+        c = _sre_parse
+        if op in (c.LITERAL, c.NOT_LITERAL, c.ANY, c.IN):
+            return self.add(_sre_compile.compile(c.SubPattern(self.state, [(op, av)])))
+        if op is c.AT:
+            return self.add(av)
+        if op is c.SUBPATTERN:
+            return self.items(av[-1])
+        if op is c.BRANCH:
+            parts = [self.items(b) for b in av[1]]
+            return any(p[0] for p in parts), [x for p in parts for x in p[1]], [x for p in parts for x in p[2]]
+        assert op in (c.MAX_REPEAT, c.MIN_REPEAT), op
+        lo, hi, body = av
+        makers: list[Any] = [lambda: self.items(body)] * lo
+        if hi is c.MAXREPEAT:
+            makers.append(lambda: self.star(self.items(body)))
+        elif hi > lo:
+            makers.append(lambda: self.nested(body, hi - lo))
+        return self.seq(makers)
+
+    def star(self, piece: _Piece) -> _Piece:
+        for p in piece[2]:
+            self.follow[p].extend(piece[1])
+        return True, piece[1], piece[2]
+
+    def nested(self, body: Any, k: int) -> _Piece:
+        """(e(e(e)?)?)?: up to k more repetitions, like re's counter."""
+        _, first, last = self.items(body)
+        if k > 1:
+            _, more_first, more_last = self.nested(body, k - 1)
+            for p in last:
+                self.follow[p].extend(more_first)
+            last = last + more_last
+        return True, first, last
+
+
+def backtracking_steps(pattern: str, subject: str) -> int:
+    c = _sre_parse
+    parsed = c.parse(pattern)
+    pos = _Positions(parsed.state)
+    _, first, _ = pos.items(parsed)
+    size = len(subject)
+    starts = size + 1
+    if list(parsed)[:1] == [(c.AT, c.AT_BEGINNING)]:
+        starts = 1  # re tries a pattern that begins with ^ at position 0 only
+    seen: dict[tuple[int, str], bool] = {}
+
+    def reads(p: int, ch: str) -> bool:
+        if (p, ch) not in seen:
+            seen[p, ch] = pos.test[p].fullmatch(ch) is not None
+        return seen[p, ch]
+
+    def holds(code: Any, i: int) -> bool:
+        if code is c.AT_BEGINNING:
+            return i == 0
+        assert code is c.AT_END, code
+        return i == size or (i == size - 1 and subject[-1] == "\n")
+
+    steps, live = 0, dict[int, int]()
+    for i in range(size + 1):
+        nxt: dict[int, int] = {}
+        todo = [(q, 1, frozenset()) for q in first] if i < starts else []
+        steps += i < starts
+        for p, count in live.items():
+            todo.extend((q, count, frozenset()) for q in pos.follow[p])
+        while todo:
+            q, count, passed = todo.pop()
+            test = pos.test[q]
+            if isinstance(test, re.Pattern):
+                if i < size and reads(q, subject[i]):
+                    nxt[q] = nxt.get(q, 0) + count
+                    steps += count
+            elif q not in passed and holds(test, i):  # re ends a repetition that matched nothing
+                steps += count
+                todo.extend((r, count, passed | {q}) for r in pos.follow[q])
+        live = nxt
+    return steps
+
+
+def test_backtracking_steps_counts_the_paths() -> None:
+    assert backtracking_steps("ab", "xxx") == 4  # one step per start position
+    assert backtracking_steps(r"a*b", "aaa") == 4 + 3 + 2 + 1  # starts, and the a's a* reads from each
+    n = 40
+    one = backtracking_steps(r"\d*x", "1" * n)
+    two = backtracking_steps(r"\d*\d*x", "1" * n)
+    assert two > 10 * one  # n^3/6 against n^2/2
+
+
+_ATOMS = ["a", "b", "x", "1", "-", r"\.", "@", " ", r"\d", "[a-z]", "[ab]", ".", r"\w", r"\s", "[^a]", "[0-9a-f]"]
+_QUANTIFIERS = ["*", "+", "?", "*?", "+?", "??", "{2}", "{0,2}", "{1,3}", "{2,}", "{0,4}", "{3,5}"]
+_POOL = "ab x1-.@!"
+
+
+@st.composite
+def _regexes(draw: st.DrawFn, depth: int = 3) -> str:
+    """Atoms, quantifiers, groups, alternation and concatenation, depth-bounded."""
+    kind = draw(st.sampled_from(["atom", "atom", "quantified", "quantified", "seq", "seq", "alt", "group"]))
+    if depth == 0 or kind == "atom":
+        return draw(st.sampled_from(_ATOMS))
+    if kind == "quantified":
+        inner = draw(_regexes(depth - 1))
+        return (inner if inner in _ATOMS else f"(?:{inner})") + draw(st.sampled_from(_QUANTIFIERS))
+    if kind == "seq":
+        return "".join(draw(st.lists(_regexes(depth - 1), min_size=2, max_size=4)))
+    if kind == "alt":
+        return "(?:" + "|".join(draw(st.lists(_regexes(depth - 1), min_size=2, max_size=3))) + ")"
+    return f"({draw(_regexes(depth - 1))})"
+
+
+def _patterns() -> st.SearchStrategy[str]:
+    anchors = st.sampled_from(["", "", "", "^"]), st.sampled_from(["", "", "", "$"])
+    return st.tuples(anchors[0], _regexes(), anchors[1]).map("".join)
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_patterns(), st.text(_POOL, min_size=1, max_size=3), st.sampled_from(_POOL))
+def test_every_accepted_regex_searches_within_the_budget(pattern: str, unit: str, last: str) -> None:
+    """Adversarial subjects of the longest allowed length: the characters the
+    pattern reads, repeated, and a last one that makes the match fail."""
+    try:
+        compiled, cap = compile_regex_capped(pattern)
+    except MalformedFlag:
+        return
+    budget = _SearchCost(_sre_parse.parse(pattern)).total(cap)
+    assert budget <= REGEX_STEP_BUDGET
+    read = [ch for ch in _POOL if any(re.fullmatch(a, ch) for a in _ATOMS if a in pattern)] or list(_POOL)
+    subjects = [ch * (cap - 1) + last for ch in read[:3]]
+    subjects.append((unit * cap)[: cap - 1] + last)
+    for subject in subjects:
+        if compiled.search(subject) is None:  # a match would end the search early
+            assert backtracking_steps(pattern, subject) <= budget, subject[:20]
+
+
+# The costliest shapes the model accepts (measured), at their caps: a loose
+# timing check (10 ms when the machine is idle) that catches a gross error.
+COSTLIEST = [
+    (r".*@example\.com", "@"),
+    (r"\d+$", "1"),
+    (r"(\d)+x", "1"),
+    (r"\s+\w", " "),
+    (r"a*?\d", "a"),
+    (r"a*(?:(?:(?:b)?)?)?$", "a"),
+    (r"[ab]*a(?:[ab][ab])*1@x", "a"),
+    (r"\d+?\d\.", "1"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "unit"), COSTLIEST)
+def test_costliest_accepted_regexes_run_fast_at_their_cap(pattern: str, unit: str) -> None:
+    # A liveness bound, far above the ~10 ms these take (the exact bound is the
+    # step count of the property test above): an exponential or polynomial
+    # blow-up that slipped through would take seconds, not 1 s.
+    compiled, cap = compile_regex_capped(pattern)
+    subject = unit * (cap - 1) + "!"
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        compiled.search(subject)
+        best = min(best, time.perf_counter() - t0)
+    assert best < 1.0
+
+
+def test_r42_anchored_regexes_have_more_room() -> None:
+    # re tries a pattern that begins with ^ at position 0 only: one power less
+    assert compile_regex_capped(r"^\d*\d*\d*x")[1] >= REGEX_MIN_SUBJECT
+    with pytest.raises(MalformedFlag, match="adjacent overlapping repeats"):
+        compile_regex(r"\d*\d*\d*x")
+    assert compile_regex_capped(r"(?m)^\d*\d*x")[1] < 200  # but not in multiline mode
 
 
 # R-43 and G-9: numbers.

@@ -20,12 +20,35 @@ Semantics kept here:
   evaluates to the default with reason kind Error (R-42, R-47).
 
 Regex dialect: Python :mod:`re`, search semantics (``re.search(v, u)``), no
-flags. Python's engine has no timeout, so cost is bounded up front: patterns
-whose repetition can backtrack exponentially (a quantifier inside a
-quantified group unless each repetition must start with a character its inner
-quantifiers cannot match, or a quantified alternation whose branches do not start with
-distinct literals; backreferences inside a repeat) are rejected as malformed,
-and subjects longer than :data:`REGEX_MAX_SUBJECT` characters are an error.
+flags but inline ones (``(?i)``). Python's engine has no timeout, so the cost
+of every pattern is bounded when the flag is loaded (see "regex safety"
+below): a pattern is either refused as malformed or accepted with a *subject
+cap*.
+
+* Refused, with a reason naming the construct: longer than
+  :data:`REGEX_MAX_PATTERN` characters, or not compiling; a *nested
+  quantifier*, a repeat inside a repeated group that can match where the next
+  repetition, or another repeat of the same one, starts (``(a+)+``,
+  ``([a-z]+)*$``, ``(\\.\\d*\\d*)+``; ``(\\.[a-z]+)+`` is fine, each repetition
+  starts with a ``.`` its repeat cannot read); a *quantified alternation with
+  overlapping branches*, inside a repeated group, whose branches can start
+  with the same character or match nothing (``(a|a)*``, ``(a|aa)*``;
+  ``(foo|bar)+`` is fine); a *backreference inside a repeat*; *adjacent
+  overlapping repeats*, repeats in sequence that can read each other's
+  characters through whatever between them they can read too, so many that
+  the cap would be under :data:`REGEX_MIN_SUBJECT` (64) characters
+  (``\\d*\\d*\\d*x``, ``.*.*.*x``, ``(?:[a-z]+){4}!``). A group repeated at
+  most 4 times is judged as if written out.
+* Capped: the cap is the longest subject whose search fits
+  :data:`REGEX_STEP_BUDGET` modelled backtracking steps (about 10 ms); a
+  longer subject raises :class:`MalformedFlag`, as one longer than
+  :data:`REGEX_MAX_SUBJECT` (1,024) does for every pattern. Without
+  overlapping repeats the cap is 1,024 (``.*@example\\.com``,
+  ``^[a-z0-9._%+-]+@example\\.com$``, ``version-[0-9]+\\.[0-9]+``), or less
+  where a step costs more (about 900 for ``\\d+$``, 800 for ``(\\d)+x``,
+  270 for ``.*a{100}x``); with two overlapping repeats it is about 100
+  (``\\d*\\d*x``, ``.*foo.*bar``; 600 to 700 after ``^``); three are refused,
+  unless after ``^``.
 """
 
 from __future__ import annotations
@@ -45,8 +68,10 @@ try:  # Python >= 3.11
 except ImportError:  # pragma: no cover - Python 3.9 / 3.10
     import sre_parse as _sre_parse
 
-REGEX_MAX_SUBJECT: Final = 1024
+REGEX_MAX_SUBJECT: Final = 1024  # no subject is longer, whatever the pattern
 REGEX_MAX_PATTERN: Final = 512
+REGEX_STEP_BUDGET: Final = 4_500_000  # modelled backtracking steps of one search
+REGEX_MIN_SUBJECT: Final = 64  # a pattern whose subject cap would be shorter is refused
 
 SegmentOf = Callable[[str], Any]  # segment id -> Segment or None
 Test = Callable[[User, SegmentOf], bool]
@@ -72,142 +97,706 @@ def parse_number(text: str) -> float | None:
 
 
 # --------------------------------------------------------------------------- regex safety
+#
+# ``re`` backtracks, holds the GIL and cannot be interrupted, so the worst case
+# of a pattern is bounded when the flag is loaded, from the parsed pattern, in
+# *steps* (a character read or a place tried along one path the engine may
+# explore; weighted by what ``re`` spends on it, about 2 ns on CPython 3.11).
+#
+# * A *choice* is a repeat that can stop at several places (``\d*``, ``x?``,
+#   ``[a-z]{2,9}``, a repeated group), an alternation whose branches can start
+#   alike, or a backreference. Every place it can stop at starts a path that
+#   the rest of the pattern is tried on.
+# * The paths that stopped early *lag* behind the greedy one. They stay alive
+#   only while what follows can read characters the choice could have read,
+#   or what they read since (their *reach*). If they reach a later choice that
+#   can start within their reach, the two choices are *linked*: the stretch
+#   between them can be split many ways, all alive, and the paths multiply.
+#   ``\d*\d*``, ``.*.*``, ``\d*1\d*`` and ``.*a.*`` are linked;
+#   ``[a-z]+@[a-z]+``, ``\d+\.\d+`` and ``\w+\s+\w+`` are not. A chain of k
+#   linked repeats costs about n^k steps from one start position, n^(k+1) for
+#   a search, which tries every start unless the pattern begins with ``^`` or
+#   ``\A``. Unlinked choices only add: the places of a path's choices share
+#   the n characters of the subject.
+# * Inside a repeated group, a choice linked to a choice of the same or of the
+#   next repetition, or lagging paths that outlive a whole repetition, make
+#   the cost exponential (``(a+)+``, ``(a|a)*``, ``(\.\d*\d*)+``): refused.
+#   A group repeated at most _UNROLL times is walked written out instead.
+# * How far lagging paths read is bounded by the overlap argument of string
+#   matching: if two of them read a position, one reads it with a later item
+#   that can match where the other's first item matched.
+# * The search ends when a path reaches a tail that cannot fail (``.*``,
+#   ``[a-z]*``): such a tail costs nothing.
+#
+# The cap of a pattern is the longest subject, at most REGEX_MAX_SUBJECT, whose
+# modelled search fits REGEX_STEP_BUDGET (about 10 ms, for the worst patterns
+# the model allows); a pattern whose cap would be under REGEX_MIN_SUBJECT is
+# refused. tests/test_operators.py checks the model against an exact count of
+# the paths a backtracking search explores, on generated patterns.
+
+_c = _sre_parse
+_REPEATS: Final = tuple(
+    op for op in (_c.MAX_REPEAT, _c.MIN_REPEAT, getattr(_c, "POSSESSIVE_REPEAT", None)) if op is not None
+)
+_ATOMIC = getattr(_c, "ATOMIC_GROUP", None)
+_IGNORECASE: Final = int(re.IGNORECASE)
+_MULTILINE: Final = int(re.MULTILINE)
+_HUGE: Final = 1e30  # a cost this large is refused without walking further
+
+# A character set as (explicit code points, whole non-ASCII classes, classes
+# of the explicit non-ASCII code points). Non-ASCII characters are split in
+# four classes (decimal, other word, space, other), enough to tell \d, \w and
+# \s apart; every set is a superset of what ``re`` matches.
+_Chars = tuple[frozenset[int], int, int]
+_DEC, _WORD, _SPACE, _OTHER = 1, 2, 4, 8
+_EVERY: Final = _DEC | _WORD | _SPACE | _OTHER
+_ASCII: Final = frozenset(range(128))
+_ANY: Final[_Chars] = (_ASCII, _EVERY, 0)
+_NOTHING: Final[_Chars] = (frozenset(), 0, 0)
+_ASCII_DIGIT: Final = frozenset(range(48, 58))
+_ASCII_SPACE: Final = frozenset(i for i in range(128) if chr(i).isspace())
+_ASCII_WORD: Final = frozenset(i for i in range(128) if chr(i).isalnum() or i == 95)
+_CATEGORIES: Final = {
+    _c.CATEGORY_DIGIT: (_ASCII_DIGIT, _DEC),
+    _c.CATEGORY_NOT_DIGIT: (_ASCII - _ASCII_DIGIT, _WORD | _SPACE | _OTHER),
+    _c.CATEGORY_SPACE: (_ASCII_SPACE, _SPACE),
+    _c.CATEGORY_NOT_SPACE: (_ASCII - _ASCII_SPACE, _DEC | _WORD | _OTHER),
+    _c.CATEGORY_WORD: (_ASCII_WORD, _DEC | _WORD),
+    _c.CATEGORY_NOT_WORD: (_ASCII - _ASCII_WORD, _SPACE | _OTHER),
+}
+# The only non-ASCII characters IGNORECASE makes equal to ASCII ones (found by
+# checking every code point with _sre.unicode_tolower and re._casefix).
+_FOLD_TO: Final = {0x69: (0x130, 0x131), 0x73: (0x17F,), 0x6B: (0x212A,)}
+_FOLD_FROM: Final = {0x130: (0x49, 0x69), 0x131: (0x49, 0x69), 0x17F: (0x53, 0x73), 0x212A: (0x4B, 0x6B)}
 
 
-_ALL = None  # "any character" in the character-set helpers below
+def _class_of(cp: int) -> int:
+    ch = chr(cp)
+    if ch.isdecimal():
+        return _DEC
+    if ch.isalnum():
+        return _WORD
+    if ch.isspace():
+        return _SPACE
+    return _OTHER
 
 
-def _atom_chars(op: Any, av: Any) -> set[int] | None:
-    """Characters one atom can match, or None for "too many to tell"."""
-    c = _sre_parse
-    if op is c.LITERAL:
-        return {av}
-    if op is c.IN:
-        chars: set[int] = set()
-        for iop, iav in av:
-            if iop is c.LITERAL:
-                chars.add(iav)
-            elif iop is c.RANGE and iav[1] - iav[0] < 4096:
-                chars.update(range(iav[0], iav[1] + 1))
-            else:
-                return _ALL
-        return chars
-    return _ALL
+def _chars(points: set[int], classes: int) -> _Chars:
+    mask = 0
+    for cp in points:
+        if cp > 127:
+            mask |= _class_of(cp)
+    return frozenset(points), classes, mask
 
 
-def _repeated_chars(subpattern: Any) -> set[int] | None:
-    """Characters any atom inside ``subpattern`` can match."""
-    c = _sre_parse
-    out: set[int] = set()
-    for op, av in subpattern:
-        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
-            inner = _repeated_chars(av[2])
-        elif op is c.SUBPATTERN:
-            inner = _repeated_chars(av[-1])
-        elif op is c.BRANCH:
-            inner = set()
-            for b in av[1]:
-                got = _repeated_chars(b)
-                if got is None:
-                    return _ALL
-                inner |= got
-        elif op in (c.AT, c.ASSERT, c.ASSERT_NOT):
-            continue
+def _overlap(a: _Chars, b: _Chars) -> bool:
+    return bool(a[1] & (b[1] | b[2]) or b[1] & a[2]) or not a[0].isdisjoint(b[0])
+
+
+def _union(a: _Chars, b: _Chars) -> _Chars:
+    if a is b or (b[0] <= a[0] and not b[1] & ~a[1] and not b[2] & ~a[2]):
+        return a
+    return a[0] | b[0], a[1] | b[1], a[2] | b[2]
+
+
+def _fold(points: set[int]) -> tuple[set[int], int]:
+    """``points`` and what IGNORECASE makes equal to them (a superset)."""
+    out, classes = set(points), 0
+    for cp in points:
+        ch = chr(cp)
+        if cp < 128:
+            if ch.isalpha():
+                low = ord(ch.lower())
+                out.update((low, ord(ch.upper())), _FOLD_TO.get(low, ()))
+        elif ch.lower() != ch or ch.upper() != ch:
+            classes |= _WORD | _OTHER  # its case partners are non-ASCII letters...
+            out.update(_FOLD_FROM.get(cp, ()))  # ...or these ASCII ones
+    return out, classes
+
+
+def _complement(points: set[int], exact: int) -> _Chars:
+    return _ASCII - points, _EVERY & ~exact, 0
+
+
+def _atom_chars(op: Any, av: Any, icase: bool) -> _Chars | None:
+    """What one character-reading item can match, or None for other items."""
+    if op is _c.LITERAL or op is _c.NOT_LITERAL:
+        points, classes = _fold({av}) if icase else ({av}, 0)
+        return _chars(points, classes) if op is _c.LITERAL else _complement(points, 0)
+    if op is _c.ANY:
+        return _ANY
+    if op is not _c.IN:
+        return None
+    points, classes, exact, negate = set(), 0, 0, False
+    for iop, iav in av:
+        if iop is _c.NEGATE:
+            negate = True
+        elif iop is _c.LITERAL:
+            points.add(iav)
+        elif iop is _c.RANGE:
+            lo, hi = iav
+            if hi - lo < 4096:
+                points.update(range(lo, hi + 1))
+            else:  # keep the ASCII part exact, take every non-ASCII class
+                points.update(range(lo, min(hi, 127) + 1))
+                classes = _EVERY
+        elif iop is _c.CATEGORY and iav in _CATEGORIES:
+            cat_points, cat_classes = _CATEGORIES[iav]
+            points |= cat_points
+            classes |= cat_classes
+            exact |= cat_classes
         else:
-            inner = _atom_chars(op, av)
-        if inner is None:
-            return _ALL
-        out |= inner
-    return out
+            return _ANY
+    if icase:
+        points, more = _fold(points)
+        classes |= more
+    return _complement(points, exact) if negate else _chars(points, classes)
 
 
-def _has_repeat(subpattern: Any) -> bool:
-    c = _sre_parse
-    for op, av in subpattern:
-        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
-            if av[1] is c.MAXREPEAT or av[1] > 1:
-                return True
-            if _has_repeat(av[2]):
-                return True
-        elif op is c.SUBPATTERN and _has_repeat(av[-1]):
-            return True
-        elif op is c.BRANCH and any(_has_repeat(b) for b in av[1]):
-            return True
-    return False
+def _icase(icase: bool, add: int, remove: int) -> bool:
+    return (icase or bool(add & _IGNORECASE)) and not remove & _IGNORECASE
 
 
-def _unambiguous_body(body: Any) -> bool:
-    """A repeated body with inner repeats is safe when it starts with a
-    mandatory character that none of its inner repeats can match, as in
-    ``(\\.[a-z]+)+``: each repetition then has one place to begin."""
-    c = _sre_parse
-    items = list(body)
-    while len(items) == 1 and items[0][0] is c.SUBPATTERN:
-        items = list(items[0][1][-1])
-    if not items:
-        return False
-    first = _atom_chars(*items[0])
-    inner = _repeated_chars(items[1:])
-    return first is not None and inner is not None and not (first & inner)
-
-
-def _risky(subpattern: Any, inside_repeat: bool) -> str | None:
-    """Why a parsed pattern can backtrack badly, or None when it cannot."""
-    c = _sre_parse
-    for op, av in subpattern:
-        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
-            lo, hi, body = av
-            repeats = hi is c.MAXREPEAT or hi > 1
-            if repeats and inside_repeat:
-                return "nested quantifier"
-            if repeats and _has_repeat(body):
-                if not _unambiguous_body(body):
-                    return "nested quantifier"
-                continue  # the inner repeats are anchored by the body's first character
-            why = _risky(body, inside_repeat or repeats)
-            if why:
-                return why
-        elif op is c.BRANCH:
-            branches = av[1]
-            if inside_repeat:
-                firsts = []
-                for b in branches:
-                    if not b or b[0][0] is not c.LITERAL:
-                        return "quantified alternation"
-                    firsts.append(b[0][1])
-                if len(set(firsts)) != len(firsts):
-                    return "quantified alternation with overlapping branches"
-            for b in branches:
-                why = _risky(b, inside_repeat)
-                if why:
-                    return why
-        elif op is c.SUBPATTERN:
-            why = _risky(av[-1], inside_repeat)
-            if why:
-                return why
-        elif op in (c.ASSERT, c.ASSERT_NOT):
-            why = _risky(av[1], inside_repeat)
-            if why:
-                return why
-        elif op is c.GROUPREF and inside_repeat:
-            return "backreference inside a repeat"
+def _single(items: Any, icase: bool) -> _Chars | None:
+    """The atom a repeat body is, through groups, or None."""
+    while len(items) == 1:
+        op, av = items[0]
+        if op is not _c.SUBPATTERN:
+            return _atom_chars(op, av, icase)
+        icase, items = _icase(icase, av[1], av[2]), av[-1]
     return None
 
 
-def compile_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a MatchRegex operand, refusing unbounded-cost patterns."""
+def _inner_op(items: Any) -> Any:
+    """The op of the atom a repeat body is (see _single)."""
+    while items[0][0] is _c.SUBPATTERN:
+        items = items[0][1][-1]
+    return items[0][0]
+
+
+_Summary = tuple[_Chars, bool, _Chars, int]  # first characters, nullable, all characters, shortest length
+
+
+def _summary(items: Any, icase: bool) -> _Summary:
+    first, nullable, reach, shortest = _NOTHING, True, _NOTHING, 0
+    for op, av in items:
+        f, n, r, s = _item_summary(op, av, icase)
+        if nullable:
+            first = _union(first, f)
+        nullable = nullable and n
+        reach = _union(reach, r)
+        shortest += s
+    return first, nullable, reach, shortest
+
+
+def _item_summary(op: Any, av: Any, icase: bool) -> _Summary:
+    atom = _atom_chars(op, av, icase)
+    if atom is not None:
+        return atom, False, atom, 1
+    if op in _REPEATS:
+        f, n, r, s = _summary(av[2], icase)
+        return f, n or av[0] == 0, r, s * av[0]
+    if op is _c.SUBPATTERN:
+        return _summary(av[-1], _icase(icase, av[1], av[2]))
+    if op is _ATOMIC:
+        return _summary(av, icase)
+    if op is _c.BRANCH or op is _c.GROUPREF_EXISTS:
+        branches = av[1] if op is _c.BRANCH else [av[1], av[2] or []]
+        parts = [_summary(b, icase) for b in branches]
+        first, reach = _NOTHING, _NOTHING
+        for f, _, r, _ in parts:
+            first, reach = _union(first, f), _union(reach, r)
+        return first, any(p[1] for p in parts), reach, min(p[3] for p in parts)
+    if op is _c.AT or op is _c.ASSERT or op is _c.ASSERT_NOT:
+        return _NOTHING, True, _NOTHING, 0
+    return _ANY, True, _ANY, 0  # a backreference: anything, maybe nothing
+
+
+def _cannot_fail(item: Any, icase: bool) -> bool:
+    """True for ``x*``, ``[a-z]*?``, groups of these: whatever follows, re goes on."""
+    op, av = item
+    if op in _REPEATS:
+        return av[0] == 0 and _single(av[2], icase) is not None
+    if op is _c.SUBPATTERN:
+        return all(_cannot_fail(i, _icase(icase, av[1], av[2])) for i in av[-1])
+    return False
+
+
+class _Refused(Exception):
+    """The pattern's cost cannot be bounded; the message names the construct."""
+
+
+class _Chain:
+    """The paths that stopped one choice early, lagging behind the main ones."""
+
+    __slots__ = (
+        "again", "cheap", "ends", "exact", "fail", "first", "key", "kind", "loops", "met", "mult", "reach", "read",
+        "reads", "weight",
+    )
+
+    def __init__(
+        self, key: int, kind: str, loops: frozenset[int], reach: _Chars, mult: float, ends: float, cheap: bool
+    ) -> None:
+        self.key = key  # the choice, in _Walk.stops
+        self.kind = kind  # "repeat", "alternation" or "backreference"
+        self.loops = loops  # the repeated groups the choice is inside
+        self.reach = reach  # what they may have to read again
+        self.mult = mult  # main paths at the choice, times choices passed since
+        self.ends = ends  # how many places the choice can stop at
+        # ``re`` skips a stopping place at once when the next item is a
+        # character it does not match (greedy single-character repeats only)
+        self.cheap: bool | None = None if cheap else False
+        self.first: _Chars | None = None  # the first item read since
+        self.read = 0  # items read since
+        self.again = 0  # of which could match where ``first`` did
+        self.exact = True  # only fixed items read since (the overlap bound holds)
+        self.reads = 0.0  # characters read so far, counted plainly
+        self.weight = 1.0  # the most a character read cost
+        self.met = 0.0  # other steps: anchors, groups, skipped choices
+        self.fail = 1.0  # what the step they fail at costs
+
+    def copy(self) -> _Chain:
+        new = _Chain(self.key, self.kind, self.loops, self.reach, self.mult, self.ends, False)
+        new.cheap, new.first, new.read, new.again = self.cheap, self.first, self.read, self.again
+        new.exact, new.reads, new.met = self.exact, self.reads, self.met
+        new.weight, new.fail = self.weight, self.fail
+        return new
+
+    def merge(self, other: _Chain, add: bool) -> None:
+        self.reach = _union(self.reach, other.reach)
+        self.mult = self.mult + other.mult if add else max(self.mult, other.mult)
+        self.reads = self.reads + other.reads if add else max(self.reads, other.reads)
+        self.met = self.met + other.met if add else max(self.met, other.met)
+        self.weight, self.fail = max(self.weight, other.weight), max(self.fail, other.fail)
+        self.ends = max(self.ends, other.ends)
+        self.read, self.again = max(self.read, other.read), max(self.again, other.again)
+        if self.cheap is not other.cheap:
+            self.cheap = False
+        if self.first is None or other.first is None:
+            self.exact = self.exact and other.exact and self.first is other.first
+        else:
+            self.first = _union(self.first, other.first)
+        self.exact = self.exact and other.exact
+
+    def step(self, weight: float) -> None:
+        """The lagging paths take a step that reads nothing."""
+        self.cheap = False
+        self.met += self.mult * self.ends * weight
+
+
+class _State:
+    __slots__ = ("chains", "paths")
+
+    def __init__(self, paths: float, chains: dict[int, _Chain]) -> None:
+        self.paths = paths  # main paths at this point (more than one once choices link)
+        self.chains = chains
+
+    def fork(self) -> _State:
+        return _State(self.paths, {k: ch.copy() for k, ch in self.chains.items()})
+
+
+def _merge(states: list[_State], add: bool) -> _State:
+    out = _State(0.0, {})
+    for st in states:
+        out.paths = out.paths + st.paths if add else max(out.paths, st.paths)
+        for key, ch in st.chains.items():
+            have = out.chains.get(key)
+            if have is None:
+                out.chains[key] = ch
+            else:
+                have.merge(ch, add)
+    return out
+
+
+# Step weights, measured on CPython 3.11 (a step is about 2 ns there): a path
+# that stopped a repeat early resumes the rest of the pattern; entering a
+# repeated or optional group; one repetition of a group; an anchor.
+_JUMP: Final = 5.0
+_CLASS: Final = 3.0  # reading a character class, not one character
+_SCAN: Final = 3.0  # a place in a repeated character class
+_ENTER: Final = 12.0
+_GROUP: Final = 8.0
+_ANCHOR: Final = 2.0
+
+
+class _Shared:
+    """What the walks over one pattern share: summaries, and a bound on work."""
+
+    __slots__ = ("atoms", "left", "summaries")
+
+    def __init__(self) -> None:
+        self.left = _MAX_VISITS
+        # keyed by id(); the value keeps the object alive, so the id stays its own
+        self.summaries: dict[tuple[int, bool], tuple[Any, _Summary]] = {}
+        self.atoms: dict[tuple[Any, int, bool], tuple[Any, _Chars | None]] = {}
+
+
+_MAX_VISITS: Final = 20_000  # items visited for one pattern, all walks together
+_UNROLL: Final = 4  # a group repeated at most this many times is walked written out
+
+
+class _Walk:
+    """One pass over a parsed pattern, counting steps for subjects of length n."""
+
+    def __init__(self, n: int, shared: _Shared, in_repeat: bool = False) -> None:
+        self.n = n
+        self.shared = shared
+        self.steps = 0.0
+        self.loops: frozenset[int] = frozenset()  # repeated groups being walked
+        self.in_repeat = in_repeat
+        self.next_id = 0
+        self.linked = False
+        # Steps that come once per stopping place of a choice: its places,
+        # the characters one place uses, and the steps per place.
+        self.stops: dict[int, list[float]] = {}
+
+    def run(self, items: Any, icase: bool, paths: float = 1.0) -> float:
+        st = self.seq(items, _State(paths, {}), icase)
+        for ch in st.chains.values():
+            self.close(ch)
+        # A path's choices share the subject: the places beyond the first of
+        # all of them cannot use more than n characters together. Give the
+        # characters to the costliest places first.
+        total, room, extra = self.steps, float(self.n), []
+        for ends, unit, per in self.stops.values():
+            total += per
+            if ends > 1:
+                extra.append((per / unit, (ends - 1) * unit))
+        for density, width in sorted(extra, reverse=True):
+            take = min(width, room)
+            total += density * take
+            room -= take
+            if room <= 0:
+                break
+        return total
+
+    def seq(self, items: Any, st: _State, icase: bool) -> _State:
+        last = len(items) - 1
+        for i, (op, av) in enumerate(items):
+            mark = self.next_id
+            st = self.item(op, av, st, icase)
+            if i == last or items[i + 1][0] is not _c.LITERAL or icase:
+                for key, ch in st.chains.items():  # no literal right after: no quick skip
+                    if key >= mark and ch.cheap is None:
+                        ch.cheap = False
+        return st
+
+    def summary(self, items: Any, icase: bool) -> _Summary:
+        key = (id(items), icase)
+        got = self.shared.summaries.get(key)
+        if got is None:
+            got = self.shared.summaries[key] = (items, _summary(items, icase))
+        return got[1]
+
+    def item(self, op: Any, av: Any, st: _State, icase: bool) -> _State:
+        self.shared.left -= 1
+        if self.shared.left < 0:
+            raise _Refused("too complex to bound")
+        key = (op, id(av), icase)
+        got = self.shared.atoms.get(key)
+        if got is None:
+            got = self.shared.atoms[key] = (av, _atom_chars(op, av, icase))
+        atom = got[1]
+        if atom is not None:
+            self.read(atom, 1, st, op)
+        elif op in _REPEATS:
+            st = self.repeat(op, av, st, icase)
+        elif op is _c.SUBPATTERN:
+            if av[0] is not None:
+                self.meet(1.0, st)  # re marks where a capturing group starts
+            st = self.seq(av[-1], st, _icase(icase, av[1], av[2]))
+        elif op is _ATOMIC:
+            st = self.seq(av, st, icase)
+        elif op is _c.BRANCH:
+            st = self.branch(av[1], st, icase)
+        elif op is _c.GROUPREF_EXISTS:
+            st = self.branch([av[1], av[2] or []], st, icase)
+        elif op is _c.ASSERT or op is _c.ASSERT_NOT:
+            sub = _Walk(self.n, self.shared, bool(self.loops) or self.in_repeat)
+            steps = sub.run(av[1], icase)
+            self.linked = self.linked or sub.linked
+            self.meet(_ANCHOR + steps, st)
+        elif op is _c.GROUPREF:
+            if self.loops or self.in_repeat:
+                raise _Refused("backreference inside a repeat")
+            self.choice(_ANY, _ANY, self.n + 1, st, "backreference", _GROUP, False)
+        elif op is _c.AT:
+            self.meet(_ANCHOR, st)
+        else:  # pragma: no cover - the parser makes no other
+            raise _Refused(f"unsupported construct {op}")
+        return st
+
+    def meet(self, weight: float, st: _State) -> None:
+        """Every path, lagging ones too, takes a step that reads nothing."""
+        self.steps += st.paths * weight
+        for ch in st.chains.values():
+            ch.step(weight)
+
+    def read(self, atom: _Chars, count: int, st: _State, op: Any) -> None:
+        """Every path reads ``count`` characters matching ``atom`` (an ``op``)."""
+        weight = _CLASS if op is _c.IN else 1.0
+        self.steps += st.paths * count * weight
+        for key in list(st.chains):
+            ch = st.chains[key]
+            if ch.cheap is None:
+                ch.cheap = op is _c.LITERAL
+            if not _overlap(atom, ch.reach):
+                ch.fail = weight
+                self.close(ch)  # lagging paths cannot read it: they fail here
+                del st.chains[key]
+                continue
+            ch.reads += ch.mult * ch.ends * count * weight
+            ch.weight = max(ch.weight, weight)
+            if ch.first is None:
+                ch.first, ch.again = atom, count - 1
+            elif _overlap(atom, ch.first):
+                ch.again += count
+            ch.read += count
+            ch.reach = _union(ch.reach, atom)
+
+    def close(self, ch: _Chain) -> None:
+        reads = ch.reads
+        if ch.exact and ch.first is not None:
+            # Overlap bound: two stopping places both read as far as a
+            # position only if an item read there could match where the
+            # first item read matched; so each position is read by at most
+            # 1 + again of them.
+            reads = min(reads, ch.mult * (ch.ends + ch.read) * (1 + ch.again) * ch.weight)
+        if ch.cheap and not ch.read:  # re skipped every place at the literal that follows
+            cost = ch.mult * ch.ends / 2
+        else:  # every place resumes the rest, and fails once
+            cost = reads + ch.met + ch.mult * ch.ends * (ch.fail + _JUMP)
+        stops = self.stops.get(ch.key)
+        if stops is None:
+            self.steps += cost
+        else:
+            stops[2] += cost / ch.ends
+
+    def choice(
+        self, first: _Chars, reach: _Chars, ends: float, st: _State, kind: str, weight: float, cheap: bool
+    ) -> None:
+        """Every path may stop at ``ends`` places, reading characters in ``reach``."""
+        main = st.paths * weight
+        if ends <= 1:
+            self.steps += main
+            return
+        added = 0.0
+        for ch in st.chains.values():
+            if _overlap(first, ch.reach):
+                self.link(ch)
+                added += ch.mult * min(ch.ends, ends)
+            if _overlap(reach, ch.reach):  # lagging paths can pass through it in ``ends`` ways
+                ch.cheap = False
+                ch.reads += ch.mult * ch.ends * ends * weight
+                ch.mult *= ends
+                ch.reach = _union(ch.reach, reach)
+                ch.exact = False
+            else:
+                ch.step(weight)
+        st.paths += added
+        if st.paths > _HUGE:
+            raise _Refused("adjacent overlapping repeats")
+        self.stops[self.open(kind, reach, st.paths, ends, st, cheap)] = [ends, 1.0, main]
+
+    def open(self, kind: str, reach: _Chars, mult: float, ends: float, st: _State, cheap: bool) -> int:
+        key = self.next_id
+        st.chains[key] = _Chain(key, kind, self.loops, reach, mult, ends, cheap)
+        self.next_id += 1
+        if len(st.chains) > 64:
+            raise _Refused("too many repeats")
+        return key
+
+    def link(self, ch: _Chain) -> None:
+        if ch.loops & self.loops:
+            raise _Refused(_NESTED[ch.kind])
+        self.linked = True
+
+    def repeat(self, op: Any, av: Any, st: _State, icase: bool) -> _State:
+        lo, hi, body = av
+        unbounded = hi is _c.MAXREPEAT
+        atom = _single(body, icase)
+        if atom is not None:
+            # re runs a repeated character in a tight loop, unless a capturing
+            # group around it makes every repetition a group repetition.
+            simple = body[0][0] is not _c.SUBPATTERN or body[0][1][0] is None
+            if lo:
+                self.read(atom, min(lo, self.n + 1), st, _inner_op(body))
+            if unbounded or hi > lo:
+                span = self.n + 1 if unbounded else hi - lo + 1
+                weight = (_SCAN if _inner_op(body) is _c.IN else 1.0) if simple else _GROUP
+                self.choice(atom, atom, min(span, self.n + 1), st, "repeat", weight, simple and op is _c.MAX_REPEAT)
+            return st
+        if hi == 0:
+            return st
+        first, _, reach, shortest = self.summary(body, icase)
+        span = self.n + 1 if unbounded else hi - lo + 1
+        ends = min(span, self.n // max(shortest, 1) + 1)
+        added = 0.0
+        if ends > 1:  # how many repetitions is itself a choice
+            for ch in st.chains.values():
+                if _overlap(first, ch.reach):
+                    self.link(ch)
+                    added += ch.mult * min(ch.ends, ends)
+        paths = st.paths
+        self.steps += paths * (_ENTER + _GROUP * lo)  # re's bookkeeping
+        for ch in st.chains.values():
+            ch.step(_ENTER)
+        if not unbounded and 1 < hi <= _UNROLL:  # a few repetitions: walk them as if written out
+            exits = [st.fork()] if lo == 0 else []
+            cur = st
+            for count in range(1, hi + 1):
+                cur = self.seq(body, cur.fork(), icase)
+                if count >= lo:
+                    exits.append(cur)
+            out = _merge(exits, add=False)
+            out.paths += added
+            if ends > 1:
+                key = self.open("repeat", reach, out.paths, ends, out, False)
+                self.stops[key] = [ends, float(max(shortest, 1)), paths * _GROUP]
+            return out
+        looping = unbounded or hi > 1
+        exits = [st.fork()] if lo == 0 else []
+        outer = self.loops
+        if looping:
+            self.loops = outer | {id(av)}
+        mark = self.next_id
+        one = self.seq(body, st.fork(), icase)
+        if looping:
+            inner = range(mark, self.next_id)
+            two = self.seq(body, one.fork(), icase)
+            for key in two.chains:
+                if key in inner:  # lagging paths survive a whole repetition
+                    raise _Refused(_NESTED[two.chains[key].kind])
+            exits.append(two)
+            self.loops = outer
+        if lo <= 1:
+            exits.append(one)
+        walked, again = (2 if looping else 1), 0.0
+        if lo > walked or (looping and ends > 1):  # the repetitions not walked, each as short as can be
+            again = _Walk(max(shortest, 1), self.shared, True).run(body, icase, paths)
+            self.steps += max(lo - walked, 0) * again
+        out = _merge(exits, add=False)
+        out.paths += added
+        if ends > 1:
+            key = self.open("repeat", reach, out.paths, ends, out, False)
+            self.stops[key] = [ends, float(max(shortest, 1)), paths * _GROUP + again]
+        return out
+
+    def branch(self, branches: Any, st: _State, icase: bool) -> _State:
+        parts = [self.summary(b, icase) for b in branches]
+        exclusive = not any(p[1] for p in parts) and all(
+            not _overlap(a[0], b[0]) for i, a in enumerate(parts) for b in parts[i + 1 :]
+        )
+        if exclusive:  # each path goes on in one branch at most
+            return _merge([self.seq(b, st.fork(), icase) for b in branches], add=False)
+        if self.loops:  # the repetitions could be split among the branches in many ways
+            raise _Refused(_NESTED["alternation"])
+        added, reach = 0.0, _NOTHING
+        for p in parts:
+            reach = _union(reach, p[2])
+        for ch in st.chains.values():
+            if any(_overlap(p[0], ch.reach) for p in parts):
+                self.link(ch)
+                added += ch.mult * min(ch.ends, len(parts))
+        # Branches that can start alike: every path may go on in all of them.
+        out = _merge([self.seq(b, st.fork(), icase) for b in branches], add=True)
+        out.paths += added
+        self.open("alternation", reach, st.paths, len(parts), out, False)
+        return out
+
+
+_NESTED: Final = {
+    "repeat": "nested quantifier",
+    "alternation": "quantified alternation with overlapping branches",
+    "backreference": "backreference inside a repeat",
+}
+
+
+class _SearchCost:
+    """The modelled steps of one search, by subject length; refuses on creation."""
+
+    def __init__(self, parsed: Any) -> None:
+        flags = parsed.state.flags
+        self.icase = bool(flags & _IGNORECASE)
+        items = list(parsed)
+        self.shared = _Shared()
+        full = _Walk(REGEX_MAX_SUBJECT, self.shared)
+        full.run(items, self.icase)  # refuses what is exponential, also in parts that never fail
+        self.linked = full.linked
+        lead = items[0] if items else None
+        self.anchored = lead is not None and lead[0] is _c.AT and (
+            lead[1] is _c.AT_BEGINNING_STRING or (lead[1] is _c.AT_BEGINNING and not flags & _MULTILINE)
+        )
+        # A tail that cannot fail ends the search as soon as a path reaches it:
+        # drop it, and keep only the repetitions a final repeat needs.
+        while items and _cannot_fail(items[-1], self.icase):
+            items.pop()
+        if items and items[-1][0] in _REPEATS and _single(items[-1][1][2], self.icase) is not None:
+            op, (lo, _, body) = items[-1]
+            items[-1] = (op, (lo, lo, body))
+        self.items = items
+        self.walked: dict[int, float] = {}
+        self.totals = [0.0]
+
+    def per_start(self, n: int) -> float:
+        """Steps of one attempt with at most n characters left (walked on a grid)."""
+        grid = next(g for g in _GRID if g >= n)
+        if grid not in self.walked:
+            self.walked[grid] = _Walk(grid, self.shared).run(self.items, self.icase) + 1
+        return self.walked[grid]
+
+    def total(self, n: int) -> float:
+        """Steps of a search of a subject of length n: every start, or only the first."""
+        if self.anchored:  # ``re`` tries ``^`` and ``\A`` patterns at position 0 only
+            return self.per_start(n)
+        while len(self.totals) <= n:
+            self.totals.append(self.totals[-1] + self.per_start(len(self.totals)))
+        return self.totals[n]
+
+    def cap(self) -> int:
+        """The longest subject within the budget; raises _Refused if too short."""
+        lo, hi = 0, REGEX_MAX_SUBJECT
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.total(mid) <= REGEX_STEP_BUDGET:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo < REGEX_MIN_SUBJECT:
+            raise _Refused("adjacent overlapping repeats" if self.linked else "too many overlapping steps")
+        return lo
+
+
+_GRID: Final = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512,
+                576, 640, 704, 768, 832, 896, 960, 1024)
+
+
+def compile_regex_capped(pattern: str) -> tuple[re.Pattern[str], int]:
+    """Compile a MatchRegex operand and find its subject cap: the longest
+    subject it may be searched in (REGEX_MAX_SUBJECT for most patterns).
+    Raises MalformedFlag for a pattern that does not compile or whose cost
+    cannot be bounded (the message names the construct)."""
     if len(pattern) > REGEX_MAX_PATTERN:
         raise MalformedFlag(f"regex longer than {REGEX_MAX_PATTERN} characters")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # FutureWarnings about set syntax
             compiled = re.compile(pattern)
-        why = _risky(_sre_parse.parse(pattern), False)
+            parsed = _sre_parse.parse(pattern)
     except (re.error, RecursionError, OverflowError) as exc:
         raise MalformedFlag(f"regex does not compile: {exc}") from None
-    if why:
-        raise MalformedFlag(f"regex refused ({why}): its cost could not be bounded")
-    return compiled
+    try:
+        cap = _SearchCost(parsed).cap()
+    except _Refused as exc:
+        raise MalformedFlag(f"regex refused ({exc}): its cost could not be bounded") from None
+    except RecursionError:
+        raise MalformedFlag("regex refused (nesting too deep): its cost could not be bounded") from None
+    return compiled, cap
+
+
+def compile_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a MatchRegex operand, refusing unbounded-cost patterns."""
+    return compile_regex_capped(pattern)[0]
 
 
 # --------------------------------------------------------------------------- compiling
@@ -350,13 +939,17 @@ def _numeric(prop: str, op: str, bound: float | None) -> Test:
 
 def _regex(prop: str, pattern: str, negate: bool) -> Test:
     try:
-        search = compile_regex(pattern).search
+        compiled, cap = compile_regex_capped(pattern)
     except MalformedFlag as exc:
         return _raiser(str(exc))
+    search = compiled.search
+    too_long = f"regex subject longer than {cap} characters" + (
+        "" if cap == REGEX_MAX_SUBJECT else " (the limit for this pattern: its search cost grows faster)"
+    )
 
     def pred(x: str) -> bool:
-        if len(x) > REGEX_MAX_SUBJECT:
-            raise MalformedFlag(f"regex subject longer than {REGEX_MAX_SUBJECT} characters")
+        if len(x) > cap:
+            raise MalformedFlag(too_long)
         return (search(x) is None) if negate else (search(x) is not None)
 
     return _on_string(prop, pred)
