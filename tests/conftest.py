@@ -1,7 +1,8 @@
 """Shared test setup, and the test lanes.
 
 Lanes (markers): ``unit`` -- the pure core and in-process shared memory, no
-process started (the default lane: plain ``pytest``); ``subprocess`` --
+process started (the default lane: plain ``pytest``); ``slow`` -- in-process
+but long (the fbclient differential oracle, the regex cost sweep); ``subprocess`` --
 real sync processes, worker processes, forks; ``gunicorn``, ``uwsgi`` --
 real servers; ``soak`` -- the chaos soak. A test marked with no lane is in
 ``unit``, and a guard fails a ``unit`` test that starts a process, so the
@@ -43,7 +44,7 @@ def offline_client(*flags: dict[str, Any], segments: tuple[dict[str, Any], ...] 
     return client
 
 
-INTEGRATION_LANES = ("subprocess", "gunicorn", "uwsgi", "soak")
+INTEGRATION_LANES = ("slow", "subprocess", "gunicorn", "uwsgi", "soak")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

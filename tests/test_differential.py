@@ -419,6 +419,7 @@ def _failure(flag: dict[str, Any], user: dict[str, Any], default: Any, ours_v: A
     )
 
 
+@pytest.mark.slow
 def test_variation_matches_fbclient_except_documented_deviations(world: World, official: Any, ours: FBClient) -> None:
     explainer = Explainer(world)
     coverage = Coverage(world)
