@@ -41,6 +41,23 @@ SIZE: Final = HEADER + SLOTS * _SLOT.size
 FREE, CLAIMED, CLIENT, SPARE = 0, 1, 2, 3
 
 
+_STATE_AT: Final = 16  # the state's offset within a slot
+
+
+def _slots_in_state(mm: mmap.mmap, state: int) -> list[int]:
+    """Indexes of the slots in ``state`` (non-zero), found by a byte search
+    in C: scanning 1,024 slots in Python cost a fresh worker's claim 0.3 ms."""
+    pattern = struct.pack("<Q", state)
+    found = []
+    pos = mm.find(pattern, HEADER + _STATE_AT, SIZE)
+    while pos != -1:
+        offset = pos - HEADER
+        if offset % _SLOT.size == _STATE_AT:
+            found.append(offset // _SLOT.size)
+        pos = mm.find(pattern, pos + 1, SIZE)
+    return found
+
+
 class Registry:
     """The table of claimed rings (one per worker process)."""
 
@@ -132,10 +149,8 @@ class Registry:
         return ring
 
     def _take_or_create(self, mm: mmap.mmap, capacity: int) -> Ring:
-        for i in range(SLOTS):
+        for i in _slots_in_state(mm, SPARE):
             _pid, ring_id, state, _at = _SLOT.unpack_from(mm, HEADER + i * _SLOT.size)
-            if state != SPARE:
-                continue
             try:
                 ring = Ring.open(self.names, ring_id)
             except (OSError, SharedMemoryError):

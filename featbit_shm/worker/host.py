@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -193,9 +194,12 @@ def _blocking_would_stall() -> str | None:
     """Why waiting here would stall more than this caller, or None."""
     if start_deferred:
         return "the server starts the sync process once it is ready (gunicorn when_ready)"
+    # A running loop implies asyncio is imported; importing it here would
+    # cost a fresh worker ~20 ms of its attach.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
     try:
-        import asyncio
-
         asyncio.get_running_loop()
     except RuntimeError:
         return None
