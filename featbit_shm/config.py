@@ -34,7 +34,6 @@ from ._core.settings import (
     check_positive,
     check_secret,
     check_url,
-    fingerprint,
     websocket_url,
 )
 from ._runtime.environment import (
@@ -44,9 +43,8 @@ from ._runtime.environment import (
     env_int,
     env_str,
     env_tristate,
-    format_bool,
-    format_number,
 )
+from .sync.settings import SyncSettings
 
 _UNSUPPORTED = ("data_storage", "update_processor_imp", "event_processor_imp")
 #: fbclient's default queue length, the one value featbit_shm accepts (see Config).
@@ -279,32 +277,33 @@ class Config:
             start_sync=env_bool("FEATBIT_SHM_AUTOSTART", env),
         )
 
-    def fingerprint(self) -> int:
-        """The settings a client and its sync process must agree on, hashed
-        as the sync process writes them into the control block."""
-        return fingerprint(
-            {"streaming_url": self._streaming_url, "event_url": self._event_url, "offline": self._offline,
-             "bootstrap_file": self._bootstrap_file, "disable_events": self._disable_events}
+    def sync_settings(self) -> SyncSettings:
+        """The settings a sync process serving this client runs with (the
+        one configuration plane: the client hands them over as variables)."""
+        return SyncSettings(
+            env_secret=self._env_secret,
+            streaming_url=self._streaming_url,
+            event_url=self._event_url,
+            offline=self._offline,
+            bootstrap_file=self._bootstrap_file,
+            namespace=self._namespace,
+            disable_events=self._disable_events,
+            events_flush_interval=self._events_flush_interval,
+            events_retry_interval=self._events_retry_interval,
+            events_max_retries=self._events_max_retries,
+            streaming_first_retry_delay=self._streaming_first_retry_delay,
+            ring_bytes=self._event_ring_bytes,
         )
+
+    def fingerprint(self) -> int:
+        """What this client and the sync process serving it must agree on,
+        hashed as the sync process writes it into the control block."""
+        return self.sync_settings().fingerprint()
 
     def to_env(self) -> dict[str, str]:
         """This configuration as the FEATBIT_* variables a sync process is
-        started with (the inverse of :meth:`from_env` for what a sync process
-        reads)."""
-        return {
-            "FEATBIT_ENV_SECRET": self._env_secret,
-            "FEATBIT_EVENT_URL": self._event_url,
-            "FEATBIT_STREAMING_URL": self._streaming_url,
-            "FEATBIT_OFFLINE": format_bool(self._offline),
-            "FEATBIT_BOOTSTRAP_FILE": self._bootstrap_file or "",
-            "FEATBIT_NAMESPACE": self._namespace,
-            "FEATBIT_DISABLE_EVENTS": format_bool(self._disable_events),
-            "FEATBIT_EVENTS_FLUSH_INTERVAL": format_number(self._events_flush_interval),
-            "FEATBIT_EVENTS_RETRY_INTERVAL": format_number(self._events_retry_interval),
-            "FEATBIT_EVENTS_MAX_RETRIES": format_number(self._events_max_retries),
-            "FEATBIT_STREAMING_FIRST_RETRY_DELAY": format_number(self._streaming_first_retry_delay),
-            "FEATBIT_SHM_RING_BYTES": format_number(self._event_ring_bytes),
-        }
+        started with (:meth:`from_env` reads them back)."""
+        return self.sync_settings().to_env()
 
     def __repr__(self) -> str:
         # R-77: never show the secret.

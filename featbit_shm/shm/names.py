@@ -49,7 +49,7 @@ class StoreNames:
     @property
     def controls(self) -> list[str]:
         """The names the control block may have, in the order they are tried."""
-        return [self.control] + [f"{self.control}.{i}" for i in range(1, SLOTS)]
+        return _slots(self.control)
 
     def root(self, generation: int) -> str:
         """The root object of a snapshot generation."""
@@ -70,7 +70,7 @@ class StoreNames:
 
     @property
     def registries(self) -> list[str]:
-        return [self.registry] + [f"{self.registry}.{i}" for i in range(1, SLOTS)]
+        return _slots(self.registry)
 
     def all_objects(self) -> list[str]:
         """Every object under this store's names now in /dev/shm: snapshots,
@@ -99,3 +99,8 @@ class StoreNames:
         base = self.base[1:]
         prefixes = tuple(f"{base}.{k}" for k in kind)
         return sorted("/" + e for e in entries if e.startswith(prefixes) and e[len(prefixes[0]) :].isdigit())
+
+
+def _slots(first: str) -> list[str]:
+    """A name and its fallbacks, in the order they are tried."""
+    return [first] + [f"{first}.{i}" for i in range(1, SLOTS)]
