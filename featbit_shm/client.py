@@ -156,6 +156,7 @@ class FBClient:
         if owner:
             if not pid_alive(owner):
                 return None  # the server is gone, and its workers with it
+            env["FEATBIT_SHM_OWNER_PID"] = str(owner)
             env["FEATBIT_SHM_IDLE_TIMEOUT"] = ""
         else:
             env["FEATBIT_SHM_OWNER_PID"] = ""
