@@ -202,7 +202,6 @@ def on_exit(server: Any) -> None:
             _log(server, "info", "featbit_shm: %d process(es) of another server still use the store; it stays", len(others))
             return
         remove_objects(names.all_objects(), names.access)
-        lock = names.lock_path
-        remove_lock_files([lock + ".registry", lock + ".standby", lock], names.access)
+        remove_lock_files(names.lock_files, names.access)
     except Exception as exc:  # noqa: BLE001
         _log(server, "error", "featbit_shm: on_exit: %s", exc)

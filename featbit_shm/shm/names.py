@@ -86,6 +86,21 @@ class StoreNames:
         """The leader lock file; the standby and registry locks are beside it."""
         return os.path.join(runtime_directory(self.access), f"{self.tag}.lock")
 
+    @property
+    def standby_lock_path(self) -> str:
+        """The lock a waiting standby sync process holds."""
+        return self.lock_path + ".standby"
+
+    @property
+    def registry_lock_path(self) -> str:
+        """The lock that serialises claims in the ring registry."""
+        return self.lock_path + ".registry"
+
+    @property
+    def lock_files(self) -> list[str]:
+        """Every lock file of this store, the leader lock last."""
+        return [self.registry_lock_path, self.standby_lock_path, self.lock_path]
+
     def existing(self, kind: str = "gc") -> list[str]:
         """This store's numbered objects now in /dev/shm, as names.
 

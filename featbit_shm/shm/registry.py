@@ -64,7 +64,7 @@ class Registry:
     def __init__(self, names: StoreNames) -> None:
         self.names = names
         self.name = names.registry  # the slot in use, once mapped (see _map)
-        self.lock_path = names.lock_path + ".registry"
+        self.lock_path = names.registry_lock_path
         self._mm: mmap.mmap | None = None
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:

@@ -22,9 +22,8 @@ class Election:
     """The leader and standby lock files of one store."""
 
     def __init__(self, names: StoreNames) -> None:
-        path = names.lock_path
-        self.leader = FileLock(path, names.access)
-        self.standby = FileLock(path + ".standby", names.access)
+        self.leader = FileLock(names.lock_path, names.access)
+        self.standby = FileLock(names.standby_lock_path, names.access)
 
     def try_lead(self) -> bool:
         return self.leader.acquire(0)

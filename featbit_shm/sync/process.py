@@ -161,8 +161,7 @@ class SyncProcess:
             if stopping and not others:
                 # The last owner out: the lock files go too (a process that
                 # waits on one notices and takes the new one, shm.locks).
-                lock = self.names.lock_path
-                remove_lock_files([lock + ".registry", lock + ".standby", lock], self.names.access)
+                remove_lock_files(self.names.lock_files, self.names.access)
 
     def _clients_remain(self, wait: float = 3.0) -> set[int]:
         """Live processes still registered with the store, after waiting up
