@@ -1,14 +1,17 @@
 """The ``featbit-shm`` command.
 
     featbit-shm sync                 run the sync process in the foreground
-    featbit-shm status [--json]      leader, heartbeat, generation, counts, counters
+    featbit-shm status [--json] [--all]  leader, heartbeat, generation, counters, last error,
+                                     workers that cannot follow; exits 1 unless a live sync
+                                     process serves data (a probe)
     featbit-shm dump [--flag KEY]    the current snapshot as JSON
     featbit-shm eval FLAG --user JSON  one evaluation, as a worker would see it
 
 The store is the one a client with the same environment would use: its name
 comes from ``FEATBIT_ENV_SECRET`` (empty when offline) and
 ``FEATBIT_NAMESPACE`` (default ``default``), or ``--namespace``. The secret
-itself is never printed.
+itself is never printed. ``status`` with none of those set (or ``--all``)
+lists every store of this account on the host instead.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import sys
 import time
 from typing import Any
 
-from ._core.errors import ConfigError
-from ._runtime.environment import env_bool, env_str
+from ._core.errors import ConfigError, SharedMemoryError
+from ._runtime.environment import env_bool, env_given, env_str
+from ._runtime.processes import pid_alive
 from .shm.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, SyncState
-from .shm.names import StoreNames
-from .shm.objects import audit
+from .shm.names import PREFIX, SHM_DIR, StoreNames
+from .shm.objects import audit, map_readonly
 from .shm.reader import find_control, generation_bytes
-from .shm.trust import CONTROL
+from .shm.registry import CLAIMED, SPARE, peek
+from .shm.ring import W_PID, W_SERVED, W_STALE_SINCE
+from .shm.trust import CONTROL, RING, StoreAccess
 from .shm.writer import open_image
 
 
@@ -66,25 +72,97 @@ def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
         status[name] = block.counter(name)
     status["events_delivery_stopped"] = bool(block.counter("delivery_stopped"))
     status["refused"] = refused  # objects under this store's names it does not trust
+    status["namespace"] = block.namespace or None
+    error = block.last_error()
+    status["last_error"] = error[1] if error else None
+    status["last_error_age_s"] = round(now - error[0], 3) if error else None
+    status["clients"], status["workers_behind"] = _clients(names, now)
     if not status["leader_alive"]:
         status["problem"] = "no live sync process serves this store: its data is not kept fresh"
+    elif status["workers_behind"]:
+        status["problem"] = f"{len(status['workers_behind'])} worker(s) cannot map the newest generation and serve older data"
     if pointer is None:
         status["state"] = "torn"  # the sequence stayed odd: the writer died mid-update
     return status
 
 
+def _clients(names: StoreNames, now: float) -> tuple[int, list[dict[str, Any]]]:
+    """(live registered processes, workers that cannot map the newest
+    generation), read-only, from the registry and the words each worker
+    keeps in its ring (a worker with events disabled has no ring, and is not
+    listed as behind)."""
+    pids = set()
+    behind = []
+    for pid, ring_id, state in peek(names):
+        if state == SPARE or not pid_alive(pid):
+            continue
+        pids.add(pid)
+        if state != CLAIMED:
+            continue
+        try:
+            mm = map_readonly(names.ring(ring_id), RING, names.access, 4096)
+        except (OSError, SharedMemoryError):
+            continue  # drained and removed meanwhile
+        try:
+            words = memoryview(mm).cast("Q")
+            since_ms = int(words[W_STALE_SINCE])
+            if since_ms and int(words[W_PID]) == pid:
+                behind.append({"pid": pid, "generation": int(words[W_SERVED]), "stale_for_s": round(now - since_ms / 1000, 3)})
+            words.release()
+        finally:
+            mm.close()
+    return len(pids), behind
+
+
+def store_tags(access: StoreAccess | None = None) -> list[str]:
+    """Tags of every store of this account with a control block in /dev/shm."""
+    access = access or StoreAccess.from_env()
+    prefix = f"{PREFIX}{access.owner}."
+    tags = set()
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.startswith(prefix):
+            tag, _, kind = entry[len(prefix) :].partition(".")
+            if kind == "ctl" or kind.startswith("ctl."):
+                tags.add(tag)
+    return sorted(tags)
+
+
+def _usable(status: dict[str, Any]) -> bool:
+    # Data is there, but nothing keeps it fresh: workers serve what they have
+    # and start a sync process after a moment (worker.host); a probe must fail.
+    usable = status["state"] in (SyncState.OK.name, SyncState.INTERRUPTED.name) and bool(status.get("generation"))
+    return usable and bool(status.get("leader_alive")) and not status.get("workers_behind")
+
+
+def _print(status: dict[str, Any]) -> None:
+    width = max(len(k) for k in status)
+    for key, value in status.items():
+        print(f"{key:<{width}}  {value}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    chosen = args.namespace or any(env_given(v) for v in ("FEATBIT_ENV_SECRET", "FEATBIT_OFFLINE", "FEATBIT_NAMESPACE"))
+    if args.all or not chosen:
+        access = StoreAccess.from_env()
+        stores = [read_status(StoreNames(tag, access)) for tag in store_tags(access)]
+        if args.json:
+            print(json.dumps({"stores": stores}, indent=2, sort_keys=True))
+        elif not stores:
+            print(f"featbit-shm: no store of uid {access.owner} in {SHM_DIR} (set FEATBIT_ENV_SECRET/FEATBIT_NAMESPACE to name one)")
+        for status in stores if not args.json else ():
+            print(f"== store {status['store']} (namespace {status.get('namespace')})")
+            _print(status)
+        return 0 if stores and all(_usable(s) for s in stores) else 1
     status = read_status(_names(args))
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
-        width = max(len(k) for k in status)
-        for key, value in status.items():
-            print(f"{key:<{width}}  {value}")
-    usable = status["state"] in (SyncState.OK.name, SyncState.INTERRUPTED.name) and bool(status.get("generation"))
-    # Data is there, but nothing keeps it fresh: workers serve what they have
-    # and start a sync process after a moment (worker.host); a probe must fail.
-    return 0 if usable and status.get("leader_alive") else 1
+        _print(status)
+    return 0 if _usable(status) else 1
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
@@ -167,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("status", help="leader, heartbeat, generation and counters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="every store of this account on the host")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("sync", help="run the sync process in the foreground (configured from FEATBIT_*)")
     p.set_defaults(func=cmd_sync)

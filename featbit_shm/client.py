@@ -94,6 +94,7 @@ class FBClient:
         self._status: DataUpdateStatusProvider | None = None
         self._events: EventRecorder | None = None
         self._tracker: FlagTracker | None = None
+        self._watch: host.HostWatch | None = None
         self._pid = os.getpid()
         self._names = StoreNames.for_env("" if config.offline else config.env_secret, config.namespace)
         self._source: FlagSource
@@ -133,6 +134,7 @@ class FBClient:
         )
         reader = SnapshotReader(self._names, retry_interval=0.05, on_watch=watch)
         watch.reader = reader
+        self._watch = watch
         host.join(
             self._names, reader, registry, self._events, ring_bytes=config.event_ring_bytes,
             start_sync=self._start_sync_process if config.start_sync else None,
@@ -217,7 +219,10 @@ class FBClient:
                 ready=lambda: self.initialize,
                 version=version,
                 started=self._started,
+                behind=source.behind if isinstance(source, SnapshotReader) else lambda: None,
             )
+            if self._watch is not None:
+                self._watch.status = provider  # listeners hear of changes at the store watch
         return provider
 
     def is_offline(self) -> bool:
@@ -234,6 +239,10 @@ class FBClient:
         tracker = self._tracker
         if tracker is not None:
             tracker.close()  # no listener callback starts after stop
+        if self._status is not None:
+            self._status.stop_watching()
+            if self._watch is not None:
+                self._watch.status = None
         events = self._events
         if events is not None:
             events.flush()

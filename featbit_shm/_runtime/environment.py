@@ -94,6 +94,13 @@ def _raw(name: str, kind: tuple[str, ...], env: Mapping[str, str] | None) -> tup
     return var, (source.get(name) or "").strip()
 
 
+def env_given(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """Is the variable set to something (not unset, not blank), whatever its kind?"""
+    VARIABLES[name]  # KeyError: a variable missing from the table
+    source = os.environ if env is None else env
+    return bool((source.get(name) or "").strip())
+
+
 def env_str(name: str, env: Mapping[str, str] | None = None) -> str:
     """A text variable, stripped (its default when unset or empty)."""
     var, raw = _raw(name, ("str", "secret"), env)

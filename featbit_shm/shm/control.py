@@ -28,9 +28,13 @@ Byte layout (little-endian, 4096 bytes, every field 8-byte aligned so each
     152   8  f64   last publish     Unix time
     160   8  u64   events queued
     168   8  u64   config           fingerprint of the leader's configuration (_core.settings.fingerprint)
-    176  48  --    reserved
+    176   8  f64   last error at    Unix time of the last WARNING/ERROR the leader logged (0: none)
+    184  40  --    reserved
     224  64  64s   snapshot name    ASCII, NUL padded
-    288  ...       reserved to 4096
+    288 224  --    reserved
+    512  64  64s   namespace        UTF-8, NUL padded (names the store in `featbit-shm status`)
+    576 512  512s  last error       UTF-8, NUL padded, redacted (the text of "last error at")
+   1088  ...       reserved to 4096
 
 Only ``sequence`` through ``data version`` and ``snapshot name`` are covered by
 the seqlock (a reader needs them consistent); the rest are independent
@@ -76,6 +80,11 @@ W_PUBLISH_ERRORS: Final = 18
 W_LAST_PUBLISH: Final = 19
 W_EVENTS_QUEUED: Final = 20
 W_CONFIG: Final = 21
+W_LAST_ERROR_AT: Final = 22
+NAMESPACE_OFFSET: Final = 512
+NAMESPACE_SIZE: Final = 64
+ERROR_OFFSET: Final = 576
+ERROR_SIZE: Final = 512
 
 COUNTERS: Final = {
     "reconnects": W_RECONNECTS,
@@ -218,6 +227,23 @@ class ControlBlock:
     def counter(self, name: str) -> int:
         return int(self.q[COUNTERS[name]])
 
+    @property
+    def namespace(self) -> str:
+        return _text(self._raw[NAMESPACE_OFFSET : NAMESPACE_OFFSET + NAMESPACE_SIZE])
+
+    def last_error(self) -> tuple[float, str] | None:
+        """(Unix time, text) of the last warning or error the leader logged.
+        The time is cleared while the text changes, so a copy taken between
+        two equal non-zero times is whole."""
+        for _ in range(8):
+            at = self.d[W_LAST_ERROR_AT]
+            if not at:
+                return None
+            text = _text(self._raw[ERROR_OFFSET : ERROR_OFFSET + ERROR_SIZE])
+            if self.d[W_LAST_ERROR_AT] == at:
+                return at, text
+        return None
+
     # ---------------------------------------------------------------- writer side
 
     def initialize(self) -> None:
@@ -266,6 +292,14 @@ class ControlBlock:
         q[W_SEQ] = seq + 2
         self.d[W_STATE_SINCE] = now
 
+    def set_namespace(self, namespace: str) -> None:
+        self._raw[NAMESPACE_OFFSET : NAMESPACE_OFFSET + NAMESPACE_SIZE] = _fit(namespace, NAMESPACE_SIZE)
+
+    def set_last_error(self, now: float, text: str) -> None:
+        self.d[W_LAST_ERROR_AT] = 0.0
+        self._raw[ERROR_OFFSET : ERROR_OFFSET + ERROR_SIZE] = _fit(text, ERROR_SIZE)
+        self.d[W_LAST_ERROR_AT] = now
+
     def set_word(self, word: int, value: int) -> None:
         self.q[word] = value
 
@@ -281,3 +315,13 @@ class ControlBlock:
         """Drop the memoryviews so the underlying mmap can be closed."""
         for view in (self.q, self.i, self.d, self._raw):
             view.release()
+
+
+def _fit(text: str, size: int) -> bytes:
+    """UTF-8, cut on a character boundary to fit ``size`` with a NUL, padded."""
+    encoded = text.encode("utf-8")[: size - 1].decode("utf-8", "ignore").encode("utf-8")
+    return encoded.ljust(size, b"\0")
+
+
+def _text(raw: memoryview) -> str:
+    return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -37,8 +37,8 @@ def generation_bytes(names: StoreNames, root_name: str) -> int | None:
         for chunk_id in SnapshotImage(root).chunks:
             total += os.stat(SHM_DIR + names.chunk(chunk_id)).st_size
         return total
-    except (OSError, SnapshotError):
-        return None  # the writer moved on meanwhile
+    except (OSError, SnapshotError, SharedMemoryError):
+        return None  # the writer moved on meanwhile (or the name is not this store's: refused)
 
 
 def find_control(names: StoreNames) -> tuple[ControlBlock | None, Refusal | None]:
@@ -96,6 +96,10 @@ class SnapshotReader:
         self._next_try = 0.0
         self.refreshes = 0
         self.failed_refreshes = 0
+        #: Why this process cannot move to the store's current generation
+        #: (None while it can): see :meth:`behind`.
+        self.map_error: str | None = None
+        self._map_error_since = 0.0  # Unix time
         #: Set while the store's names hold only another account's objects:
         #: evaluation then answers with reason kind Error, naming it.
         self.refused: Refusal | None = None
@@ -216,6 +220,7 @@ class SnapshotReader:
                     self._next_try = self._clock() + self._retry_interval
                 return True  # nothing published (any more)
             if not pointer.name.startswith(self.names.base + ".g"):
+                self._cannot_map(f"the control block points at {pointer.name!r}, not a snapshot of this store")
                 warn_limited(f"pointer {self.names.tag}", f"featbit_shm: control block points at {pointer.name!r}, not a snapshot of this store", level=logging.ERROR)
                 return False
             try:
@@ -230,6 +235,7 @@ class SnapshotReader:
             except (FileNotFoundError, SnapshotError):
                 continue  # unlinked or replaced under us: read the pointer again
             except (OSError, SharedMemoryError) as exc:  # Untrusted: another account's object under a retired name
+                self._cannot_map(f"cannot map snapshot {pointer.name}: {exc}")
                 # Once a minute, not once per request: this worker keeps
                 # serving its last generation, and says so (promise 1).
                 warn_limited(
@@ -255,8 +261,26 @@ class SnapshotReader:
             )
             self._seen = pointer.generation
             self.refreshes += 1
+            self.map_error = None
             return True
         return False
+
+    def _cannot_map(self, why: str) -> None:
+        if self.map_error is None:
+            self._map_error_since = time.time()
+        self.map_error = why
+
+    def behind(self) -> tuple[int, int, str, float] | None:
+        """(store generation, generation served, why, since when) while this
+        process serves an older generation than the store's because it cannot
+        map the new one -- e.g. after a uid switch, or a snapshot of another
+        account under the store's names. None while it keeps up (a generation
+        published a moment ago and not read yet is not "behind")."""
+        words = self._words
+        why = self.map_error
+        if why is None or words is None or words[W_GENERATION] == self._seen:
+            return None
+        return int(words[W_GENERATION]), max(self._seen, 0), why, self._map_error_since
 
     # ------------------------------------------------------------------ status
 
@@ -266,6 +290,12 @@ class SnapshotReader:
         if self._control is None:
             self.current()
         return self._control
+
+    @property
+    def served_generation(self) -> int:
+        """The generation evaluations use now (0: none), without a refresh."""
+        view = self._view
+        return view.generation if view is not None else 0
 
     @property
     def generation(self) -> int:

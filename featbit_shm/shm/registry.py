@@ -27,9 +27,10 @@ from collections.abc import Callable
 from typing import Final
 
 from .._core.errors import SharedMemoryError
+from .._core.snapshot import SnapshotError
 from .locks import exclusive
 from .names import StoreNames
-from .objects import create_object, open_object, unlink_object
+from .objects import create_object, map_readonly, open_object, unlink_object
 from .ring import W_HEAD, W_PID, W_TAIL, Ring, ring_capacity
 from .trust import REGISTRY, RING, Untrusted
 
@@ -56,6 +57,25 @@ def _slots_in_state(mm: mmap.mmap, state: int) -> list[int]:
             found.append(offset // _SLOT.size)
         pos = mm.find(pattern, pos + 1, SIZE)
     return found
+
+
+def peek(names: StoreNames) -> list[tuple[int, int, int]]:
+    """(pid, ring id, state) of every used slot, read without the lock from a
+    read-only map of the store's trusted registry (``featbit-shm status``: a
+    reader that must change nothing, not even create a lock file)."""
+    for name in names.registries:
+        try:
+            mm = map_readonly(name, REGISTRY, names.access, SIZE)
+        except (FileNotFoundError, Untrusted, SnapshotError):
+            continue
+        try:
+            if bytes(mm[:8]) != MAGIC:
+                return []
+            rows = (_SLOT.unpack_from(mm, HEADER + i * _SLOT.size) for i in range(SLOTS))
+            return [(pid, ring_id, state) for pid, ring_id, state, _at in rows if state != FREE]
+        finally:
+            mm.close()
+    return []
 
 
 class Registry:

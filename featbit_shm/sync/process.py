@@ -100,6 +100,7 @@ class SyncProcess:
         self._unpublished = False  # the data set holds changes no generation carries yet
         self._publish_retry_at = 0.0
         self._publish_retry_delay = 1.0
+        self._last_error = LastErrorHandler(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,6 +137,8 @@ class SyncProcess:
             self._adopt()
             # Clients compare it with their own Config (worker.host.HostWatch).
             self.writer.control.set_word(W_CONFIG, self.settings.fingerprint())
+            self.writer.control.set_namespace(self.settings.namespace)
+            logging.getLogger("featbit_shm").addHandler(self._last_error)
             if self._spawn_standby:
                 self._start_standby()
             source = self._source()
@@ -148,6 +151,7 @@ class SyncProcess:
         finally:
             self._beat_stop.set()
             self._stop_events()
+            logging.getLogger("featbit_shm").removeHandler(self._last_error)
             self._stop_standby()
             # The last owner removes everything on a clean stop; after a crash
             # the next leader does. A rejected client (4003) leaves the store
@@ -413,6 +417,25 @@ class SyncProcess:
     def _stop_standby(self) -> None:
         if self._standby_proc is not None:
             stop_sync_process(self._standby_proc, timeout=5)
+
+
+class LastErrorHandler(logging.Handler):
+    """Keeps the leader's last warning or error in its control block, where
+    ``featbit-shm status`` shows it (redacted, as every log line is)."""
+
+    def __init__(self, process: SyncProcess) -> None:
+        super().__init__(logging.WARNING)
+        self._process = process
+
+    def emit(self, record: logging.LogRecord) -> None:
+        writer = self._process.writer
+        if writer is None:
+            return
+        try:
+            text = redaction.REDACTOR.redact(record.getMessage())
+            writer.control.set_last_error(record.created, f"{record.levelname}: {text}")
+        except Exception:  # noqa: BLE001 - a status aid never breaks logging
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .._core.evaluator import evaluate
 from .._core.records import EvalEncoder
@@ -129,8 +130,19 @@ class HostWatch:
         self._unserved_since: float | None = None
         self._next_start = 0.0
         self.started: list[int] = []  # pids of the sync processes this watch started
+        self.status: Any = None  # the client's status provider, once built: polled for its listeners
 
     def __call__(self, served: bool) -> None:
+        self._watch_host(served)
+        reader, recorder = self.reader, self._recorder
+        if reader is not None and recorder is not None:
+            lag = reader.behind()
+            recorder.report(reader.served_generation, int(lag[3] * 1000) if lag is not None else 0)
+        status = self.status
+        if status is not None:
+            status.poll()
+
+    def _watch_host(self, served: bool) -> None:
         if (self._names.tag, os.getpid()) not in _registered:
             try:
                 register(self._names, self._registry, self._recorder, self._ring_bytes)

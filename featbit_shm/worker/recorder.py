@@ -24,7 +24,7 @@ import msgpack
 from .._core.records import _EVAL_HEAD, EVAL_HEAD_SIZE, EVAL_MARK, EvalEncoder, encode_identify, encode_metrics
 from ..shm.names import StoreNames
 from ..shm.registry import Registry
-from ..shm.ring import W_FLUSH_DONE, W_FLUSH_REQ, Ring
+from ..shm.ring import W_FLUSH_DONE, W_FLUSH_REQ, W_SERVED, W_STALE_SINCE, Ring
 
 log = logging.getLogger("featbit_shm.events")
 
@@ -57,6 +57,14 @@ class EventRecorder:
             log.error("featbit_shm: cannot claim an event ring, events are dropped: %s", exc)
             return None
         return self._ring
+
+    def report(self, generation: int, stale_since_ms: int) -> None:
+        """Say in this process's ring which generation it serves, and since
+        when it cannot map a newer one (0: it can), for ``featbit-shm status``."""
+        ring = self._ring
+        if ring is not None and not self.closed:
+            ring.words[W_SERVED] = generation
+            ring.words[W_STALE_SINCE] = stale_since_ms
 
     def adopt(self, ring: Ring) -> None:
         """Use ``ring``, claimed for this process with its client registration."""
