@@ -540,3 +540,44 @@ def test_a_client_configured_differently_from_the_running_sync_process_is_told_w
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.subprocess
+def test_a_server_restarted_with_a_new_configuration_replaces_the_mismatched_sync_process(server: FeatBitStandIn, namespace: str) -> None:
+    # Issue 17.8: "fixing a wrong URL has no effect while clients keep it
+    # alive". A sync process started by an owner (the hooks, the mule, a
+    # supervisor) with another configuration than the running leader's asks
+    # it to hand over, and leads with its own; clients never lose data.
+    from featbit_shm import Config, FBClient
+    from featbit_shm.shm.reader import find_control
+    from featbit_shm.sync import SyncSettings, spawn_sync_process
+
+    names = StoreNames.for_env(server.secret, namespace)
+    wrong = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url="http://127.0.0.1:9/wrong", namespace=namespace)
+    right = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url=server.event_url, namespace=namespace)
+    old = spawn_sync_process(wrong, owner_pid=os.getpid())
+    new = None
+    client = None
+    try:
+        client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=namespace, start_sync=False), start_wait=30)
+        assert client.initialize
+        assert eventually(lambda: len(processes_of(namespace)) == 2, timeout=30)  # the old leader and its standby
+        old_block, _ = find_control(names)
+        assert old_block is not None and old_block.config_fingerprint == wrong.fingerprint()
+        new = spawn_sync_process(right, owner_pid=os.getpid())
+        assert old.wait(30) == 0  # asked to hand over: a clean exit
+        block = eventually(lambda: (b := find_control(names)[0]) is not None and b.leader_alive(time.time()) and b.config_fingerprint == right.fingerprint() and b, timeout=30)
+        assert block.leader_pid in processes_of(namespace)
+        assert client.update_status_provider.wait_for_OKState(30)
+        banner_off(server)  # still followed, through the new leader
+        assert eventually(lambda: client.variation("welcome-banner", {"key": "a", "country": "us"}, True) is False, timeout=15)
+        client.track_metric({"key": "a"}, "replaced")
+        assert client.flush_and_wait(15)  # delivered by the new configuration's event URL
+        assert eventually(lambda: any(e.get("metrics") for e in server.events), timeout=15)
+    finally:
+        if client is not None:
+            client.stop()
+        for proc in (old, new):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)

@@ -21,6 +21,18 @@ def pid_alive(pid: int) -> bool:
     return not _zombie(pid)
 
 
+def is_sync_process(pid: int) -> bool:
+    """Is ``pid`` a featbit_shm sync process of this account? (Checked before
+    a candidate asks a leader to step down: never signal a recycled pid.)"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            command = fh.read()
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return False
+    return owner == os.geteuid() and b"featbit_shm.sync" in command
+
+
 def _zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:

@@ -48,7 +48,7 @@ from .._core.wire import DataSyncMessage
 from .._runtime import redaction
 from .._runtime.environment import env_str
 from .._runtime.notices import warn_limited
-from .._runtime.processes import pid_alive
+from .._runtime.processes import is_sync_process, pid_alive
 from ..shm.control import W_CONFIG, SyncState
 from ..shm.locks import remove_lock_files
 from ..shm.names import StoreNames
@@ -108,20 +108,70 @@ class SyncProcess:
         election = self._election = Election(self.names)
         try:
             if not election.try_lead():
-                if not election.try_standby():
-                    log.info("featbit_shm: a sync leader and a standby already run for store %s", self.names.tag)
-                    return EXIT_NOT_NEEDED
-                log.info("featbit_shm: standing by for store %s", self.names.tag)
-                if not election.wait_to_lead(self.stop, self._watch_owner):
-                    return EXIT_OK
-                election.standby.release()
-                if self._previous_leader_stopped_cleanly():
-                    log.info("featbit_shm: the leader of store %s stopped cleanly; standby exits", self.names.tag)
-                    return EXIT_OK
+                replacing = False
+                standby = election.try_standby()
+                if not standby:
+                    # Both roles taken: by an older configuration, this server replaces both
+                    # (a leader stops its standby when it stops).
+                    replacing = self._replace_mismatched_leader()
+                    role = self._retry_election(election) if replacing else None
+                    if role is None:
+                        log.info("featbit_shm: a sync leader and a standby already run for store %s", self.names.tag)
+                        return EXIT_NOT_NEEDED
+                    standby = role == "standby"
+                if standby:
+                    log.info("featbit_shm: standing by for store %s", self.names.tag)
+                    replacing = replacing or self._replace_mismatched_leader()
+                    if not election.wait_to_lead(self.stop, self._watch_owner):
+                        return EXIT_OK
+                    election.standby.release()
+                    if not replacing and self._previous_leader_stopped_cleanly():
+                        log.info("featbit_shm: the leader of store %s stopped cleanly; standby exits", self.names.tag)
+                        return EXIT_OK
             log.info("featbit_shm: leading store %s (pid %d)", self.names.tag, os.getpid())
             return self._lead()
         finally:
             election.release()
+
+    def _retry_election(self, election: Election, timeout: float = 15.0) -> str | None:
+        """After asking a leader to step down: "lead" or "standby" once one of
+        the roles is free, None when neither frees within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            if election.try_lead():
+                return "lead"
+            if election.try_standby():
+                return "standby"
+            self.stop.wait(0.1)
+        return None
+
+    def _replace_mismatched_leader(self) -> bool:
+        """One configuration plane: a server (re)started with a new
+        configuration starts its sync process with an owner; when the leader
+        it finds runs another configuration (fingerprint in the control
+        block), it asks that leader to step down (SIGTERM: a hand-over, the
+        store stays) and leads in its place. A candidate without an owner
+        (autostarted by a client) never replaces anyone. True when asked."""
+        if not self.settings.owner_pid:
+            return False
+        block, _refused = find_control(self.names)
+        if block is None:
+            return False
+        theirs, mine, pid = block.config_fingerprint, self.settings.fingerprint(), block.leader_pid
+        if not theirs or theirs == mine or not block.leader_alive(time.time()) or not is_sync_process(pid):
+            return False
+        log.warning(
+            "featbit_shm: the sync process leading store %s (pid %d) runs another configuration than this server's; "
+            "asking it to hand over to this one",
+            self.names.tag,
+            pid,
+        )
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError as exc:
+            log.error("featbit_shm: cannot stop sync process %d to replace it: %s", pid, exc)
+            return False
+        return True
 
     def _previous_leader_stopped_cleanly(self) -> bool:
         """A clean stop unlinks the control block (or leaves it OFF after a
