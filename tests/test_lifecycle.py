@@ -581,3 +581,34 @@ def test_a_server_restarted_with_a_new_configuration_replaces_the_mismatched_syn
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(30)
+
+
+@pytest.mark.subprocess
+def test_a_stalled_dns_lookup_never_stops_the_heartbeat_nor_a_clean_stop(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 17.5: every socket operation has an overall deadline; a resolver
+    # that never answers blocks inside the C library, out of reach of the
+    # socket deadlines and of Python's signal handlers. The lookup runs on a
+    # thread of its own (stalled here by the fault hook), so the heartbeat
+    # stays fresh and SIGTERM ends the process long before the lookup would.
+    from featbit_shm.shm.reader import find_control
+    from featbit_shm.sync import SyncSettings, spawn_sync_process
+
+    monkeypatch.setenv("FEATBIT_SHM_FAULT_DNS_DELAY", "300")
+    secret = "ZG5zLXN0YWxsLXRlc3Qtc2VjcmV0LTAxMjM0NTY3ODk"
+    settings = SyncSettings(env_secret=secret, streaming_url="ws://featbit-dns-stall.invalid", event_url="http://127.0.0.1:9", namespace=namespace, standby=False)
+    names = StoreNames.for_env(secret, namespace)
+    proc = spawn_sync_process(settings, owner_pid=os.getpid())
+    try:
+        block = eventually(lambda: find_control(names)[0], timeout=30)
+        assert block is not None
+        started = time.monotonic()
+        while time.monotonic() - started < 4:  # across the lookup's stall: the leader keeps beating
+            assert eventually(lambda: block.leader_alive(time.time()), timeout=10)
+            time.sleep(0.5)
+        proc.terminate()
+        assert proc.wait(60) == 0  # a clean stop, not the end of a 300 s lookup
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        remove_objects(names.all_objects(), names.access)

@@ -82,6 +82,7 @@ VARIABLES: Final[dict[str, Variable]] = {
         Variable("FEATBIT_SHM_PURE_PYTHON", "bool", False, "client", "1: never use the optional C fast path of evaluation events"),
         Variable("FEATBIT_SHM_FAULT_PUBLISH_DELAY", "str", "", "sync (tests only)", "fault injection: seconds (or a file holding them) every publish stalls"),
         Variable("FEATBIT_SHM_FAULT_PUBLISH_FAIL", "str", "", "sync (tests only)", "fault injection: while this file exists, every publish fails as on a full /dev/shm"),
+        Variable("FEATBIT_SHM_FAULT_DNS_DELAY", "float", None, "sync (tests only)", "fault injection: seconds every DNS lookup of the streaming host stalls"),
     )
 }
 

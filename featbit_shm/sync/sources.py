@@ -20,8 +20,10 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import websocket
+from websocket._url import get_proxy_info
 
 from .._core.document import load_document
 from .._core.errors import DataError
@@ -41,6 +43,7 @@ from .._core.protocol import (
     streaming_url,
 )
 from .._core.wire import DataSyncMessage
+from .._runtime.environment import env_float
 from .._runtime.files import read_bootstrap_file
 from .._runtime.redaction import REDACTOR
 from ..shm.control import SyncState
@@ -103,6 +106,52 @@ class _Watchdog:
 
     def close(self) -> None:
         self._done.set()
+
+
+_lookup: threading.Thread | None = None  # the one DNS lookup in flight (see _resolve_within)
+
+
+def _resolve_within(url: str, seconds: float, stop: threading.Event) -> str | None:
+    """Resolve the host a websocket to ``url`` connects to (its proxy's, when
+    one applies) on a thread of its own, within ``seconds``: a stalled
+    resolver blocks inside the C library, where no socket deadline reaches
+    and no signal handler runs. None when it resolved; otherwise why not. A
+    lookup that outlives its deadline is abandoned (a daemon thread), and no
+    other starts while it hangs, so a dead resolver costs one thread."""
+    global _lookup
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    secure = parts.scheme == "wss"
+    proxy_host, proxy_port, _auth = get_proxy_info(host, secure)
+    target, port = (proxy_host, proxy_port) if proxy_host else (host, parts.port or (443 if secure else 80))
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in target else socket.AF_INET, target)
+        return None  # an address: nothing to resolve
+    except OSError:
+        pass
+    if _lookup is not None and _lookup.is_alive():
+        return f"a DNS lookup of {target} is still pending"
+    failed: list[BaseException] = []
+    delay = env_float("FEATBIT_SHM_FAULT_DNS_DELAY") or 0.0
+
+    def lookup() -> None:
+        try:
+            if delay:
+                time.sleep(delay)
+            socket.getaddrinfo(target, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = _lookup = threading.Thread(target=lookup, name="featbit-dns", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + seconds
+    while thread.is_alive():
+        thread.join(0.1)
+        if stop.is_set():
+            return "stopping"
+        if thread.is_alive() and time.monotonic() > deadline:
+            return f"resolving {target} took over {seconds:.0f} s"
+    return f"cannot resolve {target}: {failed[0]}" if failed else None
 
 
 class _Unanswered(Exception):
@@ -205,6 +254,10 @@ class StreamSource:
         # and ignores a frame that is not UTF-8 (R-11).
         ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
         ws.settimeout(self._connect_timeout)
+        unresolved = _resolve_within(url, OPERATION_DEADLINE_S, stop)
+        if unresolved is not None:
+            log.warning("featbit_shm: cannot connect to %s: %s", redact(url), unresolved)
+            return
         dog = _Watchdog(ws, stop)
         try:
             with dog.deadline(OPERATION_DEADLINE_S):
