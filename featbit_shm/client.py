@@ -126,7 +126,7 @@ class FBClient:
         registry = Registry(self._names)  # one lock file handle for both uses (cold start)
         if not config.disable_events and not config.offline:
             # Events go into this process's ring; the sync process posts them.
-            self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes, registry=registry)
+            self._events = EventRecorder(self._names, ring_bytes=config.event_ring_bytes, registry=registry, max_event_bytes=config.max_event_bytes)
         watch = host.HostWatch(
             self._names, registry, self._events, ring_bytes=config.event_ring_bytes,
             start_sync=self._start_sync_process if env_bool("FEATBIT_SHM_HEAL") else None,

@@ -73,6 +73,9 @@ class Config:
         "_shared",
         "_event_ring_bytes",
         "_start_sync",
+        "_max_event_bytes",
+        "_event_concurrency",
+        "_ca_bundle",
     )
 
     def __init__(
@@ -99,6 +102,9 @@ class Config:
         shared: bool | None = None,
         event_ring_bytes: int = DEFAULT_EVENT_RING_BYTES,
         start_sync: bool | None = None,
+        max_event_bytes: int | None = None,
+        event_concurrency: int | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
         for name, value in zip(_UNSUPPORTED, (data_storage, update_processor_imp, event_processor_imp)):
             if value is not None:
@@ -152,6 +158,10 @@ class Config:
         if start_sync is None:
             start_sync = env_bool("FEATBIT_SHM_AUTOSTART")
         self._start_sync = bool(start_sync)
+        # Unset: the variable, else the default (docs/CONFIGURATION.md).
+        self._max_event_bytes = check_count("max_event_bytes", max_event_bytes if max_event_bytes is not None else env_int("FEATBIT_SHM_MAX_EVENT_BYTES") or 64 * 1024, minimum=1024)
+        self._event_concurrency = check_count("event_concurrency", event_concurrency if event_concurrency is not None else env_int("FEATBIT_SHM_EVENT_CONCURRENCY") or 24, minimum=1)
+        self._ca_bundle = os.fspath(ca_bundle) if ca_bundle else env_str("FEATBIT_CA_BUNDLE") or None
 
     # fbclient's accessors --------------------------------------------------
 
@@ -257,6 +267,22 @@ class Config:
         about 10 s of 10,000 events/s; reserved up front)."""
         return self._event_ring_bytes
 
+    @property
+    def max_event_bytes(self) -> int:
+        """An event whose user takes more bytes than this (packed) is not
+        recorded, and counted as too_large (default 64 KiB)."""
+        return self._max_event_bytes
+
+    @property
+    def event_concurrency(self) -> int:
+        """Insight requests the sync process keeps in flight at once, at most (default 24)."""
+        return self._event_concurrency
+
+    @property
+    def ca_bundle(self) -> str | None:
+        """A PEM file of CAs the sync process trusts for TLS to FeatBit (websocket and insight)."""
+        return self._ca_bundle
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """A Config from the FEATBIT_* variables (docs/CONFIGURATION.md)."""
@@ -275,6 +301,9 @@ class Config:
             shared=env_tristate("FEATBIT_SHM_SHARED", env),
             event_ring_bytes=env_int("FEATBIT_SHM_RING_BYTES", env) or DEFAULT_EVENT_RING_BYTES,
             start_sync=env_bool("FEATBIT_SHM_AUTOSTART", env),
+            max_event_bytes=env_int("FEATBIT_SHM_MAX_EVENT_BYTES", env),
+            event_concurrency=env_int("FEATBIT_SHM_EVENT_CONCURRENCY", env),
+            ca_bundle=env_str("FEATBIT_CA_BUNDLE", env) or None,
         )
 
     def sync_settings(self) -> SyncSettings:
@@ -293,6 +322,8 @@ class Config:
             events_max_retries=self._events_max_retries,
             streaming_first_retry_delay=self._streaming_first_retry_delay,
             ring_bytes=self._event_ring_bytes,
+            event_concurrency=self._event_concurrency,
+            ca_bundle=self._ca_bundle,
         )
 
     def fingerprint(self) -> int:

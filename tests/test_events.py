@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,10 +25,12 @@ from featbit_shm._core.records import (
     Outcome,
     RecordError,
     Renderer,
+    backoff,
     classify,
     encode_eval,
     encode_identify,
     encode_metrics,
+    retry_after,
     to_payload,
 )
 from featbit_shm._core.user import InvalidUser, attr_string, make_user
@@ -41,10 +45,12 @@ from featbit_shm.shm.ring import (
     RESERVE,
     W_DROPPED,
     W_HEAD,
+    W_LOST,
     W_MALFORMED,
     W_NOSPACE,
     Ring,
 )
+from featbit_shm.sync.delivery import Reply
 from featbit_shm.sync.pump import EventPump
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
@@ -148,7 +154,7 @@ def test_malformed_records_are_record_errors(raw: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("status", "outcome"),
-    [(200, Outcome.SUCCESS), (204, Outcome.SUCCESS), (400, Outcome.RETRY), (408, Outcome.RETRY), (429, Outcome.RETRY), (500, Outcome.RETRY), (503, Outcome.RETRY), (302, Outcome.RETRY), (None, Outcome.RETRY), (401, Outcome.TERMINAL), (403, Outcome.TERMINAL), (404, Outcome.TERMINAL)],
+    [(200, Outcome.SUCCESS), (204, Outcome.SUCCESS), (400, Outcome.REFUSED), (413, Outcome.REFUSED), (408, Outcome.RETRY), (429, Outcome.RETRY), (500, Outcome.RETRY), (503, Outcome.RETRY), (302, Outcome.RETRY), (None, Outcome.RETRY), (401, Outcome.TERMINAL), (403, Outcome.TERMINAL), (404, Outcome.TERMINAL)],
 )
 def test_r68_response_classification(status: int | None, outcome: Outcome) -> None:
     assert classify(status) is outcome
@@ -355,43 +361,158 @@ def test_r67_batches_of_at_most_50(names: StoreNames) -> None:
     pump.close()
 
 
-def test_r68_500_then_200_is_retried_once_200ms_apart(names: StoreNames) -> None:
+def test_r68_500_then_200_is_retried_200ms_later_with_the_same_payload(names: StoreNames) -> None:
     record_evals(names, 10)
     post = Recorder([500, 200])
-    slept: list[float] = []
-    pump = EventPump(names, post, sleep=slept.append)
-    assert pump.drain(5)
+    now = [0.0]
+    pump = EventPump(names, post, concurrency=0, clock=lambda: now[0])
+    pump.cycle(force=True)
+    assert len(post.bodies) == 1 and pump.sent == 0
+    now[0] = 0.19
+    pump.cycle(force=True)
+    assert len(post.bodies) == 1  # not before the retry delay, even when forced
+    now[0] = 0.2
+    pump.cycle(force=True)
     assert len(post.bodies) == 2 and post.bodies[0] == post.bodies[1]  # same payload, same timestamps (R-65)
-    assert slept == [0.2] and pump.sent == 10 and pump.failed == 0
+    assert pump.sent == 10 and pump.failed == 0
     pump.close()
 
 
 def test_events_max_retries_and_retry_interval_configure_the_pump(names: StoreNames) -> None:
     # Config.events_max_retries / events_retry_interval reach the pump (issue 15:
-    # they were accepted and ignored).
+    # they were accepted and ignored): that many quick retries, that far apart.
     record_evals(names, 10)
     post = Recorder([500, 500, 500, 200])
-    slept: list[float] = []
-    pump = EventPump(names, post, attempts=4, retry_delay=0.7, sleep=slept.append)
-    assert pump.drain(5)
-    assert len(post.bodies) == 4 and slept == [0.7, 0.7, 0.7] and pump.sent == 10
+    now = [0.0]
+    pump = EventPump(names, post, attempts=4, retry_delay=0.7, concurrency=0, clock=lambda: now[0])
+    for step in range(4):
+        now[0] = step * 0.7
+        pump.cycle(force=True)
+        assert len(post.bodies) == step + 1
+    assert pump.sent == 10
     pump.close()
 
 
-def test_r68_two_failures_keep_the_events_for_the_next_flush(names: StoreNames) -> None:
-    """Issue 9 (the soak): a slice that fails both attempts is not thrown away;
-    it is tried again a flush interval later, in the ring until then."""
+def test_an_outage_backs_off_with_jitter_and_keeps_every_event(names: StoreNames) -> None:
+    """Issue 9 (the soak) and 18: a batch that keeps failing for a reason
+    that may pass is never thrown away; retries come ever further apart
+    (doubling, capped at 30 s, jittered), and the events wait."""
     record_evals(names, 10)
-    post = Recorder([503, None])
+    post = Recorder([503] * 9 + [200])
     now = [0.0]
-    pump = EventPump(names, post, sleep=lambda s: None, clock=lambda: now[0])
+    pump = EventPump(names, post, concurrency=0, clock=lambda: now[0], rand=lambda: 0.5)
+    waits = []
+    while not pump.sent and len(post.bodies) < 10:
+        before = len(post.bodies)
+        pump.cycle()
+        if len(post.bodies) > before:
+            waits.append(now[0])
+        now[0] = round(now[0] + 0.05, 2)
+    assert pump.sent == 10 and pump.failed == 0 and len(post.bodies) == 10
+    gaps = [round(b - a, 2) for a, b in zip(waits, waits[1:])]
+    assert gaps[0] == pytest.approx(0.2, abs=0.051)  # R-68: the first retry 200 ms later
+    assert all(later >= earlier for earlier, later in zip(gaps, gaps[1:]))  # then further and further apart
+    assert gaps[-1] > 10 and max(gaps) <= 30.05  # up to the cap
+    assert all(body == post.bodies[0] for body in post.bodies)  # the same payload every time (R-65)
+    pump.close()
+
+
+def test_retry_after_is_honoured(names: StoreNames) -> None:
+    # FeatBit's per-environment rate limit answers 429 with Retry-After.
+    record_evals(names, 5)
+    replies: list[Reply | int | None] = [Reply(429, 7.0), Reply(503, 2.0), 200]
+    bodies: list[bytes] = []
+
+    def post(body: bytes) -> Reply | int | None:
+        bodies.append(body)
+        return replies.pop(0)
+
+    now = [0.0]
+    pump = EventPump(names, post, concurrency=0, clock=lambda: now[0])
     pump.cycle(force=True)
-    assert len(post.bodies) == 2 and pump.failed == 0 and pump.sent == 0
-    pump.cycle()
-    assert len(post.bodies) == 2  # not before the next flush
-    now[0] += 1.0
-    pump.cycle()
-    assert len(post.bodies) == 3 and post.bodies[2] == post.bodies[0] and pump.sent == 10  # same payload (R-65)
+    now[0] = 6.9
+    pump.cycle(force=True)
+    assert len(bodies) == 1
+    now[0] = 7.0
+    pump.cycle(force=True)
+    assert len(bodies) == 2
+    now[0] = 8.9
+    pump.cycle(force=True)
+    assert len(bodies) == 2
+    now[0] = 9.0
+    pump.cycle(force=True)
+    assert len(bodies) == 3 and pump.sent == 5
+    pump.close()
+
+
+def test_retry_after_header_values() -> None:
+    assert retry_after("120", 0.0) == 120.0
+    assert retry_after("100000", 0.0) == 300.0  # capped
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
+    assert retry_after("soon", 0.0) is None and retry_after(None, 0.0) is None
+    assert backoff(1, 0.9) == 0.2 and 0.2 <= backoff(2, 0.0) <= backoff(2, 0.99) <= 0.4
+    assert backoff(40, 0.99) <= 30.0
+
+
+def test_a_400_or_413_drops_only_the_events_at_fault(names: StoreNames, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 18: one user with a 1 MB attribute behind a proxy's body limit
+    (413), or one event FeatBit cannot read (400), stopped delivery for every
+    worker (or was retried for ever). Now the batch is split until the
+    objects at fault are found; only they are dropped, counted and logged
+    with their flag key and size, never the user's attributes."""
+    control = ControlBlock(bytearray(SIZE))
+    control.initialize()
+    recorder = EventRecorder(names, ring_bytes=1 << 20)
+    for i in range(50):
+        user = {"key": f"u{i}", "secret-attr": "poison" if i in (7, 31) else "fine"}
+        assert recorder.record_eval(user, f"flag-{i}", "v", "on", False)
+
+    def post(body: bytes) -> int:
+        objects = json.loads(body)
+        posted.append(len(objects))
+        return 413 if b"poison" in body else 200
+
+    posted: list[int] = []
+    pump = EventPump(names, post, control, concurrency=0)
+    stop = threading.Event()
+    thread = threading.Thread(target=pump.run, args=(stop,), daemon=True)
+    with caplog.at_level(logging.WARNING, logger="featbit_shm"):
+        thread.start()
+        try:
+            assert recorder.flush_and_wait(10) is False  # processed, and two of this process's events were lost
+            assert pump.sent == 48 and pump.refused == 2 and pump.failed == 0
+            assert control.counter("events_refused") == 2 and control.counter("events_sent") == 48
+            assert posted[0] == 50 and len(posted) < 25  # halving, not one request per event
+            assert not pump.stopped  # and delivery goes on
+            assert recorder.record_eval({"key": "later"}, "f", "v", "on", False)
+            assert recorder.flush_and_wait(10) is True  # nothing lost since
+        finally:
+            stop.set()
+            thread.join(10)
+    assert "flag-7" in caplog.text and "HTTP 413" in caplog.text and "poison" not in caplog.text
+    pump.close()
+
+
+def test_requests_go_out_concurrently_once_the_endpoint_has_taken_one(names: StoreNames) -> None:
+    record_evals(names, 2000)
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most seen
+    bodies: list[int] = []
+
+    def post(body: bytes) -> int:
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight[1], in_flight[0])
+            bodies.append(body.count(b'"keyId"'))
+        time.sleep(0.02)
+        with lock:
+            in_flight[0] -= 1
+        return 200
+
+    pump = EventPump(names, post, concurrency=8)
+    assert pump.drain(60)
+    assert pump.sent == 2000 and sum(bodies) == 2000 and max(bodies) <= 50
+    assert 1 < in_flight[1] <= 8  # several in flight, never more than the bound
     pump.close()
 
 
@@ -430,13 +551,14 @@ def test_a_pump_killed_before_sending_leaves_its_events_for_the_next(names: Stor
 def test_r68_401_stops_delivery_for_good(names: StoreNames) -> None:
     control = ControlBlock(bytearray(SIZE))
     control.initialize()
-    record_evals(names, 60)
+    recorder = record_evals(names, 60)
     post = Recorder([401])
     pump = EventPump(names, post, control, sleep=lambda s: None)
     pump.drain(5)
-    assert len(post.bodies) == 1  # the second slice is never attempted
+    assert len(post.bodies) == 1  # the second slice is never attempted (one request until one succeeds)
     assert pump.stopped and control.counter("delivery_stopped") == 1
     assert (pump.sent, pump.failed) == (0, 60)
+    assert recorder._ring is not None and recorder._ring.words[W_LOST] == 60  # its flush_and_wait() will say False
     record_evals(names, 5, prefix="later")
     pump.drain(5)
     assert len(post.bodies) == 1
@@ -501,7 +623,7 @@ def test_a_worker_that_asked_for_a_flush_and_exited_is_reclaimed_cleanly(names: 
         os._exit(0)
     os.waitpid(pid, 0)
     post = Recorder()
-    pump = EventPump(names, post, sleep=lambda s: None, spare_rings=0)
+    pump = EventPump(names, post, sleep=lambda s: None, spare_rings=0, concurrency=0)
     assert pump.cycle(force=True)  # raises nothing; everything drained
     assert [o["user"]["keyId"] for body in post.bodies for o in body] == ["leaving"]
     assert Registry(names).slots() == [] and names.existing("r") == []
@@ -753,7 +875,7 @@ def test_recorded_bytes_equal_encode_eval(names: StoreNames, monkeypatch: pytest
     monkeypatch.setattr("featbit_shm.worker.recorder._time_ns", lambda: 1_700_000_000_123_456_789)
     recorder = EventRecorder(names, ring_bytes=1 << 18)
     consumer = None
-    for user in ({"key": "u"}, {"key": "u", "n": 1.5}, {"key": "w" * 70000}):
+    for user in ({"key": "u"}, {"key": "u", "n": 1.5}, {"key": "w" * 60000}):
         assert recorder.record_eval(user, "flag", "v1", "on", False)
         consumer = consumer or Ring.open(names, recorder._ring.ring_id)
         assert consumer.take(1) == [encode_eval(PACKER, 1_700_000_000_123_456_789, user, "flag", "v1", "on", False)[4:]]
@@ -869,7 +991,8 @@ def test_sync_dead_events_kept_until_ring_fills_then_delivered_by_new_leader(ser
         env.spawn()  # a new leader drains what was kept
         assert eventually(lambda: len(received_keys(server, "dead")) == recorded - dropped, timeout=30)
         keys = received_keys(server, "dead")
-        assert keys == [f"dead-{i}" for i in range(recorded - dropped)]  # the oldest were kept, in order
+        # The oldest were kept (requests in flight at once may arrive in any order).
+        assert sorted(keys, key=lambda k: int(k.split("-")[1])) == [f"dead-{i}" for i in range(recorded - dropped)]
         status = env.reader()
         assert eventually(lambda: status.control is not None and status.control.counter("events_dropped") >= dropped)
         print(f"\nsync dead: {per_call_us:.1f} us per variation, {dropped} of {recorded} dropped (ring full)")
@@ -883,7 +1006,7 @@ def test_401_stops_delivery_and_evaluation_is_unaffected(server: FeatBitStandIn)
         client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=env.namespace), start_wait=20)
         server.fail_insight(401)
         client.variation("f", {"key": "first"}, "d")
-        assert client.flush_and_wait(10)  # processed: failed, not pending
+        assert client.flush_and_wait(10) is False  # processed (not pending), and lost: the caller is told
         control = env.reader().control
         assert eventually(lambda: control.counter("delivery_stopped") == 1)
         for i in range(100):

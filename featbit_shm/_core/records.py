@@ -32,6 +32,7 @@ is one join, not 50 dicts through ``json.dumps``.
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import json
 import struct
@@ -47,12 +48,18 @@ from .user import InvalidUser, make_user, pack_user, wire_user
 METRIC: Final = 2
 IDENTIFY: Final = 3
 MAX_BATCH: Final = 50  # R-67: payload objects per request
+MAX_BODY: Final = 900 * 1024  # bytes per request body: under the 1 MiB limit proxies commonly set
+DEFAULT_MAX_EVENT_BYTES: Final = 64 * 1024  # a user bigger than this, packed, is not recorded (counted)
 ATTEMPTS: Final = 2  # R-68: attempts in total
 RETRY_DELAY_S: Final = 0.2  # R-68: between attempts
 
 
 class RecordError(ValueError):
     """Bytes in a ring that are not a valid event record."""
+
+
+class EventTooLarge(ValueError):
+    """An event bigger than the event size bound: not recorded (counted)."""
 
 
 _HEAD_LEN: Final = struct.Struct("<H")
@@ -95,11 +102,12 @@ class EvalEncoder:
     the same bytes).
     """
 
-    __slots__ = ("_pack", "user", "copy", "packed", "tails")
+    __slots__ = ("_pack", "user", "copy", "packed", "tails", "max_bytes")
 
     MAX_TAILS: Final = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_bytes = max_bytes
         self._pack = msgpack.Packer(autoreset=True).pack
         self.user: Any = None
         self.copy: dict[Any, Any] | None = None
@@ -110,6 +118,8 @@ class EvalEncoder:
         if user is self.user and user == self.copy:
             return self.packed
         packed = pack_user(self._pack, user)
+        if len(packed) > self.max_bytes:  # checked here, where a user is packed: never on a cache hit
+            raise EventTooLarge(f"the user is {len(packed)} bytes packed, over the event size bound of {self.max_bytes}")
         if all(type(v) is str for v in user.values()):
             self.user, self.copy, self.packed = user, dict(user), packed
         else:
@@ -135,7 +145,7 @@ class EvalEncoder:
         return _EVAL_HEAD.pack(EVAL_HEAD_SIZE + len(tail) + len(packed_user), EVAL_MARK, ts_ns, len(tail)) + tail + packed_user
 
     def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(self.max_bytes)  # type: ignore[misc]
 
 
 def encode_metrics(packer: msgpack.Packer, ts_ms: int, user: Mapping[str, Any], metrics: Sequence[tuple[str, float]]) -> bytes:
@@ -271,17 +281,69 @@ def batches(objects: Sequence[Any], size: int = MAX_BATCH) -> Iterator[Sequence[
 
 class Outcome(enum.Enum):
     SUCCESS = "success"
-    RETRY = "retry"
-    TERMINAL = "terminal"
+    RETRY = "retry"  # may pass: try again after a backoff (or the server's Retry-After)
+    REFUSED = "refused"  # this payload is refused (400, 413): split it to find the event(s) at fault
+    TERMINAL = "terminal"  # the credentials are refused: stop delivery for good
 
 
 def classify(status: int | None) -> Outcome:
-    """R-68: 2xx success; 400/408/429, 5xx, other non-4xx and network errors
-    (``None``) retry; any other 4xx stops delivery for good."""
+    """The response rules (docs/PROTOCOL.md, "Delivery"): 2xx success; 400
+    and 413 refuse the payload, not the sender (split it, drop only the
+    event at fault); 408, 429, 5xx, other non-4xx and network errors
+    (``None``) retry; any other 4xx (401, 403, 404...) stops delivery."""
     if status is None:
         return Outcome.RETRY
     if 200 <= status < 300:
         return Outcome.SUCCESS
-    if status in (400, 408, 429) or not 400 <= status < 500:
+    if status in (400, 413):
+        return Outcome.REFUSED
+    if status in (408, 429) or not 400 <= status < 500:
         return Outcome.RETRY
     return Outcome.TERMINAL
+
+
+MAX_RETRY_AFTER_S: Final = 300.0  # a Retry-After longer than this is capped
+BACKOFF_BASE_S: Final = 0.2  # the first retry comes this long after a failure (R-68)
+BACKOFF_MAX_S: Final = 30.0
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an
+    HTTP date; ``now`` is Unix time), capped at MAX_RETRY_AFTER_S; None when
+    absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(0.0, when - now), MAX_RETRY_AFTER_S)
+
+
+def backoff(failures: int, rand: float, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_MAX_S) -> float:
+    """Seconds before the next attempt after ``failures`` retryable failures
+    in a row: ``base`` after the first (R-68's 200 ms), then doubling up to
+    ``cap``, with "equal jitter" from ``rand`` in [0, 1): half fixed, half
+    random, so hosts that failed together do not retry together."""
+    ceiling = min(cap, base * (2 ** max(0, failures - 1)))
+    return ceiling / 2 + ceiling / 2 * rand if failures > 1 else base
+
+
+def describe_payload(payload: bytes) -> str:
+    """What a refused payload object was, for a log line: its kind, flag keys
+    or event names, and size -- never the user's attributes."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return f"an unreadable object of {len(payload)} bytes"
+    if isinstance(obj, dict):
+        if obj.get("variations"):
+            keys = [v.get("featureFlagKey") for v in obj["variations"] if isinstance(v, dict)]
+            return f"an evaluation of flag(s) {keys} of {len(payload)} bytes"
+        if obj.get("metrics"):
+            names = [m.get("eventName") for m in obj["metrics"] if isinstance(m, dict)]
+            return f"metric(s) {names} of {len(payload)} bytes"
+    return f"a user object of {len(payload)} bytes"

@@ -20,7 +20,7 @@
 #include <string.h>
 
 /* Header words (u64, little-endian), as featbit_shm.shm.ring defines them. */
-enum { W_CAP = 2, W_HEAD = 3, W_TAIL = 4, W_RESERVED = 12 };
+enum { W_CAP = 2, W_HEAD = 3, W_TAIL = 4, W_RESERVED = 12, W_WRITTEN = 15 };
 #define HEADER_BYTES 4096
 #define EVAL_MARK 0xFFFF
 
@@ -114,6 +114,7 @@ Writer_append_eval(Writer *self, PyObject *const *args, Py_ssize_t nargs)
     memcpy(p + 16 + tlen, PyBytes_AS_STRING(args[2]), (size_t)ulen);
     /* The record is complete; only now may the consumer see it. */
     __atomic_store_n(&words[W_HEAD], end, __ATOMIC_RELEASE);
+    words[W_WRITTEN] += 1; /* ours alone too; a statistic the consumer reads as it is */
     Py_RETURN_TRUE;
 }
 

@@ -20,16 +20,20 @@ Byte layout (little-endian, 4096 bytes, every field 8-byte aligned so each
      88   8  u64   segments         active segments in the snapshot
      96   8  u64   reconnects
     104   8  u64   events sent
-    112   8  u64   events dropped   (a full ring dropped the NEW event, R-67)
-    120   8  u64   events failed
+    112   8  u64   events dropped   a full ring (or /dev/shm) dropped the NEW event (R-67)
+    120   8  u64   events failed    given up: delivery stopped (401/403), or left at the shutdown deadline
     128   8  u64   delivery stopped 1 after a terminal 4xx (R-68)
     136   8  u64   publishes
     144   8  u64   publish errors
     152   8  f64   last publish     Unix time
-    160   8  u64   events queued
+    160   8  u64   events queued    waiting: written into rings and not yet delivered or lost (exact)
     168   8  u64   config           fingerprint of the leader's configuration (_core.settings.fingerprint)
     176   8  f64   last error at    Unix time of the last WARNING/ERROR the leader logged (0: none)
-    184  40  --    reserved
+    184   8  u64   events refused   FeatBit refused them (400/413, found by splitting the batch)
+    192   8  u64   events too large over the event size bound, refused by the recorder
+    200   8  u64   events recorded  written into the rings, plus every one refused on the way in
+    208   8  u64   events no space  (part of "dropped": /dev/shm had no page for them)
+    216   8  u64   events malformed records the sync process could not decode
     224  64  64s   snapshot name    ASCII, NUL padded
     288 224  --    reserved
     512  64  64s   namespace        UTF-8, NUL padded (names the store in `featbit-shm status`)
@@ -81,6 +85,11 @@ W_LAST_PUBLISH: Final = 19
 W_EVENTS_QUEUED: Final = 20
 W_CONFIG: Final = 21
 W_LAST_ERROR_AT: Final = 22
+W_EVENTS_REFUSED: Final = 23
+W_EVENTS_TOO_LARGE: Final = 24
+W_EVENTS_RECORDED: Final = 25
+W_EVENTS_NO_SPACE: Final = 26
+W_EVENTS_MALFORMED: Final = 27
 NAMESPACE_OFFSET: Final = 512
 NAMESPACE_SIZE: Final = 64
 ERROR_OFFSET: Final = 576
@@ -95,6 +104,11 @@ COUNTERS: Final = {
     "delivery_stopped": W_DELIVERY_STOPPED,
     "publishes": W_PUBLISHES,
     "publish_errors": W_PUBLISH_ERRORS,
+    "events_refused": W_EVENTS_REFUSED,
+    "events_too_large": W_EVENTS_TOO_LARGE,
+    "events_recorded": W_EVENTS_RECORDED,
+    "events_no_space": W_EVENTS_NO_SPACE,
+    "events_malformed": W_EVENTS_MALFORMED,
 }
 
 

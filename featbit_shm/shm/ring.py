@@ -13,7 +13,7 @@ fast path when it was built (:mod:`._fastring`, :meth:`Ring.enable_fast_path`):
 it writes the same bytes as :meth:`Ring.append` for a record that fits in
 reserved pages before the end of the ring, and leaves anything else to it.
 
-Ring layout: a header page (4096 bytes; only the first 15 little-endian u64
+Ring layout: a header page (4096 bytes; only the first 18 little-endian u64
 words are used), then ``capacity`` data bytes, a whole number of pages::
 
     word  field              written by
@@ -32,6 +32,9 @@ words are used), then ``capacity`` data bytes, a whole number of pages::
       12  reserved           producer: pages below this position are committed
       13  served generation  producer: the snapshot generation its process serves (at each store watch)
       14  stale since        producer: Unix ms since it cannot map the store's newest generation (0: it can)
+      15  written            producer: records written (so events waiting = written - consumed, exactly)
+      16  too large          producer: events refused before writing, bigger than the event size bound
+      17  lost               consumer: records taken out and then lost (refused, malformed, given up)
 
 A record is a u32 length and that many bytes, padded to 8 (the producer
 hands the ring records already framed with their length, so writing one is
@@ -101,7 +104,7 @@ WRAP: Final = 0xFFFFFFFF
 _LEN: Final = struct.Struct("<I")
 
 W_CAP, W_HEAD, W_TAIL, W_DROPPED, W_NOSPACE, W_PID, W_FLUSH_REQ, W_FLUSH_DONE, W_MALFORMED, W_CONSUMED, W_RESERVED = range(2, 13)
-W_SERVED, W_STALE_SINCE = 13, 14
+W_SERVED, W_STALE_SINCE, W_WRITTEN, W_TOO_LARGE, W_LOST = range(13, 18)
 
 
 def ring_capacity(requested: int) -> int:
@@ -232,6 +235,7 @@ class Ring:
         data[pos : pos + size] = framed
         # The record is complete; only now may the consumer see it.
         words[W_HEAD] = end
+        words[W_WRITTEN] += 1
         return True
 
     def _reserve(self, head: int, end: int) -> bool:

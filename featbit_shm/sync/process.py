@@ -55,9 +55,10 @@ from ..shm.names import StoreNames
 from ..shm.reader import find_control
 from ..shm.registry import Registry
 from ..shm.writer import SnapshotWriter, open_image, publish_delay_from_env, publish_fault_from_env
+from .delivery import InsightClient
 from .election import Election
 from .launcher import spawn_sync_process, stop_sync_process
-from .pump import EventPump, HttpSender
+from .pump import EventPump
 from .settings import SyncSettings
 from .sources import FileSource, StreamSource
 
@@ -264,7 +265,7 @@ class SyncProcess:
             return FileSource(s.bootstrap_file)
         return StreamSource(
             s.env_secret, s.streaming_url, lambda: self.dataset.version,
-            backoff=Backoff(first=s.streaming_first_retry_delay), on_open=self._on_open,
+            backoff=Backoff(first=s.streaming_first_retry_delay), on_open=self._on_open, ca_bundle=s.ca_bundle,
         )
 
     def _on_open(self) -> None:
@@ -412,9 +413,10 @@ class SyncProcess:
         self._pump_stop = threading.Event()
         self._pump = EventPump(
             self.names,
-            HttpSender(s.event_url, s.env_secret),
+            InsightClient(s.event_url, s.env_secret, ca_bundle=s.ca_bundle),
             self.writer.control,
             flush_interval=s.events_flush_interval,
+            concurrency=s.event_concurrency,
             ring_bytes=s.ring_bytes,
             attempts=s.events_max_retries + 1,
             retry_delay=s.events_retry_interval,

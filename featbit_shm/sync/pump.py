@@ -1,115 +1,146 @@
-"""The sync-process side of events: drain every worker's ring, post to FeatBit.
+"""The sync-process side of events: drain every worker's ring, deliver to FeatBit.
 
 The pump runs on its own thread in the sync process (a dedicated process, so
-threads there cost the workers nothing). Every cycle (50 ms) it copies
-records out of each claimed ring into a bounded buffer -- when the buffer is
-full it stops taking, and the rings hold the rest (and drop new events once
-full, counted) -- turns them into insight payloads, and posts them in slices
-of at most 50 (R-67) when a slice is full, every ``flush_interval``, or when a
-worker asked for a flush (R-69). Each slice gets at most 2 attempts 200 ms
-apart; a terminal 4xx stops delivery for good (R-68). Rings whose process
-is dead are drained, then unlinked and their registry slot freed. On stop it
-keeps going until everything is sent or the shutdown deadline passes (R-70).
+threads there cost the workers nothing). It copies records out of each
+claimed ring into a bounded buffer (when the buffer is full it stops taking,
+and the rings hold the rest, dropping new events once full, counted, R-67),
+renders them into insight payload objects, and hands batches of at most 50
+objects (R-67) and at most ``MAX_BODY`` bytes to a pool of sender threads:
+up to ``concurrency`` requests in flight, each thread on its own keep-alive
+connection. A full batch goes at once; a partial one every
+``flush_interval``, or when a worker asked for a flush (R-69).
+
+Responses (:func:`~featbit_shm._core.records.classify`):
+
+* 2xx: delivered.
+* 400 or 413: the payload is refused, not the sender. The sender splits the
+  batch in halves until it finds the object(s) at fault; only those are
+  dropped, counted as ``refused`` and logged with their flag keys or event
+  names and size (never the user's attributes); the rest are delivered.
+* 408, 429, 5xx, network errors: the batch goes back to the head of the
+  queue. Nothing is sent before ``Retry-After`` (429/503, capped at 300 s)
+  or a backoff: ``retry_delay`` (R-68's 200 ms) for the first
+  ``attempts - 1`` failures in a row, then doubling to 30 s with jitter.
+  While failures last, one request probes at a time and the pump sleeps
+  between probes: an outage costs no CPU, and events wait in the buffer,
+  then in the rings.
+* Other 4xx (401, 403, 404): delivery stops for good (R-68), loudly; what
+  waits and what comes later is counted as failed.
 
 Nothing is lost that is not counted. A ring's space is freed (its tail
-committed) only once its records were accepted by FeatBit or failed for
-good, so a sync process killed with events in its buffer or in flight leaves
-them in the rings and its successor sends them (a post that succeeded just
-before the kill may arrive twice: at-least-once). A slice that fails its two
-attempts for a retryable reason (5xx, 408, 429, network) is not thrown away:
-it stays first in the buffer and is tried again at the next flush, so an
-outage of the insight endpoint makes events wait -- in the buffer, then in
-the rings -- and only a full ring drops new events, counted (R-67). What the
-shutdown deadline leaves in the rings of exited workers is counted as failed.
+committed) only once its records were delivered or lost for good, in ring
+order, so a sync process killed with events in its buffer or in flight
+leaves them in the rings for its successor (a request that succeeded just
+before the kill may arrive twice: at-least-once). Rings whose process is
+dead are drained, then unlinked and their registry slot freed. On stop the
+pump keeps delivering until everything is out or the shutdown deadline
+passes (R-70); what that deadline leaves of exited workers is counted as
+failed. ``featbit-shm status`` shows every counter: recorded, delivered,
+waiting (exact, from each ring's written and consumed counts), and lost by
+reason (ring full, no space, too large, refused, malformed, failed).
 """
 
 from __future__ import annotations
 
-import http.client
+import collections
 import logging
+import queue
+import random
 import threading
 import time
-from collections.abc import Callable
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
-from .._core.protocol import USER_AGENT, insight_url
 from .._core.records import (
     ATTEMPTS,
     MAX_BATCH,
+    MAX_BODY,
     RETRY_DELAY_S,
     Outcome,
     RecordError,
     Renderer,
+    backoff,
     classify,
+    describe_payload,
     join_json,
 )
 from .._runtime.environment import DEFAULT_EVENT_RING_BYTES
+from .._runtime.notices import warn_limited
 from .._runtime.processes import pid_alive
 from ..shm.control import (
     W_DELIVERY_STOPPED,
     W_EVENTS_DROPPED,
     W_EVENTS_FAILED,
+    W_EVENTS_MALFORMED,
+    W_EVENTS_NO_SPACE,
     W_EVENTS_QUEUED,
+    W_EVENTS_RECORDED,
+    W_EVENTS_REFUSED,
     W_EVENTS_SENT,
+    W_EVENTS_TOO_LARGE,
     ControlBlock,
 )
 from ..shm.names import StoreNames
 from ..shm.objects import unlink_object
 from ..shm.registry import Registry
-from ..shm.ring import W_DROPPED, W_FLUSH_DONE, W_FLUSH_REQ, W_MALFORMED, Ring
+from ..shm.ring import (
+    W_CONSUMED,
+    W_DROPPED,
+    W_FLUSH_DONE,
+    W_FLUSH_REQ,
+    W_HEAD,
+    W_LOST,
+    W_MALFORMED,
+    W_NOSPACE,
+    W_TAIL,
+    W_TOO_LARGE,
+    W_WRITTEN,
+    Ring,
+)
 from ..shm.trust import RING
+from .delivery import InsightClient, Reply
 
 log = logging.getLogger("featbit_shm.events")
 
-Post = Callable[[bytes], "int | None"]
+#: Requests in flight at once, at most (FEATBIT_SHM_EVENT_CONCURRENCY). At
+#: 100 ms per request, 24 x 50 objects is 12,000 events/s; a healthy host
+#: with little backlog has one request in flight now and then.
+DEFAULT_CONCURRENCY = 24
+
+Post = Callable[[bytes], "Reply | int | None"]
+
+# Ring words summed into the store's counters (producer and consumer words).
+_RING_TOTALS = {"written": W_WRITTEN, "dropped": W_DROPPED, "no_space": W_NOSPACE, "too_large": W_TOO_LARGE, "consumed": W_CONSUMED}
 
 
-class HttpSender:
-    """POST with keep-alive, R-61 headers, 1 s connect / 2 s per attempt (R-68)."""
+def _reply(value: Reply | int | None) -> Reply:
+    return value if isinstance(value, Reply) else Reply(value)
 
-    def __init__(self, event_base: str, secret: str, *, connect_timeout: float = 1.0, timeout: float = 2.0) -> None:
-        url = insight_url(event_base)
-        parts = urlsplit(url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or "localhost"
-        self._port = parts.port
-        self._path = parts.path + (f"?{parts.query}" if parts.query else "")
-        self._headers = {
-            "Authorization": secret,  # the raw secret, no "Bearer" (R-61)
-            "Content-Type": "application/json; charset=utf-8",
-            "User-Agent": USER_AGENT,
-        }
-        self._connect_timeout = connect_timeout
-        self._timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self._connect_timeout)
-            self._conn.connect()
-            if self._conn.sock is not None:
-                self._conn.sock.settimeout(self._timeout)
-        return self._conn
+class _Entry:
+    """One record taken from a ring: its payload (None: malformed), and the
+    ring position just past it, committed once it is done."""
 
-    def __call__(self, body: bytes) -> int | None:
-        try:
-            conn = self._connection()
-            conn.request("POST", self._path, body=body, headers=self._headers)
-            resp = conn.getresponse()
-            resp.read()
-            if resp.getheader("Connection", "").lower() == "close":
-                self.close()
-            return resp.status
-        except (OSError, http.client.HTTPException) as exc:
-            log.warning("featbit_shm: insight request failed: %s", exc)
-            self.close()
-            return None
+    __slots__ = ("payload", "ring_id", "end", "done")
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def __init__(self, payload: bytes | None, ring_id: int, end: int) -> None:
+        self.payload = payload
+        self.ring_id = ring_id
+        self.end = end
+        self.done = payload is None
+
+
+@dataclass
+class _Result:
+    """What a sender made of one batch."""
+
+    delivered: list[_Entry] = field(default_factory=list)
+    refused: list[tuple[_Entry, int | None]] = field(default_factory=list)
+    retry: list[_Entry] = field(default_factory=list)  # to send again, in order
+    stopped: list[_Entry] = field(default_factory=list)  # delivery stopped for good on these
+    status: int | None = None  # of the failure, when there was one
+    retry_after: float | None = None
+    terminal: bool = False
 
 
 class EventPump:
@@ -122,10 +153,12 @@ class EventPump:
         flush_interval: float = 1.0,
         attempts: int = ATTEMPTS,
         retry_delay: float = RETRY_DELAY_S,
+        concurrency: int = DEFAULT_CONCURRENCY,
         max_buffer: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         alive: Callable[[int], bool] = pid_alive,
+        rand: Callable[[], float] = random.random,
         ring_bytes: int | None = None,
         spare_rings: int = 8,
     ) -> None:
@@ -139,82 +172,264 @@ class EventPump:
         self._post = post
         self._control = control
         self._flush_interval = flush_interval
-        self._attempts = max(1, attempts)  # Config.events_max_retries + 1
+        self._quick_retries = max(0, attempts - 1)  # Config.events_max_retries
         self._retry_delay = retry_delay  # Config.events_retry_interval
+        # 0: every request is made on the pump's own thread (tests, tools).
+        self._concurrency = max(0, concurrency)
         self._max_buffer = max_buffer
         self._clock = clock
         self._sleep = sleep
         self._alive = alive
+        self._rand = rand
         self._rings: dict[int, Ring] = {}
-        # Rendered payload objects (None: a malformed record), each with its
-        # ring and the ring position just past it, committed once it is done.
-        self._buffer: list[tuple[bytes | None, int, int]] = []
-        self._retry_at = 0.0  # after a retryable failure, no send before this
+        self._order: collections.deque[_Entry] = collections.deque()  # taken, not yet committed, in ring order
+        self._ready: collections.deque[_Entry] = collections.deque()  # to send
+        self._in_flight = 0
+        self._jobs: queue.SimpleQueue[list[_Entry] | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+        self._senders: list[threading.Thread] = []
+        self.wake = threading.Event()  # set when a sender finishes a batch
+        self._flushes: dict[int, tuple[int, int]] = {}  # ring id -> (request, ring head when seen)
+        self._failures = 0  # retryable failures in a row
+        self._proven = False  # the endpoint accepted a request: until then, one at a time
+        self._not_before = 0.0  # after a retryable failure, no request before this
         self._left_bytes = 0
-        self._record_bytes = 128
         self._renderer = Renderer()
         self._last_send = clock()
         # Counters continue those of a previous leader of this store.
         self.sent = control.counter("events_sent") if control is not None else 0
         self.failed = control.counter("events_failed") if control is not None else 0
-        self._dropped_reclaimed = control.counter("events_dropped") if control is not None else 0
-        self.malformed = 0
+        self.refused = control.counter("events_refused") if control is not None else 0
+        self.malformed = control.counter("events_malformed") if control is not None else 0
+        self._reclaimed = dict.fromkeys(_RING_TOTALS, 0)  # ring words of rings removed meanwhile
+        self._bases: dict[str, int] | None = None  # a previous leader's totals, beside the live rings
         self.stopped = False  # delivery stopped by a terminal 4xx (R-68)
 
     # ------------------------------------------------------------------ one cycle
 
     def cycle(self, *, force: bool = False) -> bool:
-        """Drain, send what is due, reclaim dead rings. True when all is empty."""
-        flushes: list[tuple[Ring, int]] = []
+        """Collect finished requests, drain the rings, send what is due,
+        commit and reclaim. True when nothing is left anywhere."""
+        self._collect()
+        dead, drained_all = self._drain()
+        self._dispatch(force)
+        self._collect()
+        self._commit(dead)
+        self._publish_counters()
+        self._top_up_spares()
+        return drained_all and not self._order and not self._in_flight
+
+    def _drain(self) -> tuple[list[tuple[int, int]], bool]:
+        """Copy records out of every claimed ring into the buffer; note flush
+        requests. Returns the (slot, ring id) of dead processes' empty rings."""
         self._left_bytes = 0
         drained_all = True
-        slots = self.registry.slots()
-        live_ids = set()
         dead: list[tuple[int, int]] = []
-        for slot, pid, ring_id, _state, _at in slots:
+        live_ids = set()
+        render = self._renderer.render
+        for slot, pid, ring_id, _state, _at in self.registry.slots():
             live_ids.add(ring_id)
             ring = self._ring(ring_id)
             if ring is None:
                 continue
-            requested = int(ring.words[W_FLUSH_REQ])
-            room = self._max_buffer - len(self._buffer)
-            records = ring.take_positions(max(0, room))
-            render = self._renderer.render
-            for record, end in records:
+            words = ring.words
+            requested = int(words[W_FLUSH_REQ])
+            if requested > words[W_FLUSH_DONE] and self._flushes.get(ring_id, (0, 0))[0] != requested:
+                self._flushes[ring_id] = (requested, int(words[W_HEAD]))  # everything recorded before it
+            room = self._max_buffer - len(self._order)
+            for record, end in ring.take_positions(max(0, room)):
                 try:
-                    self._buffer.append((render(record), ring_id, end))
+                    entry = _Entry(render(record), ring_id, end)
                 except RecordError:
-                    ring.words[W_MALFORMED] += 1
+                    entry = _Entry(None, ring_id, end)
+                    words[W_MALFORMED] += 1
+                    words[W_LOST] += 1
                     self.malformed += 1
-                    self._buffer.append((None, ring_id, end))
+                self._order.append(entry)
+                if not entry.done:
+                    self._ready.append(entry)
             if ring.unread_bytes:
                 drained_all = False
                 self._left_bytes += ring.unread_bytes
             elif not self._alive(pid):
                 # Its process is gone: no flush waiter is left. The ring is
-                # reclaimed below, once every record taken from it is done.
+                # reclaimed once every record taken from it is done.
                 dead.append((slot, ring_id))
-            elif requested > ring.words[W_FLUSH_DONE]:
-                flushes.append((ring, requested))
-            if records:
-                self._record_bytes = sum(len(r) for r, _end in records) // len(records)
+                self._flushes.pop(ring_id, None)
         for ring_id in list(self._rings):
             if ring_id not in live_ids:
-                self._rings.pop(ring_id).close()
+                self._forget(ring_id)
+        return dead, drained_all
+
+    def _dispatch(self, force: bool) -> None:
+        """Hand due batches to the senders (or send them here, concurrency 0)."""
+        if self.stopped:
+            self._give_up(self._ready, "stopped")
+            self._ready.clear()
+            return
         now = self._clock()
-        due = force or bool(flushes) or now - self._last_send >= self._flush_interval
-        if self._buffer and (due or len(self._buffer) >= MAX_BATCH) and (force or now >= self._retry_at):
-            self._send(all_of_it=due)
-        if not self._buffer:
-            for ring, requested in flushes:
-                ring.words[W_FLUSH_DONE] = requested  # processed: sent or failed (R-69)
+        # A partial batch goes every flush interval, on a flush, or as a retry (once the backoff ends).
+        due = force or bool(self._flushes) or bool(self._failures) or now - self._last_send >= self._flush_interval
+        # One request at a time until the endpoint has taken one, and again while it fails.
+        limit = max(1, self._concurrency) if self._proven and not self._failures else 1
+        while self._ready and self._in_flight < limit and now >= self._not_before and not self.stopped:
+            if len(self._ready) < MAX_BATCH and not due:
+                break
+            batch = self._next_batch()
+            self._in_flight += 1
+            self._last_send = now
+            if self._concurrency:
+                self._start_senders()
+                self._jobs.put(batch)
+            else:
+                self._finish(self._deliver(batch))
+
+    def _next_batch(self) -> list[_Entry]:
+        """Up to MAX_BATCH objects and MAX_BODY bytes (at least one object)."""
+        ready = self._ready
+        batch = [ready.popleft()]
+        size = len(batch[0].payload or b"")
+        while ready and len(batch) < MAX_BATCH:
+            more = len(ready[0].payload or b"") + 1
+            if size + more > MAX_BODY:
+                break
+            batch.append(ready.popleft())
+            size += more
+        return batch
+
+    # ------------------------------------------------------------------ senders
+
+    def _start_senders(self) -> None:
+        while len(self._senders) < self._concurrency and len(self._senders) < self._in_flight:
+            thread = threading.Thread(target=self._send_loop, name=f"featbit-events-{len(self._senders)}", daemon=True)
+            self._senders.append(thread)
+            thread.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            batch = self._jobs.get()
+            if batch is None:
+                return
+            try:
+                result = self._deliver(batch)
+            except Exception:  # a sender never dies; the batch is tried again
+                log.exception("featbit_shm: an event sender failed")
+                result = _Result(retry=batch)
+            self._results.put(result)
+            self.wake.set()
+
+    def _deliver(self, batch: list[_Entry]) -> _Result:
+        """Post one batch; on 400/413 split it to find the objects at fault."""
+        result = _Result()
+        parts: collections.deque[list[_Entry]] = collections.deque([batch])
+        while parts:
+            part = parts.popleft()
+            reply = _reply(self._post(join_json([e.payload or b"" for e in part])))
+            outcome = classify(reply.status)
+            if outcome is Outcome.SUCCESS:
+                result.delivered.extend(part)
+            elif outcome is Outcome.REFUSED:
+                if len(part) == 1:
+                    result.refused.append((part[0], reply.status))
+                else:
+                    middle = len(part) // 2
+                    parts.extendleft((part[middle:], part[:middle]))  # first half first
+            elif outcome is Outcome.RETRY:
+                result.retry = part + [e for rest in parts for e in rest]
+                result.status, result.retry_after = reply.status, reply.retry_after
+                return result
+            else:
+                result.stopped = part + [e for rest in parts for e in rest]
+                result.status, result.terminal = reply.status, True
+                return result
+        return result
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                result = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._finish(result)
+
+    def _finish(self, result: _Result) -> None:
+        self._in_flight -= 1
+        for entry in result.delivered:
+            entry.done = True
+        self.sent += len(result.delivered)
+        for entry, status in result.refused:
+            entry.done = True
+            self.refused += 1
+            self._lost_in_ring(entry.ring_id)
+            warn_limited(
+                f"event-refused {status}",
+                f"featbit_shm: FeatBit refused {describe_payload(entry.payload or b'')} with HTTP {status}; "
+                "dropped (counted as refused), the rest of its batch was delivered",
+            )
+        if result.delivered or result.refused:
+            self._failures = 0
+            self._proven = True
+        if result.retry:
+            self._ready.extendleft(reversed(result.retry))  # back to the head, in order
+            self._failures += 1
+            wait = result.retry_after
+            if wait is None:
+                wait = self._retry_delay if self._failures <= self._quick_retries else backoff(self._failures - self._quick_retries + 1, self._rand(), self._retry_delay)
+            self._not_before = self._clock() + wait
+            if self._failures > self._quick_retries:
+                warn_limited(
+                    "insight-unavailable",
+                    f"featbit_shm: the insight endpoint is unavailable ({'no answer' if result.status is None else f'HTTP {result.status}'}); "
+                    f"events wait and are retried (next in {wait:.1f} s)",
+                )
+        if result.terminal:
+            if not self.stopped:
+                log.error(
+                    "featbit_shm: FeatBit refused this environment's events with HTTP %s (a wrong or revoked secret?); "
+                    "event delivery stops until the sync process restarts (R-68); flag sync goes on",
+                    result.status,
+                )
+            self.stopped = True
+            self._give_up(result.stopped, "stopped")
+
+    def _give_up(self, entries: Iterable[_Entry], _reason: str) -> None:
+        for entry in entries:
+            if not entry.done:
+                entry.done = True
+                self.failed += 1
+                self._lost_in_ring(entry.ring_id)
+
+    def _lost_in_ring(self, ring_id: int) -> None:
+        ring = self._rings.get(ring_id)
+        if ring is not None:
+            ring.words[W_LOST] += 1  # flush_and_wait() of its process says False
+
+    # ------------------------------------------------------------------ commit
+
+    def _commit(self, dead: list[tuple[int, int]]) -> None:
+        """Free the ring space of records done, in ring order; finish flushes
+        whose records are all done; reclaim the rings of exited workers."""
+        upto: dict[int, tuple[int, int]] = {}
+        order = self._order
+        while order and order[0].done:
+            entry = order.popleft()
+            position, count = upto.get(entry.ring_id, (0, 0))
+            upto[entry.ring_id] = (max(position, entry.end), count + 1)
+        for ring_id, (position, count) in upto.items():
+            ring = self._rings.get(ring_id)
+            if ring is not None:
+                ring.commit_to(position, count)
+        for ring_id, (requested, head) in list(self._flushes.items()):
+            ring = self._rings.get(ring_id)
+            if ring is None:
+                del self._flushes[ring_id]
+            elif ring.words[W_TAIL] >= head:  # processed: delivered or lost (R-69)
+                ring.words[W_FLUSH_DONE] = requested
+                del self._flushes[ring_id]
         for slot, ring_id in dead:
             ring = self._rings.get(ring_id)
-            if ring is not None and not ring.pending_bytes:  # every record of it sent or failed
+            if ring is not None and not ring.pending_bytes:  # every record of it done
                 self._reclaim(slot, ring_id)
-        self._publish_counters()
-        self._top_up_spares()
-        return drained_all and not self._buffer
 
     def _top_up_spares(self) -> None:
         """Keep empty rings ready for workers that will record (see ring.py),
@@ -243,94 +458,113 @@ class EventPump:
                 return None
         return ring
 
+    def _forget(self, ring_id: int) -> None:
+        """Stop using a ring (reclaimed, or gone from the registry): keep its totals."""
+        ring = self._rings.pop(ring_id)
+        for name, word in _RING_TOTALS.items():
+            self._reclaimed[name] += int(ring.words[word])
+        ring.close()
+
     def _reclaim(self, slot: int, ring_id: int) -> None:
-        ring = self._rings.pop(ring_id, None)
-        if ring is not None:
-            self._dropped_reclaimed += int(ring.words[W_DROPPED])
-            ring.close()
+        if ring_id in self._rings:
+            self._forget(ring_id)
         unlink_object(self.names.ring(ring_id), RING, self.names.access)
         self.registry.release(slot, ring_id)
 
-    def _send(self, *, all_of_it: bool) -> None:
-        n = len(self._buffer)
-        if not all_of_it:
-            n -= n % MAX_BATCH
-        while n > 0:
-            chunk = self._buffer[: min(n, MAX_BATCH)]
-            payloads = [p for p, _ring, _end in chunk if p is not None]
-            if self.stopped or not payloads:
-                self.failed += len(payloads)
-            else:
-                body = join_json(payloads)
-                outcome = Outcome.RETRY
-                for attempt in range(self._attempts):
-                    outcome = classify(self._post(body))
-                    if outcome is not Outcome.RETRY:
-                        break
-                    if attempt + 1 < self._attempts:
-                        self._sleep(self._retry_delay)
-                if outcome is Outcome.SUCCESS:
-                    self.sent += len(payloads)
-                elif outcome is Outcome.TERMINAL:
-                    log.error("featbit_shm: FeatBit refused events (terminal 4xx); event delivery stops (R-68)")
-                    self.stopped = True
-                    self.failed += len(payloads)
-                else:
-                    # Both attempts failed for a reason that may pass: keep
-                    # this slice and the rest; try again at the next flush.
-                    self._retry_at = self._clock() + self._flush_interval
-                    break
-            # Done with this slice: free its ring space now, so a kill
-            # after this point resends nothing of it.
-            self._complete(len(chunk))
-            n -= len(chunk)
-        self._last_send = self._clock()
+    # ------------------------------------------------------------------ counters
 
-    def _complete(self, n: int) -> None:
-        """The first ``n`` buffered records were sent or failed: free their ring space."""
-        upto: dict[int, tuple[int, int]] = {}
-        for _payload, ring_id, end in self._buffer[:n]:
-            position, count = upto.get(ring_id, (0, 0))
-            upto[ring_id] = (max(position, end), count + 1)
-        del self._buffer[:n]
-        for ring_id, (position, count) in upto.items():
-            ring = self._rings.get(ring_id)
-            if ring is not None:
-                ring.commit_to(position, count)
-        self._publish_counters()  # per slice: a killed pump's successor continues from here
+    def totals(self) -> dict[str, int]:
+        """Every counter of the store's events (what status shows)."""
+        live = dict.fromkeys(_RING_TOTALS, 0)
+        for ring in self._rings.values():
+            for name, word in _RING_TOTALS.items():
+                live[name] += int(ring.words[word])
+        ring_sums = {name: self._reclaimed[name] + live[name] for name in _RING_TOTALS}
+        if self._bases is None:
+            # A previous leader's totals: what the block says, beyond the rings now here.
+            block = self._control
+            previous = {
+                "dropped": block.counter("events_dropped") if block else 0,
+                "no_space": block.counter("events_no_space") if block else 0,
+                "too_large": block.counter("events_too_large") if block else 0,
+                "recorded": block.counter("events_recorded") if block else 0,
+            }
+            recorded_here = ring_sums["written"] + ring_sums["dropped"] + ring_sums["too_large"]
+            self._bases = {
+                "dropped": max(0, previous["dropped"] - ring_sums["dropped"]),
+                "no_space": max(0, previous["no_space"] - ring_sums["no_space"]),
+                "too_large": max(0, previous["too_large"] - ring_sums["too_large"]),
+                "recorded": max(0, previous["recorded"] - recorded_here),
+            }
+        bases = self._bases
+        return {
+            "recorded": bases["recorded"] + ring_sums["written"] + ring_sums["dropped"] + ring_sums["too_large"],
+            "sent": self.sent,
+            "queued": max(0, live["written"] - live["consumed"]),
+            "dropped": bases["dropped"] + ring_sums["dropped"],
+            "no_space": bases["no_space"] + ring_sums["no_space"],
+            "too_large": bases["too_large"] + ring_sums["too_large"],
+            "refused": self.refused,
+            "malformed": self.malformed,
+            "failed": self.failed,
+        }
 
     def _publish_counters(self) -> None:
         block = self._control
         if block is None:
             return
-        dropped = self._dropped_reclaimed + sum(int(ring.words[W_DROPPED]) for ring in self._rings.values())
-        # Records still in rings are estimated from their bytes (the pump
-        # counts exactly only what it has taken out).
-        queued = self._left_bytes // max(self._record_bytes, 1)
-        block.set_word(W_EVENTS_SENT, self.sent)
-        block.set_word(W_EVENTS_FAILED, self.failed)
-        block.set_word(W_EVENTS_DROPPED, dropped)
-        block.set_word(W_EVENTS_QUEUED, queued + len(self._buffer))
+        totals = self.totals()
+        for word, name in (
+            (W_EVENTS_SENT, "sent"),
+            (W_EVENTS_FAILED, "failed"),
+            (W_EVENTS_DROPPED, "dropped"),
+            (W_EVENTS_QUEUED, "queued"),
+            (W_EVENTS_REFUSED, "refused"),
+            (W_EVENTS_TOO_LARGE, "too_large"),
+            (W_EVENTS_RECORDED, "recorded"),
+            (W_EVENTS_NO_SPACE, "no_space"),
+            (W_EVENTS_MALFORMED, "malformed"),
+        ):
+            block.set_word(word, totals[name])
         block.set_word(W_DELIVERY_STOPPED, 1 if self.stopped else 0)
 
     # ------------------------------------------------------------------ thread
+
+    def _idle_wait(self) -> float:
+        """How long the loop may rest: not at all while rings hold records it
+        has room and a sender for; until the backoff ends during an outage."""
+        now = self._clock()
+        gated = self._failures and now < self._not_before
+        room = len(self._order) < self._max_buffer
+        if self._left_bytes and room and not gated:
+            return 0.0
+        if gated:
+            return min(max(self._not_before - now, 0.01), 0.25)
+        return 0.05
 
     def run(self, stop: threading.Event, shutdown_timeout: float = 5.0) -> None:
         while not stop.is_set():
             try:
                 self.cycle()
-            except Exception:
+            except Exception:  # a sender never dies; the batch is tried again
                 log.exception("featbit_shm: event pump cycle failed")
-            if not self._left_bytes:  # rings still hold records: go straight on
-                stop.wait(0.05)
+            wait = self._idle_wait()
+            if wait:
+                self.wake.wait(wait)
+            self.wake.clear()
         self.shutdown(shutdown_timeout)
 
     def drain(self, timeout: float) -> bool:
-        """Send everything queued, within ``timeout``. True when all went out."""
+        """Deliver everything queued, within ``timeout``. True when all went out."""
         deadline = self._clock() + timeout
         while self._clock() < deadline:
             if self.cycle(force=True):
                 return True
+            if self._in_flight:
+                self.wake.wait(0.01)
+                self.wake.clear()
+            elif self._failures:
+                self._sleep(min(max(self._not_before - self._clock(), 0.0), 0.05))
         return False
 
     def shutdown(self, timeout: float = 5.0, owners_grace: float = 1.0) -> bool:
@@ -340,9 +574,10 @@ class EventPump:
         container) leaves a short race: workers may record on their way out.
         So for up to ``owners_grace`` seconds the drain waits for processes
         that still own a ring to exit, then ends with every ring drained and
-        the rings of exited workers removed. At the deadline, what is left in
-        the rings of exited workers is counted as failed and they are
-        removed; the rings of live processes keep theirs for a successor.
+        the rings of exited workers removed. At the deadline, what is left of
+        exited workers (in the rings, the buffer or in flight) is counted as
+        failed and their rings are removed; the rings of live processes keep
+        theirs for a successor.
         """
         deadline = self._clock() + timeout
         grace_end = self._clock() + min(owners_grace, timeout)
@@ -351,29 +586,44 @@ class EventPump:
             owners = any(self._alive(pid) for _slot, pid, *_rest in self.registry.slots())
             if empty and (not owners or self._clock() >= grace_end):
                 return True
-            self._sleep(0.01)
+            if self._in_flight:
+                self.wake.wait(0.01)
+                self.wake.clear()
+            else:
+                self._sleep(min(max(self._not_before - self._clock(), 0.01), 0.05) if self._failures else 0.01)
         self._give_up_on_exited()
         return False
 
     def _give_up_on_exited(self) -> None:
         exited = {(slot, ring_id) for slot, pid, ring_id, *_rest in self.registry.slots() if not self._alive(pid)}
         gone = {ring_id for _slot, ring_id in exited}
-        self.failed += sum(1 for p, ring_id, _end in self._buffer if ring_id in gone and p is not None)
-        self._buffer = [e for e in self._buffer if e[1] not in gone]
+        self._give_up([e for e in self._order if e.ring_id in gone], "shutdown")
+        self._ready = collections.deque(e for e in self._ready if e.ring_id not in gone)
         for slot, ring_id in exited:
             ring = self._rings.get(ring_id)
             if ring is not None:
-                self.failed += len(ring.take(1 << 30))
+                left = ring.take(1 << 30)
+                self.failed += len(left)
+                ring.words[W_LOST] += len(left)
                 ring.commit()
+            self._order = collections.deque(e for e in self._order if e.ring_id != ring_id)
             self._reclaim(slot, ring_id)
         self._publish_counters()
 
     def close(self) -> None:
-        for ring in self._rings.values():
-            ring.close()
-        self._rings.clear()
+        for _ in self._senders:
+            self._jobs.put(None)
+        self._senders.clear()
+        closer = getattr(self._post, "close", None)
+        if callable(closer):
+            closer()
+        for ring_id in list(self._rings):
+            self._forget(ring_id)
         try:
             self.registry.drop_spares()
         except Exception as exc:  # noqa: BLE001 - closing goes on
             log.warning("featbit_shm: cannot remove spare event rings: %s", exc)
         self.registry.close()
+
+
+__all__ = ["DEFAULT_CONCURRENCY", "EventPump", "InsightClient", "Reply"]

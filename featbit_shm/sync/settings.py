@@ -11,6 +11,7 @@ configuration plane.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ class SyncSettings:
     streaming_first_retry_delay: float = 1.0
     idle_timeout: float | None = None  # exit after this long with no live client
     ring_bytes: int = DEFAULT_EVENT_RING_BYTES  # spare event rings are made at the size workers ask for
+    event_concurrency: int = 24  # insight requests in flight at once, at most
+    ca_bundle: str | None = None  # CAs to trust for TLS (websocket and insight)
 
     def __repr__(self) -> str:  # never show the secret (R-77)
         return (
@@ -83,6 +86,8 @@ class SyncSettings:
             streaming_first_retry_delay=env_float("FEATBIT_STREAMING_FIRST_RETRY_DELAY", env) or 1.0,
             idle_timeout=env_float("FEATBIT_SHM_IDLE_TIMEOUT", env),
             ring_bytes=env_int("FEATBIT_SHM_RING_BYTES", env) or DEFAULT_EVENT_RING_BYTES,
+            event_concurrency=env_int("FEATBIT_SHM_EVENT_CONCURRENCY", env) or 24,
+            ca_bundle=env_str("FEATBIT_CA_BUNDLE", env) or None,
         )
         settings.validate()
         return settings
@@ -98,6 +103,10 @@ class SyncSettings:
         if self.event_url:
             check_url("FEATBIT_EVENT_URL", self.event_url, EVENT_SCHEMES)
         check_namespace("FEATBIT_NAMESPACE", self.namespace)
+        if not 1 <= self.event_concurrency <= 256:
+            raise ConfigError(f"FEATBIT_SHM_EVENT_CONCURRENCY must be 1..256, not {self.event_concurrency}")
+        if self.ca_bundle and not os.path.isfile(self.ca_bundle):
+            raise ConfigError(f"FEATBIT_CA_BUNDLE names {self.ca_bundle!r}, which is not a file")
 
     def to_env(self) -> dict[str, str]:
         """The variables a child sync process needs (merge into os.environ)."""
@@ -117,6 +126,8 @@ class SyncSettings:
             "FEATBIT_SHM_IDLE_TIMEOUT": format_number(self.idle_timeout),
             "FEATBIT_SHM_OWNER_PID": format_number(self.owner_pid),
             "FEATBIT_SHM_RING_BYTES": format_number(self.ring_bytes),
+            "FEATBIT_SHM_EVENT_CONCURRENCY": format_number(self.event_concurrency),
+            "FEATBIT_CA_BUNDLE": self.ca_bundle or "",
         }
         return env
 

@@ -212,6 +212,7 @@ class StreamSource:
         connect_timeout: float = CONNECT_TIMEOUT_S,
         on_open: Callable[[], None] | None = None,
         pong_timeout: float = PONG_TIMEOUT_S,
+        ca_bundle: str | None = None,
     ) -> None:
         self._secret = secret
         self._base = base_url
@@ -222,6 +223,7 @@ class StreamSource:
         self._ping_interval = ping_interval
         self._connect_timeout = connect_timeout
         self._pong_timeout = pong_timeout
+        self._ca_bundle = ca_bundle
         self._on_open = on_open  # called after every successful open (counters)
         self.connects = 0
 
@@ -252,7 +254,7 @@ class StreamSource:
         # websocket-client validates UTF-8 in pure Python (5 s for a 5 MB
         # full sync); parse_frame decodes the bytes strictly in C instead,
         # and ignores a frame that is not UTF-8.
-        ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
+        ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True, sslopt={"ca_certs": self._ca_bundle} if self._ca_bundle else None)
         ws.settimeout(self._connect_timeout)
         unresolved = _resolve_within(url, OPERATION_DEADLINE_S, stop)
         if unresolved is not None:

@@ -21,10 +21,20 @@ from typing import Any
 
 import msgpack
 
-from .._core.records import _EVAL_HEAD, EVAL_HEAD_SIZE, EVAL_MARK, EvalEncoder, encode_identify, encode_metrics
+from .._core.records import (
+    _EVAL_HEAD,
+    DEFAULT_MAX_EVENT_BYTES,
+    EVAL_HEAD_SIZE,
+    EVAL_MARK,
+    EvalEncoder,
+    EventTooLarge,
+    encode_identify,
+    encode_metrics,
+)
+from .._runtime.notices import warn_limited
 from ..shm.names import StoreNames
 from ..shm.registry import Registry
-from ..shm.ring import W_FLUSH_DONE, W_FLUSH_REQ, W_SERVED, W_STALE_SINCE, Ring
+from ..shm.ring import W_DROPPED, W_FLUSH_DONE, W_FLUSH_REQ, W_LOST, W_SERVED, W_STALE_SINCE, W_TOO_LARGE, Ring
 
 log = logging.getLogger("featbit_shm.events")
 
@@ -33,14 +43,17 @@ _time_ns = time.time_ns
 
 
 class EventRecorder:
-    def __init__(self, names: StoreNames, *, ring_bytes: int, registry: Registry | None = None) -> None:
+    def __init__(self, names: StoreNames, *, ring_bytes: int, registry: Registry | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._registry = registry if registry is not None else Registry(names)
         self._ring_bytes = ring_bytes
+        self._max_event_bytes = max_event_bytes
+        self.too_large = 0  # events refused for their size while no ring was there to count them
+        self._lost_seen = 0  # events of this process lost, as of the last flush_and_wait
         self._ring: Ring | None = None
         self._failed_at = 0.0
         self._lock = threading.Lock()
         self._packer = msgpack.Packer(autoreset=True)
-        self._encoder = EvalEncoder()
+        self._encoder = EvalEncoder(max_event_bytes)
         self.closed = False
         _recorders.add(self)
 
@@ -77,7 +90,25 @@ class EventRecorder:
     def _append(self, record: bytes) -> bool:
         with self._lock:
             ring = self._ring or self._claim()
-            return ring.append(record) if ring is not None else False
+            if ring is None:
+                return False
+            if len(record) > self._max_event_bytes:
+                self._refuse_too_large(ring, f"{len(record)} bytes")
+                return False
+            return ring.append(record)
+
+    def _refuse_too_large(self, ring: Ring | None, what: str) -> None:
+        """Count (in the ring, where the sync process and status see it) and
+        log, at a limited rate, an event over the size bound. Called with the lock held."""
+        if ring is not None:
+            ring.words[W_TOO_LARGE] += 1
+        else:
+            self.too_large += 1
+        warn_limited(
+            "event-too-large",
+            f"featbit_shm: an event of {what} is over the event size bound ({self._max_event_bytes} bytes, "
+            "FEATBIT_SHM_MAX_EVENT_BYTES); it is not recorded (counted as too_large)",
+        )
 
     def record_eval(self, user: Mapping[str, Any], flag_key: str, variation_id: str, value: str, expt: bool) -> bool:
         # The hot path of every evaluation with events on, written out: a
@@ -103,6 +134,9 @@ class EventRecorder:
             if writer is not None and writer.append_eval(ts_ns, tail, packed_user):
                 return True
             return ring.append(_EVAL_HEAD.pack(EVAL_HEAD_SIZE + len(tail) + len(packed_user), EVAL_MARK, ts_ns, len(tail)) + tail + packed_user)
+        except EventTooLarge as exc:
+            self._refuse_too_large(self._ring, f"flag {flag_key!r} ({exc})")
+            return False
         except Exception:  # noqa: BLE001 - an unpackable user value: drop this event, never raise
             return False
         finally:
@@ -140,18 +174,28 @@ class EventRecorder:
             return int(ring.words[W_FLUSH_REQ])
 
     def flush_and_wait(self, timeout: float) -> bool:
-        """True once every event recorded before the call was sent or failed
-        (R-69); False when ``timeout`` ran out first."""
+        """Once every event recorded before the call was processed (R-69):
+        True when nothing this process recorded since its previous
+        flush_and_wait was lost; False when some was (a full ring, too
+        large, refused, given up: ``featbit-shm status`` says which) or
+        ``timeout`` ran out first."""
         request = self.flush()
         ring = self._ring
         if request == 0 or ring is None:
-            return True
+            return not self.too_large
         deadline = time.monotonic() + max(0.0, timeout)
         while ring.words[W_FLUSH_DONE] < request:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
-        return True
+        lost = self._lost(ring) + self.too_large
+        clean, self._lost_seen = lost == self._lost_seen, lost
+        return clean
+
+    @staticmethod
+    def _lost(ring: Ring) -> int:
+        words = ring.words
+        return int(words[W_DROPPED] + words[W_TOO_LARGE] + words[W_LOST])
 
     def stop(self) -> None:
         """No more events from this recorder (R-66: nothing after close)."""
@@ -166,7 +210,9 @@ class EventRecorder:
             except (BufferError, OSError):
                 pass
         self._packer = msgpack.Packer(autoreset=True)
-        self._encoder = EvalEncoder()
+        self._encoder = EvalEncoder(self._max_event_bytes)
+        self._lost_seen = 0  # the child's own ring counts from zero
+        self.too_large = 0
 
 
 def _after_fork_in_child() -> None:
