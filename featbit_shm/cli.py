@@ -68,8 +68,22 @@ def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
         "root_bytes": pointer.length if pointer else None,
         "last_publish_age_s": round(now - float(block.d[W_LAST_PUBLISH]), 3) if block.d[W_LAST_PUBLISH] else None,
     }
-    for name in ("publishes", "publish_errors", "reconnects", "events_queued", "events_sent", "events_dropped", "events_failed"):
+    for name in ("publishes", "publish_errors", "reconnects"):
         status[name] = block.counter(name)
+    # Events: recorded = delivered + waiting + lost (by reason); waiting is exact.
+    status["events_recorded"] = block.counter("events_recorded")
+    status["events_sent"] = block.counter("events_sent")
+    status["events_queued"] = block.counter("events_queued")  # waiting, across every ring
+    dropped, no_space = block.counter("events_dropped"), block.counter("events_no_space")
+    status["events_lost"] = {
+        "ring_full": dropped - no_space,
+        "no_space": no_space,
+        "too_large": block.counter("events_too_large"),
+        "refused": block.counter("events_refused"),
+        "malformed": block.counter("events_malformed"),
+        "failed": block.counter("events_failed"),  # delivery stopped (401/403), or left at a shutdown deadline
+    }
+    status["events_dropped"], status["events_failed"] = dropped, block.counter("events_failed")
     status["events_delivery_stopped"] = bool(block.counter("delivery_stopped"))
     status["refused"] = refused  # objects under this store's names it does not trust
     status["namespace"] = block.namespace or None

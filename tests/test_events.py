@@ -1073,3 +1073,34 @@ def test_semantically_malformed_records_are_record_errors(head: tuple, user: dic
 
     with pytest.raises(RecordError):
         to_payload(frame(PACKER, head, user))
+
+
+@pytest.mark.subprocess
+def test_status_accounts_for_every_event_through_an_outage(server: FeatBitStandIn) -> None:
+    """Issue 18.5: status showed a backlog of 5,864 while about 895,000 were
+    waiting, and flush_and_wait() said True when events were lost. Now
+    recorded = delivered + waiting + lost by reason, with waiting exact."""
+    from featbit_shm.cli import read_status
+
+    with sync_env(server) as env:
+        env.spawn()
+        client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=env.namespace), start_wait=20)
+        assert client.variation("f", {"key": "warm-0"}, "d") == "on"
+        assert client.flush_and_wait(10) is True
+        server.fail_insight_for(120, 503)  # an outage
+        for i in range(3000):
+            client.variation("f", {"key": f"out-{i}"}, "d")
+        assert client.variation("f", {"key": "big-0", "blob": "x" * 100_000}, "d") == "on"  # evaluated, event too large
+        status = eventually(lambda: (s := read_status(env.names)) and s["events_recorded"] >= 3002 and s)
+        assert status["events_lost"]["too_large"] == 1
+        # Nothing goes out during the outage: all of it waits, and status says exactly how much.
+        assert eventually(lambda: read_status(env.names)["events_queued"] == 3000, timeout=10)
+        assert received_keys(server, "out") == []
+        server.fail_insight_for(0)  # the outage ends (the next probe finds it so)
+        assert client.flush_and_wait(60) is False  # all processed; one event of ours was lost (too large)
+        assert client.flush_and_wait(10) is True  # and nothing since
+        assert len(set(received_keys(server, "out"))) == 3000
+        status = read_status(env.names)
+        assert (status["events_recorded"], status["events_sent"], status["events_queued"]) == (3002, 3001, 0)
+        assert sum(status["events_lost"].values()) == 1
+        client.stop()

@@ -128,6 +128,13 @@ class SyncProcess:
                     election.standby.release()
                     if not replacing and self._previous_leader_stopped_cleanly():
                         log.info("featbit_shm: the leader of store %s stopped cleanly; standby exits", self.names.tag)
+                        if find_control(self.names)[0] is None:
+                            # The leader was the store's last owner: it removed the
+                            # store and its lock files. The leader lock this standby
+                            # now holds is a file FileLock.acquire made again under
+                            # that name (shm.locks); remove it, still held, as the
+                            # leader did, or it outlives the store.
+                            remove_lock_files([self.names.lock_path], self.names.access)
                         return EXIT_OK
             log.info("featbit_shm: leading store %s (pid %d)", self.names.tag, os.getpid())
             return self._lead()
@@ -427,6 +434,15 @@ class SyncProcess:
     def _stop_events(self) -> None:
         """R-70: a final drain within the shutdown deadline (5 s)."""
         if self._pump_thread is None or self._pump is None:
+            if self.stop.is_set() and not self.rejected:
+                # No pump (offline, events disabled), but the owner watch made
+                # the registry: it goes too at a clean stop once no client is left.
+                registry = Registry(self.names)
+                try:
+                    if registry.attach(create=False):
+                        registry.unlink_if_empty(pid_alive)
+                finally:
+                    registry.close()
             return
         self._pump_stop.set()
         self._pump_thread.join(7.0)
