@@ -76,3 +76,27 @@ def test_env_variables_name_the_ca_bundle_for_a_sync_process_a_client_starts(mon
     assert (settings.ca_bundle, settings.event_concurrency) == (str(bundle), 7)
     env = settings.to_env()
     assert (env["FEATBIT_CA_BUNDLE"], env["FEATBIT_SHM_EVENT_CONCURRENCY"]) == (str(bundle), "7")
+
+
+@pytest.mark.subprocess
+def test_flags_and_events_both_go_through_a_mandatory_proxy(server: FeatBitStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 18.4: behind a mandatory proxy flags worked and every event failed.
+    from featbit_shm.testing.proxy import ForwardProxy
+
+    with ForwardProxy(auth=("fb", "s3cret")) as proxy, sync_env(server) as env:
+        for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        # websocket-client bypasses 127.0.0.1 unless NO_PROXY says otherwise: name another host.
+        monkeypatch.setenv("NO_PROXY", "bypass.invalid")
+        env.spawn()  # the sync process inherits the proxy variables (launcher)
+        client = FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=env.namespace, start_sync=False), start_wait=30)
+        try:
+            assert client.variation("f", {"key": "proxied-0"}, "d") == "on"
+            assert client.flush_and_wait(30) is True
+            assert eventually(lambda: any(e["user"]["keyId"] == "proxied-0" for e in server.events), timeout=15)
+            assert proxy.count("CONNECT") >= 1  # the websocket, tunnelled
+            assert proxy.count("POST") >= 1  # the insight requests, forwarded
+            assert not proxy.refused  # with the credentials from the proxy URL
+        finally:
+            client.stop()

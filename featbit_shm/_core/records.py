@@ -304,7 +304,7 @@ def classify(status: int | None) -> Outcome:
 
 MAX_RETRY_AFTER_S: Final = 300.0  # a Retry-After longer than this is capped
 BACKOFF_BASE_S: Final = 0.2  # the first retry comes this long after a failure
-BACKOFF_MAX_S: Final = 30.0
+BACKOFF_MAX_S: Final = 10.0  # while failing, one probe this often at least: recovery within 10 s
 
 
 def retry_after(value: str | None, now: float) -> float | None:

@@ -20,7 +20,7 @@ Responses (:func:`~featbit_shm._core.records.classify`):
 * 408, 429, 5xx, network errors: the batch goes back to the head of the
   queue. Nothing is sent before ``Retry-After`` (429/503, capped at 300 s)
   or a backoff: ``retry_delay`` (R-68's 200 ms) for the first
-  ``attempts - 1`` failures in a row, then doubling to 30 s with jitter.
+  ``attempts - 1`` failures in a row, then doubling to 10 s with jitter.
   While failures last, one request probes at a time and the pump sleeps
   between probes: an outage costs no CPU, and events wait in the buffer,
   then in the rings.
@@ -371,6 +371,8 @@ class EventPump:
             self._proven = True
         if result.retry:
             self._ready.extendleft(reversed(result.retry))  # back to the head, in order
+            if self._failures and self._clock() < self._not_before:
+                return  # another request of the same moment failed too: one failure, one backoff step
             self._failures += 1
             wait = result.retry_after
             if wait is None:

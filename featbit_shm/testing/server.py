@@ -18,6 +18,73 @@ It serves what an SDK sees of a FeatBit evaluation server, on loopback:
   number of requests, or for a period), shift the server clock, read
   received events and connection counts.
 
+Every connection is served on its own thread, with HTTP/1.1 keep-alive, so
+concurrent insight requests are answered concurrently (``stop()`` closes
+them all).
+
+The insight endpoint, for testing an event sender
+--------------------------------------------------
+
+Each insight POST is answered by the first rule that applies, in this order:
+
+1. ``insight_max_body`` (bytes, default None: no limit) -- a larger body is
+   answered 413 and the connection closed, as a proxy's body limit does
+   (nginx ``client_max_body_size``); the request never reaches "FeatBit", so
+   it consumes no scripted status;
+2. ``Authorization`` is not the raw secret -- 401;
+3. the statuses scripted by ``fail_insight(*statuses, retry_after=None)``
+   (one per request, in order), then an outage set by
+   ``fail_insight_for(seconds, status=500, retry_after=None)``. With
+   ``retry_after`` (seconds; a str is sent verbatim, e.g. an HTTP date)
+   those answers carry ``Retry-After``, as FeatBit's rate limiter answers
+   429. FeatBit sends whole seconds; a fraction (``0.5``) is sent as such,
+   a test convenience;
+4. ``reject_insight(rule, status=400)`` -- a body containing ``rule`` (a
+   marker str or bytes, e.g. a user key only one poisoned event carries), or
+   for which ``rule(body)`` is true, is answered 400: one bad event fails its
+   whole batch, as FeatBit's model validation does. ``reject_insight(None)``
+   clears it;
+5. a body that is not a JSON array -- 400;
+6. otherwise 200, and the events are counted (and kept, unless
+   ``keep_events`` is False: for long runs that only count).
+
+``insight_delay`` (seconds, default 0) delays every answer, whatever its
+status, on the request's own thread: concurrent requests wait concurrently,
+so a sender that keeps N requests in flight gets N times the throughput of a
+sequential one. The verdict is taken on arrival, the events are kept when
+the answer goes out.
+
+Counting is cheap (no JSON parsing on the request path: bodies are parsed
+only when ``events`` is read; events are counted by their ``"user":`` keys,
+exactly one per FeatBit insight event). ``insight_stats()`` returns an
+:class:`InsightStats` since the start or the last ``reset_insight_stats()``:
+requests, accepted requests, events accepted, requests in flight and the
+most seen in flight at once, the TCP connections that carried them (few
+connections for many requests: keep-alive works), and answers by status.
+``events_received`` is ``insight_stats().events``.
+
+The HTTP control API (``POST`` with a JSON body unless noted):
+
+=============================  ==============================================
+``/control/flag``, ``segment``  a wire entity: stored and pushed as a patch
+``/control/drop``               drop every websocket, no close frame
+``/control/close``              ``{"code": 1000}``: close every websocket
+``/control/silence``            ``{"seconds": 2, "lose": false}``
+``/control/clock``              ``{"offset_ms": 31000}``
+``/control/insight-fail``       ``{"statuses": [429], "seconds": 5,
+                                "status": 503, "retry_after": 2}`` (each key
+                                optional)
+``/control/insight``            ``{"delay": 0.1, "max_body": 65536,
+                                "reject": "POISON", "reject_status": 400,
+                                "keep_events": true}``: set the knobs given
+                                (null clears ``max_body`` / ``reject``);
+                                answers the knobs and the stats
+``GET /control/insight``        the knobs and the stats
+``/control/insight-reset``      zero the stats; answers them as they were
+``GET /control/state``          connection counts, events, the stats
+``GET /control/events``         every event received
+=============================  ==============================================
+
 Use it in your own tests::
 
     from featbit_shm.testing.server import FeatBitStandIn
@@ -28,7 +95,12 @@ Use it in your own tests::
         ...
         server.update_flag(b.flag("new-ui", enabled=False, updated_at=server.now_ms()))
 
-Run it standalone: ``python -m featbit_shm.testing.server --port 5100 --flags flags.json``.
+Run it standalone: ``python -m featbit_shm.testing.server --port 5100 --flags flags.json``,
+with the insight knobs as options (``--help``): ``--insight-delay 0.1
+--insight-max-body 65536 --insight-reject POISON --insight-fail 429
+--insight-fail-for 5 --insight-fail-status 503 --retry-after 2
+--no-keep-events --stats-interval 1``. It prints the insight stats every
+``--stats-interval`` seconds and when it stops (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -36,14 +108,18 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import http
 import json
+import re
+import signal
 import socket
 import socketserver
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple, Union
 from urllib.parse import parse_qs, urlsplit
 
 from .._core.protocol import decode_token
@@ -52,6 +128,47 @@ from .._core.wire import WireError, parse_version
 DEFAULT_SECRET = "Zm9vYmFyLWZlYXRiaXQtc2htLXN0YW5kLWluLTAwMDAw"  # 44 chars, like a real one
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TOKEN_WINDOW_MS = 30_000
+INSIGHT_PATH = "/api/public/insight/track"
+# One per FeatBit insight event: "user" is a key only at the top of an event
+# (inside JSON strings a quote is escaped, so a value cannot fake it).
+_EVENT_KEY = re.compile(rb'"user"\s*:')
+
+RetryAfter = Union[float, str, None]
+RejectRule = Union[str, bytes, Callable[[bytes], bool], None]
+
+
+@dataclass(frozen=True)
+class InsightStats:
+    """What the insight endpoint saw, since the start or the last reset."""
+
+    requests: int = 0  # insight POSTs received, whatever their answer
+    accepted: int = 0  # of them answered 200
+    events: int = 0  # payload objects in the accepted bodies
+    in_flight: int = 0  # being answered now
+    max_in_flight: int = 0  # the most answered at once
+    connections: int = 0  # TCP connections that carried at least one of them
+    statuses: dict[int, int] = field(default_factory=dict)  # answers by status
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"statuses": {str(k): v for k, v in sorted(self.statuses.items())}}
+
+
+def retry_after_value(value: RetryAfter) -> str | None:
+    """The ``Retry-After`` header text for ``value``: whole seconds as an
+    integer (what FeatBit sends), a fraction as a decimal, a str verbatim."""
+    if value is None or isinstance(value, str):
+        return value
+    seconds = float(value)
+    if seconds < 0:
+        raise ValueError("retry_after must not be negative")
+    return str(int(seconds)) if seconds.is_integer() else f"{seconds:g}"
+
+
+def _containing(marker: bytes) -> Callable[[bytes], bool]:
+    def contains(body: bytes) -> bool:
+        return marker in body
+
+    return contains
 
 
 class _Closed(Exception):
@@ -185,6 +302,22 @@ class Connection:
             pass
 
 
+class _Reply(NamedTuple):
+    status: int
+    payload: Any = None  # JSON, or None for an empty body
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False  # close the connection after this answer
+
+
+class _Peer:
+    """One HTTP connection's state, for the stats."""
+
+    __slots__ = ("stats_epoch",)
+
+    def __init__(self) -> None:
+        self.stats_epoch = -1  # the stats epoch it was last counted in
+
+
 class _Handler(socketserver.BaseRequestHandler):
     server: _TCPServer
 
@@ -195,6 +328,9 @@ class _Handler(socketserver.BaseRequestHandler):
         # Like a real server: without TCP_NODELAY, Nagle holds a small push
         # until the client's delayed ACK of the previous one (~40 ms stalls).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = _Peer()
+        if not standin._track(sock):
+            return  # the stand-in is stopping
         try:
             buffered = b""
             while True:  # HTTP/1.1 keep-alive: one request after another
@@ -208,35 +344,53 @@ class _Handler(socketserver.BaseRequestHandler):
                 header_blob, _, rest = buffered.partition(b"\r\n\r\n")
                 lines = header_blob.decode("latin-1").split("\r\n")
                 method, target, _version = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+                headers = {
+                    k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)
+                }
                 if headers.get("upgrade", "").lower() == "websocket":
                     standin._serve_websocket(sock, target, headers)
                     return
                 length = int(headers.get("content-length", "0") or 0)
-                while len(rest) < length:
-                    chunk = sock.recv(length - len(rest))
+                parts = [rest]
+                have = len(rest)
+                while have < length:
+                    chunk = sock.recv(min(length - have, 1 << 20))
                     if not chunk:
                         return
-                    rest += chunk
+                    parts.append(chunk)
+                    have += len(chunk)
+                rest = b"".join(parts) if len(parts) > 1 else rest
                 body, buffered = rest[:length], rest[length:]
-                status, payload = standin._serve_http(method, target, headers, body)
-                data = json.dumps(payload).encode() if payload is not None else b""
-                close = headers.get("connection", "").lower() == "close"
-                reason = {200: "OK", 401: "Unauthorized", 404: "Not Found"}.get(status, "Status")
+                reply = standin._serve_http(method, target, headers, body, peer)
+                data = json.dumps(reply.payload).encode() if reply.payload is not None else b""
+                close = reply.close or headers.get("connection", "").lower() == "close"
+                extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
                 sock.sendall(
-                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                    f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n".encode()
+                    f"HTTP/1.1 {reply.status} {_reason(reply.status)}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                    f"{extra}Connection: {'close' if close else 'keep-alive'}\r\n\r\n".encode()
                     + data
                 )
                 if close:
                     return
         except (OSError, ValueError):
             return
+        finally:
+            standin._untrack(sock)
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Status"
 
 
 class _TCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A burst of new connections (a sender opening N at once) must not
+    # overflow the listen backlog (5 by default): a dropped SYN costs 1 s.
+    request_queue_size = 128
     standin: FeatBitStandIn
 
 
@@ -251,13 +405,16 @@ class FeatBitStandIn:
         segments: Iterable[Mapping[str, Any]] = (),
         host: str = "127.0.0.1",
         port: int = 0,
+        insight_delay: float = 0.0,
+        insight_max_body: int | None = None,
+        keep_events: bool = True,
     ) -> None:
         self.secret = secret
         self._lock = threading.Lock()
         self._flags: dict[str, dict[str, Any]] = {f["key"]: dict(f) for f in flags}
         self._segments: dict[str, dict[str, Any]] = {s["id"]: dict(s) for s in segments}
         self._connections: list[Connection] = []
-        self._insight_statuses: list[int] = []
+        self._insight_statuses: list[tuple[int, str | None]] = []  # (status, Retry-After)
         self._events: list[dict[str, Any]] = []
         self._bodies: list[bytes] = []  # received, parsed on demand (keeps the request path cheap)
         self._parse_lock = threading.Lock()
@@ -275,6 +432,22 @@ class FeatBitStandIn:
         self._silence: tuple[float, bool] | None = None
         self._insight_fail_until = 0.0
         self._insight_fail_status = 500
+        self._insight_fail_retry_after: str | None = None
+        # The insight knobs (module docstring): answer after this many
+        # seconds; answer 413 to a larger body; keep accepted bodies.
+        self.insight_delay = insight_delay
+        self.insight_max_body = insight_max_body
+        self.keep_events = keep_events
+        self._reject: Callable[[bytes], bool] | None = None
+        self._reject_label: str | None = None
+        self._reject_status = 400
+        self._stats_lock = threading.Lock()
+        self._stats_epoch = 0
+        self._requests = self._accepted = self._events_received = 0
+        self._in_flight = self._max_in_flight = self._insight_connections = 0
+        self._statuses: dict[int, int] = {}
+        self._sockets: set[socket.socket] = set()  # every connection, closed by stop()
+        self._stopping = False
         self._tcp = _TCPServer((host, port), _Handler, bind_and_activate=True)
         self._tcp.standin = self
         self._thread: threading.Thread | None = None
@@ -294,15 +467,39 @@ class FeatBitStandIn:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FeatBitStandIn:
-        self._thread = threading.Thread(target=self._tcp.serve_forever, name="featbit-standin", daemon=True)
+        # A short poll interval: stop() returns within 50 ms instead of 0.5 s.
+        self._thread = threading.Thread(
+            target=self._tcp.serve_forever, args=(0.05,), name="featbit-standin", daemon=True
+        )
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop listening and close every connection (a keep-alive client
+        then finds its connection closed, as when a real server goes away)."""
         self._tcp.shutdown()
         self._tcp.server_close()
         for conn in self.connections():
             conn.drop()
+        with self._lock:
+            self._stopping = True
+            socks = list(self._sockets)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _track(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if self._stopping:
+                return False
+            self._sockets.add(sock)
+            return True
+
+    def _untrack(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
 
     def __enter__(self) -> FeatBitStandIn:
         return self.start()
@@ -335,7 +532,9 @@ class FeatBitStandIn:
             self._segments[segment["id"]] = dict(segment)
         self._broadcast({"eventType": "patch", "featureFlags": [], "segments": [dict(segment)]})
 
-    def set_data(self, flags: Iterable[Mapping[str, Any]], segments: Iterable[Mapping[str, Any]] = (), *, push: bool = False) -> None:
+    def set_data(
+        self, flags: Iterable[Mapping[str, Any]], segments: Iterable[Mapping[str, Any]] = (), *, push: bool = False
+    ) -> None:
         """Replace the whole data set; with ``push`` send it to clients as a full."""
         with self._lock:
             self._flags = {f["key"]: dict(f) for f in flags}
@@ -363,16 +562,86 @@ class FeatBitStandIn:
             conn.close(code, reason)
         return len(conns)
 
-    def fail_insight(self, *statuses: int) -> None:
-        """Answer the next insight requests with these statuses, in order."""
+    def fail_insight(self, *statuses: int, retry_after: RetryAfter = None) -> None:
+        """Answer the next insight requests with these statuses, in order;
+        with ``retry_after`` (seconds, or a str sent verbatim) each of those
+        answers carries ``Retry-After`` (FeatBit's rate limiter: 429 + Retry-After)."""
+        header = retry_after_value(retry_after)
         with self._lock:
-            self._insight_statuses.extend(statuses)
+            self._insight_statuses.extend((status, header) for status in statuses)
 
-    def fail_insight_for(self, seconds: float, status: int = 500) -> None:
-        """Answer every insight request with ``status`` for ``seconds`` (an outage)."""
+    def fail_insight_for(self, seconds: float, status: int = 500, *, retry_after: RetryAfter = None) -> None:
+        """Answer every insight request with ``status`` for ``seconds`` (an
+        outage; 0 ends one), with ``Retry-After`` when ``retry_after`` is given."""
+        header = retry_after_value(retry_after)
         with self._lock:
             self._insight_fail_status = status
+            self._insight_fail_retry_after = header
             self._insight_fail_until = time.monotonic() + seconds
+
+    def reject_insight(self, rule: RejectRule, *, status: int = 400) -> None:
+        """Answer ``status`` (400: FeatBit's validation) to every insight body
+        that contains ``rule`` (a marker str or bytes) or for which
+        ``rule(body)`` is true: one poisoned event fails its whole batch.
+        ``None`` accepts every body again."""
+        check: Callable[[bytes], bool] | None
+        if rule is None:
+            check, label = None, None
+        elif isinstance(rule, (str, bytes)):
+            marker = rule.encode() if isinstance(rule, str) else rule
+            if not marker:
+                raise ValueError("an empty marker would reject every body")
+            check, label = _containing(marker), marker.decode("utf-8", "replace")
+        else:
+            check, label = rule, getattr(rule, "__name__", "<predicate>")
+        with self._lock:
+            self._reject, self._reject_label, self._reject_status = check, label, status
+
+    def insight_stats(self) -> InsightStats:
+        """Counts of the insight endpoint since the start or the last reset."""
+        with self._stats_lock:
+            return self._stats_snapshot()
+
+    def reset_insight_stats(self) -> InsightStats:
+        """Zero the counts (requests still in flight stay counted as in
+        flight, and the maximum starts from them); returns them as they were."""
+        with self._stats_lock:
+            before = self._stats_snapshot()
+            self._stats_epoch += 1
+            self._requests = self._accepted = self._events_received = self._insight_connections = 0
+            self._max_in_flight = self._in_flight
+            self._statuses = {}
+            return before
+
+    def _stats_snapshot(self) -> InsightStats:
+        # Called with _stats_lock held.
+        return InsightStats(
+            requests=self._requests,
+            accepted=self._accepted,
+            events=self._events_received,
+            in_flight=self._in_flight,
+            max_in_flight=self._max_in_flight,
+            connections=self._insight_connections,
+            statuses=dict(self._statuses),
+        )
+
+    @property
+    def events_received(self) -> int:
+        """Events in the bodies answered 200 (since the last stats reset)."""
+        return self._events_received
+
+    def insight_settings(self) -> dict[str, Any]:
+        """The insight knobs, as the control API shows them."""
+        with self._lock:
+            return {
+                "delay": self.insight_delay,
+                "max_body": self.insight_max_body,
+                "reject": self._reject_label,
+                "reject_status": self._reject_status,
+                "keep_events": self.keep_events,
+                "scripted_statuses": [status for status, _header in self._insight_statuses],
+                "failing_for_s": max(0.0, round(self._insight_fail_until - time.monotonic(), 3)),
+            }
 
     def silence(self, seconds: float, *, lose: bool = False) -> None:
         """Send nothing on any open websocket for ``seconds``: no pong, no
@@ -461,7 +730,11 @@ class FeatBitStandIn:
 
         with self._lock:
             if timestamp == 0:
-                return {"eventType": "full", "featureFlags": list(self._flags.values()), "segments": list(self._segments.values())}
+                return {
+                    "eventType": "full",
+                    "featureFlags": list(self._flags.values()),
+                    "segments": list(self._segments.values()),
+                }
             return {
                 "eventType": "patch",
                 "featureFlags": [f for f in self._flags.values() if newer(f)],
@@ -476,7 +749,11 @@ class FeatBitStandIn:
             secret, stamp = decode_token(token)
         except ValueError:
             return False
-        return len(secret) == 44 and secret.rstrip("=") == self.secret.rstrip("=") and abs(self.now_ms() - stamp) <= TOKEN_WINDOW_MS
+        return (
+            len(secret) == 44
+            and secret.rstrip("=") == self.secret.rstrip("=")
+            and abs(self.now_ms() - stamp) <= TOKEN_WINDOW_MS
+        )
 
     def _serve_websocket(self, sock: socket.socket, target: str, headers: Mapping[str, str]) -> None:
         parts = urlsplit(target)
@@ -542,70 +819,216 @@ class FeatBitStandIn:
             conn.send_json({"messageType": "data-sync", "data": self._payload(int(timestamp or 0))})
             conn.synced = True
 
-    def _serve_http(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
+    def _serve_http(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes, peer: _Peer | None = None
+    ) -> _Reply:
         path = urlsplit(target).path
-        if path.endswith("/api/public/insight/track") and method == "POST":
-            record = {"authorization": headers.get("authorization"), "content_type": headers.get("content-type"), "user_agent": headers.get("user-agent"), "time": time.time()}
-            if headers.get("authorization") != self.secret:
-                self.insight_requests.append(record | {"status": 401})
-                return 401, None
-            with self._lock:
-                if self._insight_statuses:
-                    status = self._insight_statuses.pop(0)
-                elif time.monotonic() < self._insight_fail_until:
-                    status = self._insight_fail_status
-                else:
-                    status = 200
-            self.insight_requests.append(record | {"status": status})
-            if status != 200:
-                return status, None
-            if not body.lstrip().startswith(b"["):
-                return 400, None
-            with self._lock:
-                self._bodies.append(body)
-            return 200, None
+        if path.endswith(INSIGHT_PATH) and method == "POST":
+            return self._serve_insight(headers, body, peer or _Peer())
+        status, payload = self._serve_control(method, path, body)
+        return _Reply(status, payload)
+
+    def _serve_insight(self, headers: Mapping[str, str], body: bytes, peer: _Peer) -> _Reply:
+        arrived = time.time()
+        with self._stats_lock:
+            self._requests += 1
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            if peer.stats_epoch != self._stats_epoch:
+                peer.stats_epoch = self._stats_epoch
+                self._insight_connections += 1
+        status = 500
+        try:
+            status, retry_after = self._insight_verdict(headers, body)
+            if self.insight_delay > 0:
+                time.sleep(self.insight_delay)  # this request's thread only
+            events = 0
+            if status == 200:
+                events = len(_EVENT_KEY.findall(body))
+                if self.keep_events:
+                    with self._lock:
+                        self._bodies.append(body)
+            record = {
+                "authorization": headers.get("authorization"),
+                "content_type": headers.get("content-type"),
+                "user_agent": headers.get("user-agent"),
+                "time": arrived,
+                "status": status,
+                "bytes": len(body),
+            }
+            if retry_after is not None:
+                record["retry_after"] = retry_after
+            self.insight_requests.append(record)
+            with self._stats_lock:
+                if status == 200:
+                    self._accepted += 1
+                    self._events_received += events
+            return _Reply(
+                status, None, (("Retry-After", retry_after),) if retry_after is not None else (), close=status == 413
+            )
+        finally:
+            with self._stats_lock:
+                self._in_flight -= 1
+                self._statuses[status] = self._statuses.get(status, 0) + 1
+
+    def _insight_verdict(self, headers: Mapping[str, str], body: bytes) -> tuple[int, str | None]:
+        """(status, Retry-After) for one insight request, in the order of the
+        module docstring."""
+        limit = self.insight_max_body
+        if limit is not None and len(body) > limit:
+            return 413, None  # a proxy in front: FeatBit never sees it
+        if headers.get("authorization") != self.secret:
+            return 401, None
+        with self._lock:
+            if self._insight_statuses:
+                return self._insight_statuses.pop(0)
+            if time.monotonic() < self._insight_fail_until:
+                return self._insight_fail_status, self._insight_fail_retry_after
+            reject, reject_status = self._reject, self._reject_status
+        if reject is not None and reject(body):
+            return reject_status, None
+        if not body.lstrip().startswith(b"["):
+            return 400, None
+        return 200, None
+
+    def _serve_control(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         if path == "/control/state" and method == "GET":
             return 200, {
                 "open_connections": self.open_connections,
                 "connections_accepted": self.connections_accepted,
                 "connections_rejected": self.connections_rejected,
                 "events": len(self.events),
+                "insight": self.insight_stats().to_json(),
             }
         if path == "/control/events" and method == "GET":
             return 200, self.events
+        if path == "/control/insight" and method == "GET":
+            return 200, self.insight_settings() | {"stats": self.insight_stats().to_json()}
         if method == "POST" and path.startswith("/control/"):
             try:
                 arg = json.loads(body) if body else {}
             except ValueError:
                 return 400, {"error": "body is not JSON"}
             action = path[len("/control/") :]
-            if action == "flag":
-                self.update_flag(arg)
-            elif action == "segment":
-                self.update_segment(arg)
-            elif action == "drop":
-                return 200, {"dropped": self.drop_connections()}
-            elif action == "close":
-                return 200, {"closed": self.close_connections(int(arg.get("code", 1000)))}
-            elif action == "insight-fail":
-                if "seconds" in arg:
-                    self.fail_insight_for(float(arg["seconds"]), int(arg.get("status", 500)))
-                self.fail_insight(*[int(s) for s in arg.get("statuses", [])])
-            elif action == "silence":
-                self.silence(float(arg.get("seconds", 2.0)), lose=bool(arg.get("lose", False)))
-            elif action == "clock":
-                self.clock_offset_ms = int(arg.get("offset_ms", 0))
-            else:
-                return 404, {"error": f"unknown control action {action!r}"}
-            return 200, {"ok": True}
+            try:
+                return self._control_action(action, arg)
+            except (TypeError, ValueError, AttributeError) as exc:
+                return 400, {"error": f"bad argument for {action!r}: {exc}"}
         return 404, None
+
+    def _control_action(self, action: str, arg: Any) -> tuple[int, Any]:
+        if action == "flag":
+            self.update_flag(arg)
+        elif action == "segment":
+            self.update_segment(arg)
+        elif action == "drop":
+            return 200, {"dropped": self.drop_connections()}
+        elif action == "close":
+            return 200, {"closed": self.close_connections(int(arg.get("code", 1000)))}
+        elif action == "insight-fail":
+            retry_after = arg.get("retry_after")
+            if "seconds" in arg:
+                self.fail_insight_for(float(arg["seconds"]), int(arg.get("status", 500)), retry_after=retry_after)
+            self.fail_insight(*[int(s) for s in arg.get("statuses", [])], retry_after=retry_after)
+        elif action == "insight":
+            self._set_insight_knobs(arg)
+            return 200, self.insight_settings() | {"stats": self.insight_stats().to_json()}
+        elif action == "insight-reset":
+            return 200, self.reset_insight_stats().to_json()
+        elif action == "silence":
+            self.silence(float(arg.get("seconds", 2.0)), lose=bool(arg.get("lose", False)))
+        elif action == "clock":
+            self.clock_offset_ms = int(arg.get("offset_ms", 0))
+        else:
+            return 404, {"error": f"unknown control action {action!r}"}
+        return 200, {"ok": True}
+
+    def _set_insight_knobs(self, arg: Mapping[str, Any]) -> None:
+        unknown = set(arg) - {"delay", "max_body", "reject", "reject_status", "keep_events"}
+        if unknown:
+            raise ValueError(f"unknown insight knob(s) {sorted(unknown)}")
+        if "delay" in arg:
+            delay = float(arg["delay"])
+            if delay < 0:
+                raise ValueError("delay must not be negative")
+            self.insight_delay = delay
+        if "max_body" in arg:
+            self.insight_max_body = None if arg["max_body"] is None else int(arg["max_body"])
+        status = int(arg.get("reject_status", self._reject_status))
+        if "reject" in arg:
+            marker = arg["reject"]
+            if marker is not None and not isinstance(marker, str):
+                raise ValueError("reject is a marker string or null")
+            self.reject_insight(marker, status=status)
+        else:
+            with self._lock:
+                self._reject_status = status
+        if "keep_events" in arg:
+            self.keep_events = bool(arg["keep_events"])
+
+
+def _stats_line(server: FeatBitStandIn) -> str:
+    stats = server.insight_stats()
+    statuses = ", ".join(f"{status}: {n}" for status, n in sorted(stats.statuses.items())) or "none"
+    return (
+        f"insight: {stats.requests} requests ({statuses}), {stats.events} events accepted, "
+        f"max {stats.max_in_flight} in flight, {stats.connections} connections"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="FeatBit stand-in server (loopback only)")
+    parser = argparse.ArgumentParser(
+        description="FeatBit stand-in server (loopback only); the insight knobs are described in the module docstring"
+    )
     parser.add_argument("--port", type=int, default=5100)
     parser.add_argument("--secret", default=DEFAULT_SECRET)
     parser.add_argument("--flags", help="a data-sync JSON file to serve")
+    insight = parser.add_argument_group("insight endpoint")
+    insight.add_argument(
+        "--insight-delay", type=float, default=0.0, metavar="SECONDS", help="answer every insight POST after this delay"
+    )
+    insight.add_argument(
+        "--insight-max-body", type=int, metavar="BYTES", help="answer 413 to a larger body (a proxy's limit)"
+    )
+    insight.add_argument("--insight-reject", metavar="MARKER", help="answer 400 to any body that contains MARKER")
+    insight.add_argument(
+        "--insight-reject-status", type=int, default=400, metavar="STATUS", help="the status of --insight-reject (400)"
+    )
+    insight.add_argument(
+        "--insight-fail",
+        type=int,
+        action="append",
+        default=[],
+        metavar="STATUS",
+        help="answer the next insight request with STATUS (repeat: in order)",
+    )
+    insight.add_argument(
+        "--insight-fail-for",
+        type=float,
+        metavar="SECONDS",
+        help="answer every insight request with --insight-fail-status for SECONDS from the start",
+    )
+    insight.add_argument(
+        "--insight-fail-status", type=int, default=500, metavar="STATUS", help="the status of --insight-fail-for (500)"
+    )
+    insight.add_argument(
+        "--retry-after",
+        metavar="SECONDS",
+        help="send Retry-After with the --insight-fail and --insight-fail-for answers",
+    )
+    insight.add_argument(
+        "--no-keep-events",
+        dest="keep_events",
+        action="store_false",
+        help="count events without keeping them (long runs)",
+    )
+    insight.add_argument(
+        "--stats-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="print the insight stats this often (0: only when stopping)",
+    )
     args = parser.parse_args(argv)
     flags: list[dict[str, Any]] = []
     segments: list[dict[str, Any]] = []
@@ -613,13 +1036,39 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.flags) as fh:
             doc = json.load(fh)
         flags, segments = doc["data"]["featureFlags"], doc["data"]["segments"]
-    server = FeatBitStandIn(secret=args.secret, flags=flags, segments=segments, port=args.port).start()
+    retry_after: RetryAfter = None
+    if args.retry_after is not None:
+        try:
+            retry_after = float(args.retry_after)
+        except ValueError:
+            retry_after = args.retry_after  # e.g. an HTTP date, sent verbatim
+    server = FeatBitStandIn(
+        secret=args.secret,
+        flags=flags,
+        segments=segments,
+        port=args.port,
+        insight_delay=args.insight_delay,
+        insight_max_body=args.insight_max_body,
+        keep_events=args.keep_events,
+    )
+    if args.insight_reject:
+        server.reject_insight(args.insight_reject, status=args.insight_reject_status)
+    if args.insight_fail:
+        server.fail_insight(*args.insight_fail, retry_after=retry_after)
+    if args.insight_fail_for:
+        server.fail_insight_for(args.insight_fail_for, args.insight_fail_status, retry_after=retry_after)
+    server.start()
     print(f"stand-in: streaming {server.streaming_url}  events {server.event_url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     try:
-        while True:
-            time.sleep(3600)
+        while not stop.wait(args.stats_interval or 3600):
+            if args.stats_interval:
+                print(_stats_line(server), flush=True)
     except KeyboardInterrupt:
-        server.stop()
+        pass
+    server.stop()
+    print(_stats_line(server), flush=True)
     return 0
 
 
