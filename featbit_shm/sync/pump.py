@@ -7,7 +7,8 @@ and the rings hold the rest, dropping new events once full, counted, R-67),
 renders them into insight payload objects, and hands batches of at most 50
 objects (R-67) and at most ``MAX_BODY`` bytes to a pool of sender threads:
 up to ``concurrency`` requests in flight, each thread on its own keep-alive
-connection. A full batch goes at once; a partial one every
+connection (while requests come back within 2 ms, the pump sends them
+itself: threads would cost more CPU than they save). A full batch goes at once; a partial one every
 ``flush_interval``, or when a worker asked for a flush (R-69).
 
 Responses (:func:`~featbit_shm._core.records.classify`):
@@ -106,6 +107,10 @@ log = logging.getLogger("featbit_shm.events")
 #: 100 ms per request, 24 x 50 objects is 12,000 events/s; a healthy host
 #: with little backlog has one request in flight now and then.
 DEFAULT_CONCURRENCY = 24
+#: While requests come back faster than this (loopback, a FeatBit Agent on the
+#: host), the pump sends them itself, one after the other: handing batches to
+#: threads would cost more CPU than the wait it saves.
+INLINE_LATENCY_S = 0.002
 
 Post = Callable[[bytes], "Reply | int | None"]
 
@@ -190,6 +195,7 @@ class EventPump:
         self._senders: list[threading.Thread] = []
         self.wake = threading.Event()  # set when a sender finishes a batch
         self._flushes: dict[int, tuple[int, int]] = {}  # ring id -> (request, ring head when seen)
+        self._latency = 0.0  # recent request duration, seconds (moving average)
         self._failures = 0  # retryable failures in a row
         self._proven = False  # the endpoint accepted a request: until then, one at a time
         self._not_before = 0.0  # after a retryable failure, no request before this
@@ -278,7 +284,7 @@ class EventPump:
             batch = self._next_batch()
             self._in_flight += 1
             self._last_send = now
-            if self._concurrency:
+            if self._concurrency and (self._in_flight > 1 or self._latency >= INLINE_LATENCY_S):
                 self._start_senders()
                 self._jobs.put(batch)
             else:
@@ -324,7 +330,9 @@ class EventPump:
         parts: collections.deque[list[_Entry]] = collections.deque([batch])
         while parts:
             part = parts.popleft()
+            started = time.monotonic()
             reply = _reply(self._post(join_json([e.payload or b"" for e in part])))
+            self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - started)
             outcome = classify(reply.status)
             if outcome is Outcome.SUCCESS:
                 result.delivered.extend(part)
