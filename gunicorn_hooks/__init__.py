@@ -155,7 +155,8 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Stop the worker's client (bounded)."""
+    """Stop the worker's client (bounded); the last worker of a master that
+    is gone removes the store."""
     try:
         from featbit_shm import _singleton
 
@@ -164,6 +165,56 @@ def worker_exit(server: Any, worker: Any) -> None:
             client.stop()
     except Exception as exc:  # noqa: BLE001
         _log(server, "error", "featbit_shm: worker_exit: %s", exc)
+    try:
+        _leave_orphaned_store(server)
+    except Exception as exc:  # noqa: BLE001
+        _log(server, "error", "featbit_shm: worker_exit: %s", exc)
+
+
+#: How long an orphaned worker waits for a stopping sync process to let go of the store.
+ORPHAN_WAIT_S = 20.0
+
+
+def _leave_orphaned_store(server: Any) -> None:
+    """A master killed with SIGKILL runs no on_exit. Its workers outlive it
+    (a gunicorn worker notices its parent changed only between two waits,
+    up to half the worker timeout later), and its sync process, which stops
+    when its owner is gone, leaves the store to the clients still registered
+    -- these workers, which may not start a sync process any more (their
+    owner is gone). So each of them gives up its registry slots on its way
+    out, and the last one out removes the store as on_exit would have: under
+    the leader lock, so never while a sync process still runs for it (a
+    sidecar's, or another server's: then it is theirs)."""
+    from featbit_shm._runtime.environment import env_int
+    from featbit_shm._runtime.processes import pid_alive
+
+    owner = env_int("FEATBIT_SHM_OWNER_PID")
+    if not owner or pid_alive(owner):
+        return  # the master is there: its on_exit removes the store
+    from featbit_shm.shm.locks import FileLock, remove_lock_files
+    from featbit_shm.shm.names import StoreNames
+    from featbit_shm.shm.objects import remove_objects
+    from featbit_shm.shm.registry import Registry
+
+    settings = _settings()
+    names = StoreNames.for_env(settings.store_secret, settings.namespace)
+    registry = Registry(names)
+    try:
+        others = registry.leave(pid_alive)
+    finally:
+        registry.close()
+    if others:
+        return  # the last one out removes it
+    leader = FileLock(names.lock_path, names.access)
+    if not leader.acquire(ORPHAN_WAIT_S, poll=0.1):
+        _log(server, "warning", "featbit_shm: a sync process still runs for store %s; leaving it the store", names.tag)
+        return
+    try:
+        remove_objects(names.all_objects(), names.access)
+        remove_lock_files(names.lock_files, names.access)
+    finally:
+        leader.release()
+    _log(server, "info", "featbit_shm: the master is gone; its last worker removed store %s", names.tag)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -97,8 +97,11 @@ class Registry:
         ``create=False`` a store that has no registry yet is left as it is.
         True when the table is mapped."""
         with self._locked():
-            if not create and self._find()[0] is None:
-                return False
+            if not create and self._mm is None:
+                fd, _name = self._find()
+                if fd is None:
+                    return False
+                os.close(fd)  # _map opens it again
             self._map()
             return True
 
@@ -280,6 +283,28 @@ class Registry:
     def live_processes(self, alive: Callable[[int], bool]) -> int:
         """How many processes with a client or a ring are still running (see :meth:`live_pids`)."""
         return len(self.live_pids(alive))
+
+    def leave(self, alive: Callable[[int], bool]) -> set[int]:
+        """This process is exiting: free its client slot and disown its ring
+        (pid 0: a pump drains and removes it as a dead worker's), under the
+        lock; then the other live processes (:meth:`live_pids`). Empty when
+        the store has no registry. Every leaver gives up its slots before it
+        looks, so of processes leaving together the last sees no other."""
+        if not self.attach(create=False):
+            return set()
+        me = os.getpid()
+        with self._locked():
+            mm = self._map()
+            for i in range(SLOTS):
+                offset = HEADER + i * _SLOT.size
+                pid, ring_id, state, at = _SLOT.unpack_from(mm, offset)
+                if pid != me:
+                    continue
+                if state == CLIENT:
+                    _SLOT.pack_into(mm, offset, 0, 0, FREE, 0.0)
+                elif state == CLAIMED:
+                    _SLOT.pack_into(mm, offset, 0, ring_id, CLAIMED, at)
+        return self.live_pids(alive)
 
     def live_pids(self, alive: Callable[[int], bool]) -> set[int]:
         """Pids of the processes with a client or a ring that are still

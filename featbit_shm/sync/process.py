@@ -102,6 +102,7 @@ class SyncProcess:
         self._publish_retry_at = 0.0
         self._publish_retry_delay = 1.0
         self._last_error = LastErrorHandler(self)
+        self._orphan_noted = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -384,9 +385,10 @@ class SyncProcess:
         if now - self._owner_checked < 0.5:
             return
         self._owner_checked = now
-        if owner and not pid_alive(owner):
+        orphaned = owner is not None and owner > 0 and not pid_alive(owner)
+        if orphaned and self.writer is None:
             log.info("featbit_shm: owner process %d is gone; stopping", owner)
-            self.stop.set()
+            self.stop.set()  # a standby: the leader serves what is left
         if self.writer is None:
             return  # a standby: the registry is the leader's business
         if self._registry is None:
@@ -397,6 +399,17 @@ class SyncProcess:
             live = self._registry.live_processes(pid_alive)
         except Exception as exc:  # noqa: BLE001 - a broken registry must not stop syncing
             log.warning("featbit_shm: cannot read the client registry: %s", exc)
+            return
+        if orphaned:
+            # A server killed with SIGKILL (no on_exit): its workers outlive it
+            # for a while. Keep them served (and their events delivered) until
+            # the last one is gone, then stop and remove the store.
+            if not live:
+                log.info("featbit_shm: owner process %d is gone and no client is left; stopping", owner)
+                self.stop.set()
+            elif not self._orphan_noted:
+                self._orphan_noted = True
+                log.warning("featbit_shm: owner process %d is gone; serving its %d remaining client(s) until they exit", owner, live)
             return
         idle = self.settings.idle_timeout
         if idle is None:
