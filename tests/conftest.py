@@ -44,7 +44,7 @@ def offline_client(*flags: dict[str, Any], segments: tuple[dict[str, Any], ...] 
     return client
 
 
-INTEGRATION_LANES = ("slow", "subprocess", "gunicorn", "uwsgi", "soak")
+INTEGRATION_LANES = ("slow", "subprocess", "gunicorn", "uwsgi", "recipes", "soak")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
