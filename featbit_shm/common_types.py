@@ -78,10 +78,20 @@ class EvalDetail:
         )
 
 
-class FlagState:
+class BasicFlagState:
+    """fbclient's base of FlagState and AllFlagStates: ``success`` and ``reason``."""
+
+    __slots__ = ("success", "reason")
+
+    def __init__(self, success: bool, reason: str) -> None:
+        self.success = success
+        self.reason = "OK" if success else reason
+
+
+class FlagState(BasicFlagState):
     """fbclient's ``FlagState``: success, reason and the detail."""
 
-    __slots__ = ("success", "reason", "data")
+    __slots__ = ("data",)
 
     def __init__(self, success: bool, reason: str, data: EvalDetail) -> None:
         self.success = success
@@ -91,11 +101,14 @@ class FlagState:
     def to_json_dict(self) -> dict[str, Any]:
         return {"success": self.success, "reason": self.reason, "data": self.data.to_json_dict()}
 
+    def to_json_str(self) -> str:
+        return json.dumps(self.to_json_dict())
 
-class AllFlagStates:
+
+class AllFlagStates(BasicFlagState):
     """Every active flag evaluated for one user; raw string values (R-60)."""
 
-    __slots__ = ("success", "reason", "_details")
+    __slots__ = ("_details",)
 
     def __init__(self, success: bool, reason: str, details: Mapping[str, EvalDetail]) -> None:
         self.success = success

@@ -21,12 +21,14 @@ silently ignored:
 
 from __future__ import annotations
 
+import copy as copy_module
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 from ._core.errors import ConfigError
+from ._core.protocol import insight_url
 from ._core.settings import (
     EVENT_SCHEMES,
     check_count,
@@ -266,6 +268,43 @@ class Config:
         """Size of each worker's event ring in shared memory (default 16 MiB:
         about 10 s of 10,000 events/s; reserved up front)."""
         return self._event_ring_bytes
+
+    @property
+    def events_uri(self) -> str:
+        """The insight endpoint (fbclient's ``events_uri``)."""
+        return insight_url(self._event_url) if self._event_url else ""
+
+    @property
+    def streaming_uri(self) -> str:
+        """The streaming endpoint without its token (fbclient's ``streaming_uri``)."""
+        return f"{self._streaming_url}/streaming" if self._streaming_url else ""
+
+    # fbclient's extension points are not supported (the constructor refuses
+    # them): these read back as None, as fbclient's would when unset.
+    @property
+    def data_storage(self) -> None:
+        return None
+
+    @property
+    def update_processor_imp(self) -> None:
+        return None
+
+    @property
+    def event_processor_imp(self) -> None:
+        return None
+
+    def copy_config_in_a_new_env(self, env_secret: str, defaults: Mapping[str, Any] | None = None, data_storage: Any = None) -> Config:
+        """This configuration for another environment (fbclient's helper).
+        The copy uses its own store: the store is named by the secret."""
+        copy = copy_module.copy(self)
+        copy._env_secret = env_secret.strip()
+        if not self._offline:
+            check_secret("env_secret", copy._env_secret)
+        if data_storage is not None:
+            raise ConfigError("data_storage is not supported by featbit_shm (see MIGRATING.md, 'Extension points')")
+        if defaults is not None:
+            copy._defaults = MappingProxyType(dict(defaults))
+        return copy
 
     @property
     def max_event_bytes(self) -> int:

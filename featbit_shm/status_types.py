@@ -67,6 +67,27 @@ class State:
     def __repr__(self) -> str:
         return f"State({self.state_type.name}, since={self.state_since:.3f}, error={self.error_track!r})"
 
+    # fbclient's factories (its status provider's own vocabulary).
+    @staticmethod
+    def intializing_state() -> State:  # sic: fbclient's spelling
+        return State(StateType.INITIALIZING, time.time())
+
+    @staticmethod
+    def ok_state() -> State:
+        return State(StateType.OK, time.time())
+
+    @staticmethod
+    def interrupted_state(error_type: str, message: str) -> State:
+        return State(StateType.INTERRUPTED, time.time(), ErrorTrack(error_type, message))
+
+    @staticmethod
+    def normal_off_state() -> State:
+        return State(StateType.OFF, time.time())
+
+    @staticmethod
+    def error_off_state(error_type: str, message: str) -> State:
+        return State(StateType.OFF, time.time(), ErrorTrack(error_type, message))
+
 
 _MAP = {
     SyncState.INITIALIZING: StateType.INITIALIZING,

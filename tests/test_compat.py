@@ -259,3 +259,70 @@ def test_event_shapes_differ_only_as_documented(results: tuple[dict[str, Any], d
         return sorted(json.dumps(normal(e, drop), sort_keys=True) for e in events)
 
     assert canonical(old, "reason") == canonical(new, "sendToExperiment")
+
+
+# --------------------------------------------------------------------------- the public surface, by introspection
+
+SURFACE = [
+    ("fbclient", "featbit_shm"),
+    ("fbclient.client", "featbit_shm.client"),
+    ("fbclient.config", "featbit_shm.config"),
+    ("fbclient.status_types", "featbit_shm.status_types"),
+    ("fbclient.common_types", "featbit_shm.common_types"),
+    ("fbclient.flag_change_notification", "featbit_shm.flag_change_notification"),
+]
+
+
+def _public_names() -> list[tuple[str, str]]:
+    """(featbit_shm module, dotted name) of every public name fb-python-sdk
+    defines in the modules users import, classes' public attributes
+    included, and the attributes of its status provider."""
+    import importlib
+    import inspect
+
+    names = []
+    for theirs, ours in SURFACE:
+        module = importlib.import_module(theirs)
+        for name in sorted(n for n in dir(module) if not n.startswith("_")):
+            obj = getattr(module, name)
+            defined_in = getattr(obj, "__module__", "") or ""
+            if not (defined_in == theirs or (theirs == "fbclient" and defined_in.startswith("fbclient"))):
+                continue  # imported from elsewhere: the package's API is what it defines (and re-exports at its top)
+            names.append((ours, name))
+            if inspect.isclass(obj):
+                names.extend((ours, f"{name}.{attr}") for attr in sorted(dir(obj)) if not attr.startswith("_"))
+    import fbclient.interfaces
+
+    provider = fbclient.interfaces.DataUpdateStatusProvider
+    names.extend(("featbit_shm.status_types", f"DataUpdateStatusProvider.{a}") for a in sorted(dir(provider)) if not a.startswith("_"))
+    return names
+
+
+def _has(module_name: str, dotted: str) -> bool:
+    import importlib
+
+    obj: Any = importlib.import_module(module_name)
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+@pytest.mark.unit
+def test_every_public_name_of_fbclient_exists_or_is_documented_in_migrating() -> None:
+    # Issue 20.6: "fbclient's update_status_provider.add_listener is missing
+    # and MIGRATING.md does not say so".
+    from pathlib import Path
+
+    migrating = (Path(__file__).resolve().parents[1] / "MIGRATING.md").read_text(encoding="utf-8")
+    names = _public_names()
+    assert len(names) > 100  # the introspection found fbclient's surface
+    def documented(name: str) -> bool:
+        # The name, or (for an attribute) its class as a whole, is on the page.
+        return f"`{name}`" in migrating or ("." in name and f"`{name.split('.')[0]}`" in migrating and not _has("featbit_shm", name.split(".")[0]))
+
+    missing = [(m, n) for m, n in names if not _has(m, n) and not documented(n)]
+    assert missing == [], "fbclient names neither provided nor listed in MIGRATING.md"
+    for name in ("DataUpdateStatusProvider.add_listener", "DataUpdateStatusProvider.remove_listener", "State.ok_state", "FlagState.to_json_str"):
+        assert _has("featbit_shm.status_types" if not name.startswith("FlagState") else "featbit_shm.common_types", name)
