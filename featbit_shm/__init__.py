@@ -12,7 +12,7 @@ from .client import FBClient
 from .common_types import AllFlagStates, EvalDetail, FlagState
 from .config import Config
 from .errors import ConfigError, DataError, FeatbitShmError, SharedMemoryError
-from .status_types import State, StateType
+from .status_types import Health, State, StateType
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "FBClient",
     "FeatbitShmError",
     "FlagState",
+    "Health",
     "ReasonKind",
     "SharedMemoryError",
     "State",

@@ -152,6 +152,61 @@ def _usable(status: dict[str, Any]) -> bool:
     return usable and bool(status.get("leader_alive")) and not status.get("workers_behind")
 
 
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# (metric, help, type, status key): one sample per store.
+_GAUGES = (
+    ("featbit_shm_up", "1 when a live sync process serves published data and no worker is behind (the status exit code)", "gauge", None),
+    ("featbit_shm_leader_alive", "1 while a live sync process serves the store", "gauge", "leader_alive"),
+    ("featbit_shm_heartbeat_age_seconds", "seconds since the sync process's last heartbeat", "gauge", "heartbeat_age_s"),
+    ("featbit_shm_last_publish_age_seconds", "seconds since the last snapshot was published", "gauge", "last_publish_age_s"),
+    ("featbit_shm_generation", "the snapshot generation workers serve", "gauge", "generation"),
+    ("featbit_shm_data_version", "the data version (max updatedAt, ms) of that snapshot", "gauge", "data_version"),
+    ("featbit_shm_flags", "active flags in the snapshot", "gauge", "flags"),
+    ("featbit_shm_segments", "active segments in the snapshot", "gauge", "segments"),
+    ("featbit_shm_snapshot_bytes", "bytes of the current snapshot in /dev/shm", "gauge", "snapshot_bytes"),
+    ("featbit_shm_clients", "live processes registered with the store", "gauge", "clients"),
+    ("featbit_shm_workers_behind", "workers that cannot map the newest generation", "gauge", "workers_behind"),
+    ("featbit_shm_publishes_total", "snapshots published", "counter", "publishes"),
+    ("featbit_shm_publish_errors_total", "publishes that failed (retried)", "counter", "publish_errors"),
+    ("featbit_shm_reconnects_total", "websocket reconnects", "counter", "reconnects"),
+    ("featbit_shm_events_recorded_total", "events recorded by workers", "counter", "events_recorded"),
+    ("featbit_shm_events_sent_total", "events FeatBit accepted", "counter", "events_sent"),
+    ("featbit_shm_events_queued", "events waiting to be delivered", "gauge", "events_queued"),
+)
+
+
+def prometheus(stores: list[dict[str, Any]]) -> str:
+    """Status in the Prometheus text format (one sample per store, labelled
+    by store tag and namespace), for node_exporter's textfile collector or a
+    sidecar that serves it."""
+
+    def labels(status: dict[str, Any]) -> str:
+        return f'store="{_label(status["store"])}",namespace="{_label(status.get("namespace") or "")}"'
+
+    lines: list[str] = []
+    for metric, text, kind, key in _GAUGES:
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
+        for status in stores:
+            if key is None:
+                value: Any = _usable(status)
+            elif key == "workers_behind":
+                value = len(status.get(key) or [])
+            else:
+                value = status.get(key)
+            if value is not None:
+                lines.append(f"{metric}{{{labels(status)}}} {float(value):g}")
+    lines += ["# HELP featbit_shm_state 1 for the sync state the store is in", "# TYPE featbit_shm_state gauge"]
+    for status in stores:
+        lines += [f'featbit_shm_state{{{labels(status)},state="{name}"}} {int(status["state"] == name)}' for name in ("INITIALIZING", "OK", "INTERRUPTED", "OFF")]
+    lines += ["# HELP featbit_shm_events_lost_total events lost, by reason", "# TYPE featbit_shm_events_lost_total counter"]
+    for status in stores:
+        lines += [f'featbit_shm_events_lost_total{{{labels(status)},reason="{reason}"}} {count}' for reason, count in (status.get("events_lost") or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
 def _print(status: dict[str, Any]) -> None:
     width = max(len(k) for k in status)
     for key, value in status.items():
@@ -160,19 +215,25 @@ def _print(status: dict[str, Any]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     chosen = args.namespace or any(env_given(v) for v in ("FEATBIT_ENV_SECRET", "FEATBIT_OFFLINE", "FEATBIT_NAMESPACE"))
+    if args.json:
+        args.format = "json"
     if args.all or not chosen:
         access = StoreAccess.from_env()
         stores = [read_status(StoreNames(tag, access)) for tag in store_tags(access)]
-        if args.json:
+        if args.format == "prometheus":
+            sys.stdout.write(prometheus(stores))
+        elif args.json:
             print(json.dumps({"stores": stores}, indent=2, sort_keys=True))
         elif not stores:
             print(f"featbit-shm: no store of uid {access.owner} in {SHM_DIR} (set FEATBIT_ENV_SECRET/FEATBIT_NAMESPACE to name one)")
-        for status in stores if not args.json else ():
+        for status in stores if args.format == "text" else ():
             print(f"== store {status['store']} (namespace {status.get('namespace')})")
             _print(status)
         return 0 if stores and all(_usable(s) for s in stores) else 1
     status = read_status(_names(args))
-    if args.json:
+    if args.format == "prometheus":
+        sys.stdout.write(prometheus([status] if "generation" in status else []))
+    elif args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         _print(status)
@@ -260,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="leader, heartbeat, generation and counters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="every store of this account on the host")
+    p.add_argument("--format", choices=("text", "json", "prometheus"), default="text", help="output format (--json: json)")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("sync", help="run the sync process in the foreground (configured from FEATBIT_*)")
     p.set_defaults(func=cmd_sync)

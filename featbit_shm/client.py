@@ -59,7 +59,7 @@ from .flag_change_notification import FlagTracker, TrackingSource
 from .shm.names import StoreNames
 from .shm.reader import SnapshotReader
 from .shm.registry import Registry
-from .status_types import DataUpdateStatusProvider
+from .status_types import DataUpdateStatusProvider, Health, judge
 from .worker import host, sources
 from .worker.recorder import EventRecorder
 from .worker.sources import FlagSource, MemorySource
@@ -224,6 +224,14 @@ class FBClient:
             if self._watch is not None:
                 self._watch.status = provider  # listeners hear of changes at the store watch
         return provider
+
+    def health(self) -> Health:
+        """Is this process serving fresh flags? Truthy when so; ``reason``
+        says why not (for a web health endpoint: ``return (h.to_json_dict(),
+        200 if h else 503)``). See :class:`~featbit_shm.status_types.Health`."""
+        state = self.update_status_provider.current_state
+        view = self._source.current()
+        return judge(state, view is not None, view.generation if view is not None else 0)
 
     def is_offline(self) -> bool:
         return self._config.offline

@@ -89,6 +89,55 @@ class State:
         return State(StateType.OFF, time.time(), ErrorTrack(error_type, message))
 
 
+class Health:
+    """Is this process serving fresh flags? (``client.health()``; truthy when so).
+
+    Healthy: the process has data, serves the host's newest generation, and
+    a live sync process keeps the host fresh -- also while that process
+    reconnects to FeatBit (the host then serves last-known flags, which is
+    what every worker should do; failing every pod's readiness for a FeatBit
+    outage would take the app down with it). Unhealthy: no data yet, no live
+    sync process, this worker cannot map the newest generation, or the sync
+    process stopped (rejected by FeatBit). ``reason`` says which.
+    """
+
+    __slots__ = ("ok", "reason", "state", "generation")
+
+    def __init__(self, ok: bool, reason: str, state: State, generation: int) -> None:
+        self.ok = ok
+        self.reason = reason
+        self.state = state
+        self.generation = generation
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def to_json_dict(self) -> dict[str, Any]:
+        track = self.state.error_track
+        return {
+            "ok": self.ok,
+            "reason": self.reason,
+            "state": self.state.state_type.value,
+            "error": {"type": track.error_type, "message": track.message} if track else None,
+            "generation": self.generation,
+        }
+
+    def __repr__(self) -> str:
+        return f"Health(ok={self.ok}, reason={self.reason!r})"
+
+
+def judge(state: State, ready: bool, generation: int) -> Health:
+    """The health rule (see :class:`Health`)."""
+    track = state.error_track
+    if not ready:
+        return Health(False, "no flag data yet" + (f": {track.message}" if track else ""), state, generation)
+    if state.state_type is StateType.OK:
+        return Health(True, "serving the host's current flags", state, generation)
+    if state.state_type is StateType.INTERRUPTED and track is None:
+        return Health(True, "the sync process is reconnecting to FeatBit; serving last-known flags", state, generation)
+    return Health(False, track.message if track else state.state_type.value, state, generation)
+
+
 _MAP = {
     SyncState.INITIALIZING: StateType.INITIALIZING,
     SyncState.OK: StateType.OK,

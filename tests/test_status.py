@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import subprocess
 import sys
 import time
@@ -86,6 +87,7 @@ def test_a_worker_that_cannot_map_the_new_generation_says_so_in_its_status_and_l
     assert client.variation("banner", USER, "default") == "v1"
     provider = client.update_status_provider
     assert provider.current_state.state_type is StateType.OK
+    assert client.health() and client.health().to_json_dict()["generation"] == 1
     provider.add_listener(seen.append)
     provider.add_listener(seen.append)  # added once (fbclient's rule)
 
@@ -102,6 +104,8 @@ def test_a_worker_that_cannot_map_the_new_generation_says_so_in_its_status_and_l
     assert "generation 1 of 2" in state.error_track.message and writer.current_name in state.error_track.message
     assert [s.state_type for s in seen] == [StateType.INTERRUPTED]
     assert sum("cannot map snapshot" in r.getMessage() for r in caplog.records) <= 1  # rate-limited, not per request
+    health = client.health()  # a web health endpoint sees it too
+    assert not health and "cannot map snapshot" in health.reason and health.to_json_dict()["error"]["type"] == "StaleWorker"
 
     writer.publish(dataset("v3", 3))  # a generation it can map: caught up (after its short retry pause)
     assert eventually(lambda: client.variation("banner", USER, "default") == "v3")
@@ -180,6 +184,14 @@ def test_status_shows_namespace_last_error_and_the_workers_that_cannot_follow() 
             rc, status = status_of(named)
             assert rc == 1 and [w["pid"] for w in status["workers_behind"]] == [os.getpid()]
             assert "cannot map" in status["problem"]
+            metrics = subprocess.run(
+                [sys.executable, "-m", "featbit_shm.cli", "status", "--format", "prometheus"], capture_output=True, text=True, env=named, timeout=60
+            ).stdout
+            labels = f'store="{sync.names.tag}",namespace="{sync.namespace}"'
+            assert f"featbit_shm_up{{{labels}}} 0" in metrics and f"featbit_shm_workers_behind{{{labels}}} 1" in metrics
+            assert f'featbit_shm_state{{{labels},state="OK"}} 1' in metrics
+            sample = re.compile(r'^[a-z_]+\{store="[0-9a-f]+",namespace="[^"]*"(,[a-z]+="[A-Za-z_]+")?\} -?[0-9.e+]+$')
+            assert all(line.startswith("# ") or sample.match(line) for line in metrics.splitlines()), metrics
             os.chown(SHM_DIR + newest, os.geteuid(), -1)
         finally:
             client.stop()
