@@ -112,11 +112,14 @@ class FBClient:
                 self._source = self._join(start_wait)
             else:
                 self._source = SnapshotReader(self._names, retry_interval=0.05, fallback=sources.memory_view(DataSet(), 0))
-        else:
-            assert config.bootstrap_file
+        elif config.bootstrap_file:
             result = load_document(read_bootstrap_file(config.bootstrap_file), origin=str(config.bootstrap_file))
             self._report(result, config.bootstrap_file)
             self._use_memory(result.dataset)
+        else:
+            # Offline, local, nothing to load: an empty store of this process's
+            # own (R-71), filled by initialize_from_external_json or TestData.
+            self._use_memory(DataSet())
 
     def _join(self, start_wait: float) -> SnapshotReader:
         """Join the host's store (see :mod:`featbit_shm.worker.host`): the
