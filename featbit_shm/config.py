@@ -46,7 +46,7 @@ from ._runtime.environment import (
     env_str,
     env_tristate,
 )
-from .sync.settings import SyncSettings
+from .sync.settings import SyncSettings, host_settings
 
 _UNSUPPORTED = ("data_storage", "update_processor_imp", "event_processor_imp")
 #: fbclient's default queue length, the one value featbit_shm accepts (see Config).
@@ -363,6 +363,7 @@ class Config:
             ring_bytes=self._event_ring_bytes,
             event_concurrency=self._event_concurrency,
             ca_bundle=self._ca_bundle,
+            **host_settings(),  # the host's, from its variables: a client hands them on unchanged
         )
 
     def fingerprint(self) -> int:

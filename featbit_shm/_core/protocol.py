@@ -43,6 +43,24 @@ def insight_url(base: str) -> str:
     return f"{base.rstrip('/')}/api/public/insight/track"
 
 
+def polling_url(base: str, timestamp: int) -> str:
+    """FeatBit's polling endpoint on the evaluation server (or Agent) whose
+    streaming URL is ``base``: ``ws(s)://host`` becomes ``http(s)://host``."""
+    head = base.rstrip("/")
+    if head.startswith("ws"):
+        head = "http" + head[2:]
+    return f"{head}/api/public/sdk/server/latest-all?timestamp={int(timestamp)}"
+
+
+def clock_skew_text(skew_s: float | None) -> str:
+    """How far the host clock is from the server's, for a log line."""
+    if skew_s is None:
+        return "the server sent no Date to compare the host clock with"
+    if abs(skew_s) < 2:
+        return "the host clock agrees with the server's (so check the env secret)"
+    return f"the host clock is {abs(skew_s):.0f} s {'ahead of' if skew_s > 0 else 'behind'} FeatBit's"
+
+
 def redact(url: str) -> str:
     """A URL safe to log (R-77): the token is reversible into the secret."""
     head, sep, _query = url.partition("?")

@@ -60,7 +60,8 @@ from .election import Election
 from .launcher import spawn_sync_process, stop_sync_process
 from .pump import EventPump
 from .settings import SyncSettings
-from .sources import FileSource, StreamSource
+from .sources import AutoSource, FileSource, PollingSource, StreamSource
+from .warmstart import WARM_GRACE_S, WarmStart, state_directory
 
 log = logging.getLogger("featbit_shm.sync")
 
@@ -103,6 +104,10 @@ class SyncProcess:
         self._publish_retry_delay = 1.0
         self._last_error = LastErrorHandler(self)
         self._orphan_noted = False
+        self._warm: WarmStart | None = None  # the warm-start file of this store (None: off here)
+        self._warm_data: DataSet | None = None  # read at start, published if FeatBit stays silent
+        self._serving_warm = False  # the published data came from the file: the cursor stays 0
+        self._lead_started = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -194,6 +199,7 @@ class SyncProcess:
         clean = False
         try:
             self._adopt()
+            self._prepare_warm_start()
             # Clients compare it with their own Config (worker.host.HostWatch).
             self.writer.control.set_word(W_CONFIG, self.settings.fingerprint())
             self.writer.control.set_namespace(self.settings.namespace)
@@ -209,6 +215,8 @@ class SyncProcess:
             return EXIT_REJECTED if self.rejected else EXIT_OK
         finally:
             self._beat_stop.set()
+            if self._warm is not None and not self._serving_warm and self.state is SyncState.OK and self._warm.save_due(self.dataset, 0.0):
+                self._warm.save(self.dataset, time.monotonic())  # the freshest data for the next start
             self._stop_events()
             logging.getLogger("featbit_shm").removeHandler(self._last_error)
             self._stop_standby()
@@ -266,15 +274,51 @@ class SyncProcess:
         self.writer.set_state(SyncState.INTERRUPTED)
         log.info("featbit_shm: adopted generation %d (cursor %d)", pointer.generation, self.dataset.version)
 
-    def _source(self) -> FileSource | StreamSource:
+    def _source(self) -> FileSource | StreamSource | PollingSource | AutoSource:
         s = self.settings
         if s.offline:
             assert s.bootstrap_file
             return FileSource(s.bootstrap_file)
-        return StreamSource(
-            s.env_secret, s.streaming_url, lambda: self.dataset.version,
+
+        def cursor() -> int:
+            return 0 if self._serving_warm else self.dataset.version  # after a warm start: a full, the server wins
+
+        polling = PollingSource(s.env_secret, s.streaming_url, cursor, interval=s.polling_interval, ca_bundle=s.ca_bundle, rejected_retry=s.rejected_retry_interval)
+        if s.data_sync == "polling":
+            return polling
+        stream = StreamSource(
+            s.env_secret, s.streaming_url, cursor,
             backoff=Backoff(first=s.streaming_first_retry_delay), on_open=self._on_open, ca_bundle=s.ca_bundle,
+            rejected_retry=s.rejected_retry_interval,
         )
+        # auto: a websocket is tried again every 6 polls (a minute at the default interval).
+        return AutoSource(stream, polling, probe_interval=max(6 * s.polling_interval, 5.0)) if s.data_sync == "auto" else stream
+
+    def _prepare_warm_start(self) -> None:
+        """Read the warm-start file when nothing is published (see .warmstart)."""
+        s = self.settings
+        self._lead_started = time.monotonic()
+        directory = None if s.offline else state_directory(s.state_dir, s.warm_start)
+        if directory is None:
+            return
+        self._warm = WarmStart(directory, self.names.tag, s.namespace)
+        if not self._adopted:
+            self._warm_data = self._warm.load()
+
+    def _publish_warm(self, now: float) -> None:
+        """FeatBit said nothing within WARM_GRACE_S of start: serve the file's data, INTERRUPTED."""
+        data, self._warm_data = self._warm_data, None
+        assert data is not None and self.writer is not None
+        self.dataset = data
+        self._serving_warm = True
+        if self._publish(None):
+            self.state = SyncState.INTERRUPTED
+            self.writer.set_state(SyncState.INTERRUPTED)
+            log.warning(
+                "featbit_shm: no data from FeatBit %.0f s after start; serving the warm-start data of store %s "
+                "(%d flags, data version %d) as INTERRUPTED until FeatBit answers",
+                now - self._lead_started, self.names.tag, len(data.flags), data.version,
+            )
 
     def _on_open(self) -> None:
         """Count reconnects for ``featbit-shm status``: every websocket this
@@ -305,6 +349,11 @@ class SyncProcess:
             segments |= changes.segments
         changed = Changes(full, frozenset(flags), frozenset(segments))
         self.dataset = dataset
+        self.rejected = False  # data again: a rejection (4003) was healed
+        self._warm_data = None  # FeatBit answered: the file is not needed
+        if self._serving_warm and full:
+            self._serving_warm = False  # the server's full replaced the file's data
+            log.info("featbit_shm: FeatBit answered; the warm-start data of store %s is replaced", self.names.tag)
         if changed or self.state is not SyncState.OK or self.writer.generation == 0 or self._unpublished:
             if not self._publish(None if full or self._unpublished else changed):
                 return
@@ -342,7 +391,8 @@ class SyncProcess:
         assert self.writer is not None
         if state is SyncState.OFF:
             self.rejected = True
-            self.stop.set()
+            if not self.settings.rejected_retry_interval:
+                self.stop.set()  # R-18: final (FEATBIT_REJECTED_RETRY_INTERVAL=0); else retried, OFF meanwhile
         elif state is SyncState.INTERRUPTED and self.state is SyncState.INITIALIZING:
             return  # R-16: stays Starting until the first success ([PY] does the same)
         self.state = state
@@ -377,6 +427,11 @@ class SyncProcess:
         if self.writer is not None and now - self._last_beat >= self.settings.heartbeat_interval:
             self.writer.heartbeat()  # also unlinks retired generations (main thread only)
             self._last_beat = now
+        if self._warm_data is not None and self.writer is not None and now - self._lead_started >= WARM_GRACE_S and self.state is not SyncState.OK:
+            self._publish_warm(now)
+        warm = self._warm
+        if warm is not None and self.state is SyncState.OK and not self._serving_warm and warm.save_due(self.dataset, now):
+            warm.save(self.dataset, now)
         self._keep_standby(now)
 
     def _watch_owner(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .._core.errors import ConfigError
 from .._core.settings import (
@@ -37,6 +38,20 @@ from .._runtime.environment import (
 )
 
 
+def host_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The sync settings that belong to the host, not to a client's Config
+    (how to reach FeatBit, warm start): read from the variables, so a
+    Config hands them on unchanged (``Config.sync_settings``)."""
+    raw_state_dir = env_str("FEATBIT_SHM_STATE_DIR", env)
+    return {
+        "data_sync": env_str("FEATBIT_DATA_SYNC", env).lower(),
+        "polling_interval": env_float("FEATBIT_POLLING_INTERVAL", env) or 10.0,
+        "rejected_retry_interval": env_float("FEATBIT_REJECTED_RETRY_INTERVAL", env) or 0.0,  # unset: its default
+        "warm_start": env_str("FEATBIT_SHM_WARM_START", env).lower(),
+        "state_dir": raw_state_dir or None,
+    }
+
+
 @dataclass(frozen=True)
 class SyncSettings:
     env_secret: str = ""
@@ -57,6 +72,11 @@ class SyncSettings:
     ring_bytes: int = DEFAULT_EVENT_RING_BYTES  # spare event rings are made at the size workers ask for
     event_concurrency: int = 24  # insight requests in flight at once, at most
     ca_bundle: str | None = None  # CAs to trust for TLS (websocket and insight)
+    data_sync: str = "auto"  # streaming | polling | auto
+    polling_interval: float = 10.0
+    rejected_retry_interval: float = 300.0  # 0: a rejection is final (R-18)
+    warm_start: str = "auto"  # 1 | 0 | auto
+    state_dir: str | None = None  # where the warm-start file lives
 
     def __repr__(self) -> str:  # never show the secret (R-77)
         return (
@@ -88,6 +108,7 @@ class SyncSettings:
             ring_bytes=env_int("FEATBIT_SHM_RING_BYTES", env) or DEFAULT_EVENT_RING_BYTES,
             event_concurrency=env_int("FEATBIT_SHM_EVENT_CONCURRENCY", env) or 24,
             ca_bundle=env_str("FEATBIT_CA_BUNDLE", env) or None,
+            **host_settings(env),
         )
         settings.validate()
         return settings
@@ -103,6 +124,12 @@ class SyncSettings:
         if self.event_url:
             check_url("FEATBIT_EVENT_URL", self.event_url, EVENT_SCHEMES)
         check_namespace("FEATBIT_NAMESPACE", self.namespace)
+        if self.data_sync not in ("streaming", "polling", "auto"):
+            raise ConfigError(f"FEATBIT_DATA_SYNC must be streaming, polling or auto, not {self.data_sync!r}")
+        if self.polling_interval < 1:
+            raise ConfigError(f"FEATBIT_POLLING_INTERVAL must be at least 1 s, not {self.polling_interval}")
+        if self.warm_start not in ("1", "0", "auto"):
+            raise ConfigError(f"FEATBIT_SHM_WARM_START must be 1, 0 or auto, not {self.warm_start!r}")
         if not 1 <= self.event_concurrency <= 256:
             raise ConfigError(f"FEATBIT_SHM_EVENT_CONCURRENCY must be 1..256, not {self.event_concurrency}")
         if self.ca_bundle and not os.path.isfile(self.ca_bundle):
@@ -128,6 +155,11 @@ class SyncSettings:
             "FEATBIT_SHM_RING_BYTES": format_number(self.ring_bytes),
             "FEATBIT_SHM_EVENT_CONCURRENCY": format_number(self.event_concurrency),
             "FEATBIT_CA_BUNDLE": self.ca_bundle or "",
+            "FEATBIT_DATA_SYNC": self.data_sync,
+            "FEATBIT_POLLING_INTERVAL": format_number(self.polling_interval),
+            "FEATBIT_REJECTED_RETRY_INTERVAL": format_number(self.rejected_retry_interval),
+            "FEATBIT_SHM_WARM_START": self.warm_start,
+            "FEATBIT_SHM_STATE_DIR": self.state_dir or "",
         }
         return env
 

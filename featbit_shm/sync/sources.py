@@ -11,14 +11,20 @@ the process can write its heartbeat and watch its owner, and they return when
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import http.client
+import json
 import logging
 import os
 import random
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -36,15 +42,19 @@ from .._core.protocol import (
     Ignored,
     Pong,
     build_token,
+    clock_skew_text,
     close_is_terminal,
     data_sync_request,
     parse_frame,
+    polling_url,
     redact,
     streaming_url,
 )
-from .._core.wire import DataSyncMessage
+from .._core.records import retry_after
+from .._core.wire import DataSyncMessage, parse_data_sync, parse_envelope
 from .._runtime.environment import env_float
 from .._runtime.files import read_bootstrap_file
+from .._runtime.notices import warn_limited
 from .._runtime.redaction import REDACTOR
 from ..shm.control import SyncState
 
@@ -154,6 +164,23 @@ def _resolve_within(url: str, seconds: float, stop: threading.Event) -> str | No
     return f"cannot resolve {target}: {failed[0]}" if failed else None
 
 
+def _wait(seconds: float, tick: Tick, stop: threading.Event) -> None:
+    """Sleep ``seconds`` (or until stop), ticking at least every 0.25 s."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        tick()
+        stop.wait(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def _skew(ws: websocket.WebSocket) -> float | None:
+    """Host clock minus the server's ``Date`` header of the handshake, seconds."""
+    try:
+        date = (ws.getheaders() or {}).get("date")
+        return time.time() - email.utils.parsedate_to_datetime(date).timestamp() if date else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 class _Unanswered(Exception):
     """The server skipped our data-sync request: reconnect and ask again."""
 
@@ -213,6 +240,7 @@ class StreamSource:
         on_open: Callable[[], None] | None = None,
         pong_timeout: float = PONG_TIMEOUT_S,
         ca_bundle: str | None = None,
+        rejected_retry: float = 300.0,
     ) -> None:
         self._secret = secret
         self._base = base_url
@@ -224,27 +252,44 @@ class StreamSource:
         self._connect_timeout = connect_timeout
         self._pong_timeout = pong_timeout
         self._ca_bundle = ca_bundle
+        self._rejected_retry = rejected_retry
         self._on_open = on_open  # called after every successful open (counters)
         self.connects = 0
+        self.synced_sessions = 0  # connections that delivered data
+        self.skew_s: float | None = None  # host clock minus the server's Date, at the last handshake
 
-    def run(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event) -> None:
+    def run(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event, *, give_up_after: int | None = None) -> bool:
+        """Connect, sync, reconnect, until ``stop``. With ``give_up_after``,
+        return False once that many connections in a row brought no data
+        (the ``auto`` data-sync mode then polls). A 4003 (R-18) sets OFF and
+        is retried only every ``rejected_retry`` seconds (0: never, R-18)."""
+        failures = 0
         while not stop.is_set():
+            synced = self.synced_sessions
             try:
                 self._session(on_data, on_state, tick, stop)
             except Terminal as exc:
-                log.error("featbit_shm: FeatBit rejected this client (%s); close code 4003 is final, sync stops. "
-                          "Check the env secret, and the host clock: more than 30 s of skew is rejected.", exc)
                 on_state(SyncState.OFF)
-                return
+                if not self._rejected_retry:
+                    log.error("featbit_shm: FeatBit rejected this client (%s): %s; close code 4003 is final, sync stops "
+                              "(FEATBIT_REJECTED_RETRY_INTERVAL=0). Check the env secret and the host clock.", exc, clock_skew_text(self.skew_s))
+                    return True
+                log.error("featbit_shm: FeatBit rejected this client (%s): %s. A wrong or rotated env secret, or a host clock off "
+                          "by more than the server's token window, is rejected; the state stays OFF and the connection is "
+                          "retried every %.0f s, so a fixed clock or secret heals without a restart.",
+                          exc, clock_skew_text(self.skew_s), self._rejected_retry)
+                _wait(self._rejected_retry, tick, stop)
+                continue
             if stop.is_set():
-                return
+                return True
+            failures = 0 if self.synced_sessions > synced else failures + 1
+            if give_up_after is not None and failures >= give_up_after:
+                return False
             on_state(SyncState.INTERRUPTED)
             delay = self._backoff.next_delay()
             log.info("featbit_shm: reconnecting in %.1f s", delay)
-            deadline = time.monotonic() + delay
-            while not stop.is_set() and time.monotonic() < deadline:
-                tick()
-                stop.wait(min(0.25, max(0.0, deadline - time.monotonic())))
+            _wait(delay, tick, stop)
+        return True
 
     def _session(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event) -> None:
         """One connection: open, request data, read until it ends."""
@@ -269,6 +314,7 @@ class StreamSource:
             log.warning("featbit_shm: cannot connect to %s: %s", redact(url), "stopped" if stop.is_set() else exc)
             return
         self.connects += 1
+        self.skew_s = _skew(ws)
         if self._on_open is not None:
             self._on_open()
         try:
@@ -364,6 +410,7 @@ class StreamSource:
     def _deliver(self, messages: list[DataSyncMessage], on_data: OnData) -> None:
         if messages:
             on_data(messages)
+            self.synced_sessions += 1
             self._backoff.reset()  # a good connection: start the schedule again
 
     @staticmethod
@@ -377,6 +424,131 @@ class StreamSource:
         except Exception:  # noqa: BLE001 - nothing more to read
             return None
         return None
+
+
+class PollingSource:
+    """FeatBit's polling endpoint (``latest-all``), for hosts where a proxy
+    blocks websockets, or as the ``auto`` mode's fallback.
+
+    The rules FeatBit's SDK specification sets for polling: one request at a
+    time (the next is scheduled after the previous ends); the cursor moves
+    only with a valid response (the data version of what was applied); the
+    state is OK only after a valid response, INTERRUPTED after a failure;
+    ``Retry-After`` (429, 503) is honoured; an empty 200 means nothing
+    changed. 401/403 set OFF (a wrong secret) and are retried every
+    ``rejected_retry`` seconds, like a 4003.
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        base_url: str,
+        cursor: Callable[[], int],
+        *,
+        interval: float = 10.0,
+        ca_bundle: str | None = None,
+        timeout: float = 10.0,
+        rejected_retry: float = 300.0,
+    ) -> None:
+        self._secret = secret
+        self._base = base_url
+        self._cursor = cursor
+        self.interval = interval
+        self._context = ssl.create_default_context(cafile=ca_bundle or None)
+        self._timeout = timeout
+        self._rejected_retry = rejected_retry
+        self._backoff = Backoff(first=1.0, cap=60.0)
+        self.polls = 0
+        self.failures = 0
+
+    def poll(self) -> tuple[int | None, bytes, float | None]:
+        """One request: (status or None for a network error, body, Retry-After seconds)."""
+        request = urllib.request.Request(polling_url(self._base, self._cursor()), headers={"Authorization": self._secret, "User-Agent": USER_AGENT})
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as response:  # proxies: from the environment
+                return response.status, response.read(), None
+        except urllib.error.HTTPError as exc:
+            wait = retry_after(exc.headers.get("Retry-After"), time.time()) if exc.headers else None
+            return exc.code, b"", wait
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            log.warning("featbit_shm: polling %s failed: %s", self._base, exc)
+            return None, b"", None
+
+    def run(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event, *, until: float | None = None) -> None:
+        """Poll until ``stop`` (or the monotonic time ``until``)."""
+        while not stop.is_set() and (until is None or time.monotonic() < until):
+            status, body, wait = self.poll()
+            self.polls += 1
+            if status == 200:
+                try:
+                    messages = _polled_messages(body)
+                except (ValueError, DataError) as exc:
+                    self.failures += 1
+                    log.warning("featbit_shm: FeatBit's polling answer is not a data-sync document (%s); the cursor stays", exc)
+                    on_state(SyncState.INTERRUPTED)
+                    delay = self._backoff.next_delay()
+                else:
+                    on_data(messages)  # an empty list: nothing changed, still a valid answer (ready, OK)
+                    self._backoff.reset()
+                    delay = self.interval
+            elif status in (401, 403):
+                self.failures += 1
+                on_state(SyncState.OFF)
+                log.error("featbit_shm: FeatBit refused this client's polling (HTTP %s: a wrong or rotated env secret); "
+                          "retrying every %.0f s", status, self._rejected_retry or self.interval)
+                delay = self._rejected_retry or self.interval
+            else:
+                self.failures += 1
+                on_state(SyncState.INTERRUPTED)
+                delay = max(wait or 0.0, self._backoff.next_delay())
+                if status is not None:
+                    warn_limited("polling-status", f"featbit_shm: polling FeatBit answered HTTP {status}; retrying in {delay:.1f} s")
+            limit = delay if until is None else min(delay, max(0.0, until - time.monotonic()))
+            _wait(limit, tick, stop)
+
+
+def _polled_messages(body: bytes) -> list[DataSyncMessage]:
+    """The messages of one polling answer: none for an empty body."""
+    if not body.strip():
+        return []
+    document = json.loads(body)
+    if isinstance(document, dict) and "messageType" in document:
+        return [parse_envelope(document)]
+    return [parse_data_sync(document)]
+
+
+class AutoSource:
+    """``FEATBIT_DATA_SYNC=auto``: the websocket while it works; after
+    ``fallback_after`` connections in a row that brought no data, polling,
+    with a websocket attempt every ``probe_interval`` seconds to return."""
+
+    def __init__(self, stream: StreamSource, polling: PollingSource, *, fallback_after: int = 3, probe_interval: float = 60.0) -> None:
+        self.stream = stream
+        self.polling = polling
+        self.fallback_after = fallback_after
+        self.probe_interval = probe_interval
+        self.mode = "streaming"
+        self.switches = 0
+
+    def run(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event) -> None:
+        def streamed(messages: list[DataSyncMessage]) -> None:
+            if self.mode != "streaming":
+                self.switches += 1
+                log.info("featbit_shm: the websocket works again; streaming (polling stops)")
+            self.mode = "streaming"
+            on_data(messages)
+
+        while not stop.is_set():
+            # Streaming: give up after fallback_after empty attempts; a probe: after one.
+            give_up = self.fallback_after if self.mode == "streaming" else 1
+            if self.stream.run(streamed, on_state, tick, stop, give_up_after=give_up):
+                return  # stopped (or a final 4003)
+            if self.mode == "streaming":
+                self.switches += 1
+                log.warning("featbit_shm: websocket attempt(s) in a row brought no data; polling FeatBit every %.0f s "
+                            "(a websocket is tried again every %.0f s)", self.polling.interval, self.probe_interval)
+            self.mode = "polling"
+            self.polling.run(on_data, on_state, tick, stop, until=time.monotonic() + self.probe_interval)
 
 
 class FileSource:

@@ -11,6 +11,14 @@ It serves what an SDK sees of a FeatBit evaluation server, on loopback:
   ``pong`` (R-9).
 * ``POST /api/public/insight/track`` -- checks ``Authorization`` is the raw
   secret (401 otherwise), records every payload object.
+* ``GET /api/public/sdk/server/latest-all?timestamp=<ms>`` -- polling, as
+  FeatBit's evaluation server and Agent serve it: ``Authorization`` is the
+  raw secret (401 otherwise); the data-sync envelope of what changed after
+  the timestamp (a full at 0), or an empty 200 when nothing did.
+  ``refuse_websockets`` makes the websocket endpoint answer 403 (a proxy
+  that blocks websockets); ``fail_polling(*statuses, retry_after=)``
+  answers the next polls with those statuses. Every handshake carries a
+  ``Date`` header from the server's clock (``clock_offset_ms``).
 * a control API, both as Python methods and as HTTP under ``/control/``:
   push flag and segment changes (broadcast as patches, R-8), drop or close
   connections with a code, go silent for a while (a stalled or black-holed
@@ -107,6 +115,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import email.utils
 import hashlib
 import http
 import json
@@ -129,6 +138,7 @@ DEFAULT_SECRET = "Zm9vYmFyLWZlYXRiaXQtc2htLXN0YW5kLWluLTAwMDAw"  # 44 chars, lik
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TOKEN_WINDOW_MS = 30_000
 INSIGHT_PATH = "/api/public/insight/track"
+POLLING_PATH = "/api/public/sdk/server/latest-all"
 # One per FeatBit insight event: "user" is a key only at the top of an event
 # (inside JSON strings a quote is escaped, so a value cannot fake it).
 _EVENT_KEY = re.compile(rb'"user"\s*:')
@@ -424,6 +434,9 @@ class FeatBitStandIn:
         self.clock_offset_ms = 0
         self.silent = False  # when True, data-sync and ping get no answer
         self.ignore_data_sync = False  # when True, pings are answered and data-sync requests are not
+        self.refuse_websockets = False  # when True, the websocket endpoint answers 403 (websockets blocked)
+        self.polls = 0  # latest-all requests answered 200
+        self._poll_statuses: list[tuple[int, float | None]] = []
         # A slow server: seconds to wait before answering a data-sync request
         # (pushes to other threads' changes still go out meanwhile).
         self.reply_delay = 0.0
@@ -760,11 +773,15 @@ class FeatBitStandIn:
         if not parts.path.startswith("/streaming"):
             sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
             return
+        if self.refuse_websockets:
+            sock.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
         key = headers.get("sec-websocket-key", "")
         accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+        date = email.utils.formatdate(self.now_ms() / 1000, usegmt=True)
         sock.sendall(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+            f"Sec-WebSocket-Accept: {accept}\r\nDate: {date}\r\n\r\n".encode()
         )
         conn = Connection(sock, self)
         if not self._token_ok(parse_qs(parts.query)):
@@ -825,8 +842,34 @@ class FeatBitStandIn:
         path = urlsplit(target).path
         if path.endswith(INSIGHT_PATH) and method == "POST":
             return self._serve_insight(headers, body, peer or _Peer())
+        if path.endswith(POLLING_PATH) and method == "GET":
+            return self._serve_polling(target, headers)
         status, payload = self._serve_control(method, path, body)
         return _Reply(status, payload)
+
+    def fail_polling(self, *statuses: int, retry_after: float | None = None) -> None:
+        """Answer the next polls with these statuses (with a Retry-After when given)."""
+        with self._lock:
+            self._poll_statuses.extend((status, retry_after) for status in statuses)
+
+    def _serve_polling(self, target: str, headers: Mapping[str, str]) -> _Reply:
+        if headers.get("authorization") != self.secret:
+            return _Reply(401)
+        with self._lock:
+            failure = self._poll_statuses.pop(0) if self._poll_statuses else None
+        if failure is not None:
+            status, wait = failure
+            return _Reply(status, headers=(("Retry-After", f"{wait:g}"),) if wait is not None else ())
+        try:
+            timestamp = int(parse_qs(urlsplit(target).query).get("timestamp", ["0"])[0])
+        except ValueError:
+            return _Reply(400, {"error": "timestamp is not a number"})
+        payload = self._payload(timestamp)
+        with self._lock:
+            self.polls += 1
+        if payload["eventType"] == "patch" and not payload["featureFlags"] and not payload["segments"]:
+            return _Reply(200)  # nothing changed: an empty 200
+        return _Reply(200, {"messageType": "data-sync", "data": payload})
 
     def _serve_insight(self, headers: Mapping[str, str], body: bytes, peer: _Peer) -> _Reply:
         arrived = time.time()
@@ -939,6 +982,8 @@ class FeatBitStandIn:
             self.silence(float(arg.get("seconds", 2.0)), lose=bool(arg.get("lose", False)))
         elif action == "clock":
             self.clock_offset_ms = int(arg.get("offset_ms", 0))
+        elif action == "websockets":
+            self.refuse_websockets = not bool(arg.get("allow", True))
         else:
             return 404, {"error": f"unknown control action {action!r}"}
         return 200, {"ok": True}

@@ -1,0 +1,177 @@
+"""Warm start: the last good data set on disk, served when FeatBit is unreachable at start.
+
+A host that boots (or whose /dev/shm was emptied) while FeatBit is
+unreachable would serve every flag's default until FeatBit returns. So the
+leader keeps the last data set it published in a file, and a leader that
+finds no published snapshot and gets no data from FeatBit within
+``WARM_GRACE_S`` publishes that file's data with state INTERRUPTED: workers
+serve last-known values, and the status says they are not fresh. The first
+data from FeatBit replaces it whole (the cursor stays 0 until then: a full
+sync, so the server's version always wins).
+
+The file (``<state dir>/<store tag>.json``) holds flags and segments as
+the sync process holds them (normalised from FeatBit's wire form), the store tag, the namespace, the data version and a
+SHA-256 of the payload -- never the secret (the tag is a hash of it). It is
+written atomically (a temporary file, fsync, rename) with mode 0600 in a
+directory of this account's (0700; created when missing), at most every
+``SAVE_INTERVAL_S`` and only when the data changed, and skipped when larger
+than ``MAX_BYTES``. A file that is not this account's regular 0600 file, a
+link, of another store, or whose checksum does not match is ignored with a
+log line saying why.
+
+Where: ``FEATBIT_SHM_STATE_DIR``, else ``~/.local/state/featbit-shm`` when
+the home directory is the account's own. ``FEATBIT_SHM_WARM_START=auto``
+(the default) keeps the file only there; ``1`` insists (an error is logged
+when no directory can be used); ``0`` never reads or writes one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import time
+from typing import Any, Final
+
+from .._core.dataset import DataSet
+
+log = logging.getLogger("featbit_shm.sync")
+
+FORMAT: Final = 1
+WARM_GRACE_S: Final = 2.0  # no data from FeatBit this long after start: publish the file's
+SAVE_INTERVAL_S: Final = 30.0
+MAX_BYTES: Final = 256 * 1024 * 1024
+
+
+def state_directory(configured: str | None, mode: str) -> str | None:
+    """The directory of warm-start files, or None when warm start is off here."""
+    if mode == "0":
+        return None
+    if configured:
+        return configured
+    home = os.path.expanduser("~")
+    try:
+        st = os.stat(home)
+    except OSError:
+        st = None
+    if st is None or st.st_uid != os.geteuid() or not stat.S_ISDIR(st.st_mode):
+        if mode == "1":
+            log.error("featbit_shm: FEATBIT_SHM_WARM_START=1 but no state directory: set FEATBIT_SHM_STATE_DIR (home %s is not this account's)", home)
+        return None
+    return os.path.join(home, ".local", "state", "featbit-shm")
+
+
+class WarmStart:
+    """The warm-start file of one store."""
+
+    def __init__(self, directory: str, tag: str, namespace: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, f"{tag}.json")
+        self._tag = tag
+        self._namespace = namespace
+        self._saved_version: int | None = None
+        self._next_save = 0.0
+        self.saves = 0
+
+    # ------------------------------------------------------------------ read
+
+    def load(self) -> DataSet | None:
+        """The data set in the file, or None (absent, foreign, damaged: logged)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("featbit_shm: warm-start file %s ignored: %s", self.path, exc)
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                log.warning("featbit_shm: warm-start file %s ignored: owner uid %d, mode %o (expected this account's 0600 file)",
+                            self.path, st.st_uid, st.st_mode & 0o777)
+                return None
+            if st.st_size > MAX_BYTES:
+                log.warning("featbit_shm: warm-start file %s ignored: %d bytes, over %d", self.path, st.st_size, MAX_BYTES)
+                return None
+            raw = b""
+            while len(raw) < st.st_size:
+                chunk = os.read(fd, st.st_size - len(raw))
+                if not chunk:
+                    break
+                raw += chunk
+        finally:
+            os.close(fd)
+        try:
+            document = json.loads(raw)
+            payload = document["payload"]
+            if document.get("format") != FORMAT or document.get("store") != self._tag:
+                raise ValueError(f"format {document.get('format')!r} of store {document.get('store')!r}, not this store's")
+            if hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest() != document.get("sha256"):
+                raise ValueError("its checksum does not match: damaged")
+            flags, segments = payload["flags"], payload["segments"]
+            if not isinstance(flags, list) or not isinstance(segments, list):
+                raise ValueError("flags and segments must be lists")
+            dataset = DataSet({f["key"]: f for f in flags}, {s["id"]: s for s in segments})
+            if dataset.version != document.get("data_version"):
+                raise ValueError("its data version does not match its entries")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("featbit_shm: warm-start file %s ignored: %s", self.path, exc)
+            return None
+        saved = document.get("saved_at")
+        log.info("featbit_shm: read warm-start data of store %s: %d flags, data version %d, saved %s",
+                 self._tag, len(dataset.flags), dataset.version, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(saved)) if saved else "?")
+        return dataset
+
+    # ------------------------------------------------------------------ write
+
+    def save_due(self, dataset: DataSet, now: float) -> bool:
+        return dataset.version != self._saved_version and now >= self._next_save
+
+    def save(self, dataset: DataSet, now: float) -> bool:
+        """Write the data set (atomically). True when written."""
+        self._next_save = now + SAVE_INTERVAL_S
+        # The entries as the sync process holds them (normalised from FeatBit's wire form).
+        payload: dict[str, Any] = {"flags": list(dataset.flags.values()), "segments": list(dataset.segments.values())}
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        document = json.dumps({
+            "format": FORMAT,
+            "store": self._tag,
+            "namespace": self._namespace,
+            "data_version": dataset.version,
+            "saved_at": time.time(),
+            "sha256": hashlib.sha256(body.encode()).hexdigest(),
+            "payload": payload,
+        }, separators=(",", ":")).encode()
+        if len(document) > MAX_BYTES:
+            log.warning("featbit_shm: warm-start data of store %s not saved: %d bytes, over %d", self._tag, len(document), MAX_BYTES)
+            return False
+        try:
+            self._ensure_directory()
+            temporary = f"{self.path}.{os.getpid()}.tmp"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(document)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("featbit_shm: warm-start data of store %s not saved in %s: %s", self._tag, self.directory, exc)
+            try:
+                os.unlink(f"{self.path}.{os.getpid()}.tmp")
+            except OSError:
+                pass
+            return False
+        self._saved_version = dataset.version
+        self.saves += 1
+        return True
+
+    def _ensure_directory(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        st = os.lstat(self.directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise OSError(f"{self.directory} is not a directory only this account may write (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o})")

@@ -1,0 +1,176 @@
+"""Where flag data comes from when the websocket cannot (issue 21): polling,
+``auto`` fallback and return, warm start, and payload shapes.
+
+Reproduces: "Corporate proxies that block websockets leave featbit-shm with
+no data at all", and "a host that boots while FeatBit is unreachable serves
+defaults until FeatBit returns".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from featbit_shm._core.dataset import DataSet
+from featbit_shm._core.wire import parse_data_sync
+from featbit_shm.cli import read_status
+from featbit_shm.shm.control import SyncState
+from featbit_shm.sync.warmstart import WarmStart
+from featbit_shm.testing import builders as b
+from featbit_shm.testing.server import FeatBitStandIn
+
+from .sync_helpers import SyncFixture, eventually, processes_of, sync_env
+
+
+def banner(value: str, updated_at: int) -> dict[str, object]:
+    return b.flag("banner", variations=[value, "other"], variation_type="string", updated_at=updated_at)
+
+
+@pytest.fixture
+def server() -> Iterator[FeatBitStandIn]:
+    with FeatBitStandIn(flags=[banner("v1", 1_000)]) as s:
+        yield s
+
+
+def value_of(env: SyncFixture) -> str | None:
+    """What a worker of this store would serve for the banner flag (a fresh reader)."""
+    from featbit_shm import Config, FBClient
+
+    client = FBClient(Config(env.server.secret, env.server.event_url, env.server.streaming_url, namespace=env.namespace, start_sync=False, disable_events=True), start_wait=0)
+    try:
+        result = client.variation("banner", {"key": "u1"}, None)
+        return None if result is None else str(result)
+    finally:
+        client.stop()
+
+
+# --------------------------------------------------------------------------- polling
+
+
+@pytest.mark.subprocess
+def test_polling_serves_flags_follows_patches_and_keeps_the_cursor_on_failure(server: FeatBitStandIn) -> None:
+    server.refuse_websockets = True  # nothing here uses one
+    with sync_env(server) as env:
+        env.spawn(data_sync="polling", polling_interval=1.0)
+        reader = env.reader()
+        assert eventually(lambda: env.leader_ready(reader), timeout=20)
+        assert value_of(env) == "v1" and server.polls >= 1
+        started = time.monotonic()
+        server.update_flag(banner("v2", 2_000))
+        assert eventually(lambda: value_of(env) == "v2", timeout=15)
+        print(f"\npolling at 1 s: a patch reached the store in {time.monotonic() - started:.2f} s")
+        version = reader.control.read_pointer().data_version
+        server.fail_polling(503, 503, retry_after=2)
+        assert eventually(lambda: reader.control.state is SyncState.INTERRUPTED, timeout=15)  # a failure says so
+        assert reader.control.read_pointer().data_version == version  # and moves no cursor
+        assert eventually(lambda: reader.control.state is SyncState.OK, timeout=20)  # the next valid answer heals
+        assert value_of(env) == "v2"
+
+
+@pytest.mark.subprocess
+def test_auto_falls_back_to_polling_when_websockets_are_blocked_and_returns_when_they_work(server: FeatBitStandIn) -> None:
+    server.refuse_websockets = True  # a proxy that blocks websockets
+    with sync_env(server) as env:
+        env.spawn(data_sync="auto", polling_interval=1.0, streaming_first_retry_delay=0.1)
+        reader = env.reader()
+        assert eventually(lambda: env.leader_ready(reader), timeout=30)  # through polling
+        assert server.polls >= 1 and server.connections_accepted == 0
+        server.update_flag(banner("v2", 2_000))
+        assert eventually(lambda: value_of(env) == "v2", timeout=15)
+        server.refuse_websockets = False  # the proxy lets websockets through again
+        assert eventually(lambda: server.open_connections == 1, timeout=30)  # probed every 6 polls: back to streaming
+        polls = server.polls
+        server.update_flag(banner("v3", 3_000))
+        assert eventually(lambda: value_of(env) == "v3", timeout=10)
+        time.sleep(2.5)
+        assert server.polls == polls  # streaming again: polling stopped
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+@pytest.mark.subprocess
+def test_a_host_restarted_while_featbit_is_unreachable_serves_last_known_flags(server: FeatBitStandIn, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with sync_env(server) as env:
+        env.spawn(state_dir=str(state), data_sync="streaming")
+        reader = env.reader()
+        assert eventually(lambda: env.leader_ready(reader), timeout=20)
+        server.update_flag(banner("patched", 2_000))
+        assert eventually(lambda: value_of(env) == "patched", timeout=10)
+        warm_file = state / f"{env.names.tag}.json"
+        assert eventually(lambda: warm_file.exists() and b"patched" in warm_file.read_bytes(), timeout=40)
+        assert oct(warm_file.stat().st_mode & 0o777) == "0o600" and oct(state.stat().st_mode & 0o777) == "0o700"
+        assert server.secret.encode() not in warm_file.read_bytes()
+        # The host goes down (every process, and /dev/shm with it), and comes back while FeatBit is unreachable.
+        env.kill_all()
+        env.unlink_all()
+        server.refuse_websockets = True
+        started = time.monotonic()
+        env.spawn(state_dir=str(state), data_sync="streaming", streaming_first_retry_delay=0.2)
+        assert eventually(lambda: value_of(env) == "patched", timeout=20)  # last-known values, not defaults
+        waited = time.monotonic() - started
+        print(f"\nwarm start: last-known value served {waited:.2f} s after the sync process started")
+        status = read_status(env.names)
+        assert status["state"] == "INTERRUPTED"  # and not claimed fresh
+        # FeatBit returns with newer data: the server's version wins, whole.
+        server.update_flag(banner("fresh", 3_000))
+        server.refuse_websockets = False
+        assert eventually(lambda: value_of(env) == "fresh", timeout=30)
+        assert eventually(lambda: read_status(env.names)["state"] == "OK", timeout=10)
+    assert processes_of(env.namespace) == []
+
+
+def test_a_foreign_damaged_or_other_stores_warm_file_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    os.chmod(tmp_path, 0o700)
+    dataset, _ = DataSet().apply(parse_data_sync(b.data_sync([banner("kept", 5)])["data"]))
+    warm = WarmStart(str(tmp_path), "tag-a", "default")
+    assert warm.save(dataset, 0.0)
+    loaded = warm.load()
+    assert loaded is not None and loaded.version == dataset.version and set(loaded.flags) == {"banner"}
+    path = Path(warm.path)
+    assert WarmStart(str(tmp_path), "tag-b", "default").load() is None  # another store's name: absent
+    other = Path(tmp_path / "tag-b.json")
+    other.write_bytes(path.read_bytes())
+    os.chmod(other, 0o600)
+    assert WarmStart(str(tmp_path), "tag-b", "default").load() is None  # another store's file, renamed
+    document = json.loads(path.read_bytes())
+    document["payload"]["flags"][0]["enabled"] = not document["payload"]["flags"][0]["enabled"]
+    path.write_text(json.dumps(document))
+    assert warm.load() is None  # the checksum no longer matches
+    assert warm.save(dataset, 100.0)
+    os.chmod(path, 0o644)
+    assert warm.load() is None  # readable by others: not ours to trust
+    os.chmod(path, 0o600)
+    link = tmp_path / "tag-c.json"
+    link.symlink_to(path)
+    assert WarmStart(str(tmp_path), "tag-c", "default").load() is None  # a link is never followed
+    assert "ignored" in caplog.text
+
+
+# --------------------------------------------------------------------------- payload shapes
+
+
+def test_every_payload_shape_current_featbit_sends_is_read() -> None:
+    """Issue 21.4: flag tags; segment key/tags, shareable segments' type,
+    scopes and workspaceId; entities without isArchived (older Postgres paths)
+    or without key/tags; archived entities are tombstones."""
+    flag = banner("v1", 10)
+    flag["tags"] = ["checkout", "beta"]
+    old_flag = b.flag("legacy", updated_at=11)
+    del old_flag["isArchived"]
+    shared = b.segment("seg-shared", included=["u1"], updated_at=12)
+    shared.update({"key": "vip-users", "tags": ["shared"], "type": "shared", "scopes": ["project:*"], "workspaceId": "w-1", "envId": "rewritten-env"})
+    bare = b.segment("seg-bare", included=["u2"], updated_at=13)
+    archived = b.flag("gone", archived=True, updated_at=14)
+    message = parse_data_sync(b.data_sync([flag, old_flag, archived], [shared, bare])["data"])
+    assert message.skipped == []
+    dataset, _ = DataSet().apply(message)
+    assert {f["key"] for f in dataset.active_flags()} == {"banner", "legacy"}  # the archived one is a tombstone
+    assert set(dataset.segments) == {"seg-shared", "seg-bare"}
+    assert dataset.version == 14
