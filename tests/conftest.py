@@ -16,6 +16,7 @@ import _posixsubprocess  # type: ignore[import-not-found]
 import contextlib
 import json
 import os
+import time
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,9 @@ os.environ["FEATBIT_SHM_AUTOSTART"] = "0"
 # Nor heal a store whose sync process a test stopped on purpose; the healing
 # tests turn it on for their own clients and servers.
 os.environ["FEATBIT_SHM_HEAL"] = "0"
+# No warm-start files under the home directory from test stores; the tests of
+# warm start name their own state directory and turn it on.
+os.environ["FEATBIT_SHM_WARM_START"] = "0"
 
 from featbit_shm import Config, FBClient
 from featbit_shm.testing import builders as b
@@ -90,6 +94,22 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         yield
 
 
+SESSION_STARTED = time.time()
+
+
+def _remove_warm_files_of_this_session() -> None:
+    """A test that runs a server with an environment of its own (no
+    FEATBIT_SHM_WARM_START=0) may leave a warm-start file in the default
+    state directory: remove those written during this session."""
+    directory = os.path.join(os.path.expanduser("~"), ".local", "state", "featbit-shm")
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(directory):
+            path = os.path.join(directory, entry)
+            if os.lstat(path).st_mtime >= SESSION_STARTED - 1:
+                os.unlink(path)
+        os.rmdir(directory)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Leave no lock file behind: the test stores' lock files whose store has
     no object left (every test removes its objects; nothing of them runs
@@ -97,6 +117,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     otherwise never removed while a store may still be in use."""
     from featbit_shm.shm import locks
     from featbit_shm.shm.trust import StoreAccess
+
+    _remove_warm_files_of_this_session()
 
     try:
         directory = locks.runtime_directory(StoreAccess.from_env())

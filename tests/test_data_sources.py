@@ -98,7 +98,7 @@ def test_auto_falls_back_to_polling_when_websockets_are_blocked_and_returns_when
 def test_a_host_restarted_while_featbit_is_unreachable_serves_last_known_flags(server: FeatBitStandIn, tmp_path: Path) -> None:
     state = tmp_path / "state"
     with sync_env(server) as env:
-        env.spawn(state_dir=str(state), data_sync="streaming")
+        env.spawn(state_dir=str(state), warm_start="1", data_sync="streaming")
         reader = env.reader()
         assert eventually(lambda: env.leader_ready(reader), timeout=20)
         server.update_flag(banner("patched", 2_000))
@@ -112,7 +112,7 @@ def test_a_host_restarted_while_featbit_is_unreachable_serves_last_known_flags(s
         env.unlink_all()
         server.refuse_websockets = True
         started = time.monotonic()
-        env.spawn(state_dir=str(state), data_sync="streaming", streaming_first_retry_delay=0.2)
+        env.spawn(state_dir=str(state), warm_start="1", data_sync="streaming", streaming_first_retry_delay=0.2)
         assert eventually(lambda: value_of(env) == "patched", timeout=20)  # last-known values, not defaults
         waited = time.monotonic() - started
         print(f"\nwarm start: last-known value served {waited:.2f} s after the sync process started")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._core.errors import ConfigError
@@ -72,11 +72,13 @@ class SyncSettings:
     ring_bytes: int = DEFAULT_EVENT_RING_BYTES  # spare event rings are made at the size workers ask for
     event_concurrency: int = 24  # insight requests in flight at once, at most
     ca_bundle: str | None = None  # CAs to trust for TLS (websocket and insight)
-    data_sync: str = "auto"  # streaming | polling | auto
-    polling_interval: float = 10.0
-    rejected_retry_interval: float = 300.0  # 0: a rejection is final
-    warm_start: str = "auto"  # 1 | 0 | auto
-    state_dir: str | None = None  # where the warm-start file lives
+    # The host's settings (how to reach FeatBit, warm start): unless given,
+    # from the process's variables, so whoever builds settings hands them on.
+    data_sync: str = field(default_factory=lambda: host_settings()["data_sync"])  # streaming | polling | auto
+    polling_interval: float = field(default_factory=lambda: host_settings()["polling_interval"])
+    rejected_retry_interval: float = field(default_factory=lambda: host_settings()["rejected_retry_interval"])  # 0: final
+    warm_start: str = field(default_factory=lambda: host_settings()["warm_start"])  # 1 | 0 | auto
+    state_dir: str | None = field(default_factory=lambda: host_settings()["state_dir"])  # where the warm-start file lives
 
     def __repr__(self) -> str:  # never show the secret
         return (
