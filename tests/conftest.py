@@ -16,8 +16,8 @@ import _posixsubprocess  # type: ignore[import-not-found]
 import contextlib
 import json
 import os
-import time
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
