@@ -174,3 +174,35 @@ def test_every_payload_shape_current_featbit_sends_is_read() -> None:
     assert {f["key"] for f in dataset.active_flags()} == {"banner", "legacy"}  # the archived one is a tombstone
     assert set(dataset.segments) == {"seg-shared", "seg-bare"}
     assert dataset.version == 14
+
+
+@pytest.mark.subprocess
+def test_a_rate_limited_handshake_waits_what_retry_after_asks(server: FeatBitStandIn) -> None:
+    # Issue 21.6: FeatBit can rate-limit the streaming endpoint per environment (429 with Retry-After).
+    server.refuse_websockets, server.websocket_retry_after = 429, 4
+    with sync_env(server) as env:
+        env.spawn(data_sync="streaming", streaming_first_retry_delay=0.1)
+        assert eventually(lambda: server.websockets_refused >= 1, timeout=15)
+        first = time.monotonic()
+        time.sleep(3.0)
+        assert server.websockets_refused == 1  # not before the 4 s asked (the backoff alone would be 0.1 s)
+        server.refuse_websockets = False
+        reader = env.reader()
+        assert eventually(lambda: env.leader_ready(reader), timeout=15)
+        assert time.monotonic() - first >= 3.0
+
+
+@pytest.mark.subprocess
+def test_hosts_of_a_site_share_one_upstream_agent_with_one_connection_each(server: FeatBitStandIn) -> None:
+    """Issue 21.2: the FeatBit Agent serves the evaluation server's websocket,
+    polling and insight endpoints; a site points every host at it. The
+    stand-in plays the Agent here: two hosts (two stores), one websocket
+    each however many workers they have, both follow one patch."""
+    with sync_env(server) as first, sync_env(server) as second:
+        first.spawn()
+        second.spawn(data_sync="polling", polling_interval=1.0)  # a host behind a proxy that blocks websockets
+        readers = [first.reader(), second.reader()]
+        assert eventually(lambda: all(env.leader_ready(r) for env, r in zip((first, second), readers)), timeout=20)
+        server.update_flag(banner("site-wide", 5_000))
+        assert eventually(lambda: value_of(first) == "site-wide" and value_of(second) == "site-wide", timeout=15)
+        assert server.open_connections == 1  # the streaming host's one websocket; the other polls

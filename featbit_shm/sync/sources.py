@@ -256,6 +256,7 @@ class StreamSource:
         self._on_open = on_open  # called after every successful open (counters)
         self.connects = 0
         self.synced_sessions = 0  # connections that delivered data
+        self._retry_after: float | None = None  # a handshake's Retry-After (429, 503), seconds
         self.skew_s: float | None = None  # host clock minus the server's Date, at the last handshake
 
     def run(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event, *, give_up_after: int | None = None) -> bool:
@@ -286,7 +287,8 @@ class StreamSource:
             if give_up_after is not None and failures >= give_up_after:
                 return False
             on_state(SyncState.INTERRUPTED)
-            delay = self._backoff.next_delay()
+            delay = max(self._backoff.next_delay(), self._retry_after or 0.0)
+            self._retry_after = None
             log.info("featbit_shm: reconnecting in %.1f s", delay)
             _wait(delay, tick, stop)
         return True
@@ -311,6 +313,9 @@ class StreamSource:
                 ws.connect(url, header=[f"User-Agent: {USER_AGENT}"])  # type: ignore[no-untyped-call]
         except (OSError, websocket.WebSocketException) as exc:
             dog.close()
+            if isinstance(exc, websocket.WebSocketBadStatusException) and exc.resp_headers:
+                # FeatBit's per-environment rate limit (429, 503): wait what it asks.
+                self._retry_after = retry_after(exc.resp_headers.get("retry-after"), time.time())
             log.warning("featbit_shm: cannot connect to %s: %s", redact(url), "stopped" if stop.is_set() else exc)
             return
         self.connects += 1

@@ -434,7 +434,10 @@ class FeatBitStandIn:
         self.clock_offset_ms = 0
         self.silent = False  # when True, data-sync and ping get no answer
         self.ignore_data_sync = False  # when True, pings are answered and data-sync requests are not
-        self.refuse_websockets = False  # when True, the websocket endpoint answers 403 (websockets blocked)
+        # True: the websocket endpoint answers 403 (websockets blocked); a status (e.g. 429): that status.
+        self.refuse_websockets: bool | int = False
+        self.websocket_retry_after: float | None = None  # sent with a refused handshake
+        self.websockets_refused = 0
         self.polls = 0  # latest-all requests answered 200
         self._poll_statuses: list[tuple[int, float | None]] = []
         # A slow server: seconds to wait before answering a data-sync request
@@ -774,7 +777,11 @@ class FeatBitStandIn:
             sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
             return
         if self.refuse_websockets:
-            sock.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            status = 403 if self.refuse_websockets is True else int(self.refuse_websockets)
+            wait = f"Retry-After: {self.websocket_retry_after:g}\r\n" if self.websocket_retry_after is not None else ""
+            sock.sendall(f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Length: 0\r\n{wait}Connection: close\r\n\r\n".encode())
+            with self._lock:
+                self.websockets_refused += 1
             return
         key = headers.get("sec-websocket-key", "")
         accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
