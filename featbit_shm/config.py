@@ -46,6 +46,7 @@ from ._runtime.environment import (
     env_str,
     env_tristate,
 )
+from ._runtime.servers import runs_featbit_mule
 from .sync.settings import SyncSettings, host_settings
 
 _UNSUPPORTED = ("data_storage", "update_processor_imp", "event_processor_imp")
@@ -249,13 +250,17 @@ class Config:
 
         Default: shared online; offline, local when a ``bootstrap_file`` is
         given (the file is loaded into this process, as fbclient does) and
-        shared otherwise. Server integrations set ``shared=True`` (through
-        ``FEATBIT_SHM_SHARED=1``) so offline workers serve the file their sync
-        process publishes, and see it change.
+        shared otherwise. Server integrations make it shared so offline
+        workers serve the file their sync process publishes, and see it
+        change: the gunicorn hooks set ``FEATBIT_SHM_SHARED=1`` for the
+        workers they fork; a uWSGI worker sees featbit_shm's mule in
+        uWSGI's options (the mule cannot set the workers' environment).
         """
         if self._shared is not None:
             return self._shared
-        return not (self._offline and self._bootstrap_file)
+        if self._offline and self._bootstrap_file:
+            return runs_featbit_mule()
+        return True
 
     @property
     def start_sync(self) -> bool:

@@ -66,7 +66,7 @@ VARIABLES: Final[dict[str, Variable]] = {
         Variable("FEATBIT_EVENTS_MAX_RETRIES", "int", 1, "sync", "retries of one event post after its first attempt"),
         Variable("FEATBIT_STREAMING_FIRST_RETRY_DELAY", "float", 1.0, "sync", "first websocket reconnect delay in seconds (doubles up to 60)"),
         # -- the host runtime --
-        Variable("FEATBIT_SHM_SHARED", "tristate", None, "client", "1: evaluate from the host's shared store even offline with a bootstrap file (set by the server hooks)"),
+        Variable("FEATBIT_SHM_SHARED", "tristate", None, "client", "1: evaluate from the host's shared store even offline with a bootstrap file (set by the gunicorn hooks; implied in the workers of a uWSGI server that runs featbit_shm's mule)"),
         Variable("FEATBIT_SHM_AUTOSTART", "bool", True, "client", "0: a client never starts a sync process when it is built (server hooks and tests set it)"),
         Variable("FEATBIT_SHM_HEAL", "bool", True, "client", "0: a worker never starts a sync process when it finds none serving its store (tests set it)"),
         Variable("FEATBIT_SHM_LOG_FILE", "str", "", "sync", "file a started sync process appends its log to (default: discarded)"),
@@ -101,6 +101,13 @@ def _raw(name: str, kind: tuple[str, ...], env: Mapping[str, str] | None) -> tup
         raise TypeError(f"{name} is a {var.kind} variable")
     source = os.environ if env is None else env
     return var, (source.get(name) or "").strip()
+
+
+def env_raw(name: str) -> str | None:
+    """A variable's text exactly as set (None: unset), for an integration
+    that sets it for a while and must put back what was there."""
+    VARIABLES[name]  # KeyError: a variable missing from the table
+    return os.environ.get(name)
 
 
 def env_given(name: str, env: Mapping[str, str] | None = None) -> bool:

@@ -230,8 +230,11 @@ class SyncProcess:
                 log.info("featbit_shm: %d process(es) still use store %s; leaving it for the next leader", len(others), self.names.tag)
             self.writer.close(unlink=stopping and not others)
             if stopping and not others:
-                # The last owner out: the lock files go too (a process that
-                # waits on one notices and takes the new one, shm.locks).
+                # The last owner out: the registry goes too once no ring is
+                # left in it (_stop_events tried before the clients were
+                # gone), then the lock files (a process that waits on one
+                # notices and takes the new one, shm.locks).
+                self._unlink_registry_if_empty()
                 remove_lock_files(self.names.lock_files, self.names.access)
 
     def _clients_remain(self, wait: float = 3.0) -> set[int]:
@@ -505,12 +508,7 @@ class SyncProcess:
             if self.stop.is_set() and not self.rejected:
                 # No pump (offline, events disabled), but the owner watch made
                 # the registry: it goes too at a clean stop once no client is left.
-                registry = Registry(self.names)
-                try:
-                    if registry.attach(create=False):
-                        registry.unlink_if_empty(pid_alive)
-                finally:
-                    registry.close()
+                self._unlink_registry_if_empty()
             return
         self._pump_stop.set()
         self._pump_thread.join(7.0)
@@ -520,6 +518,15 @@ class SyncProcess:
             # the registry goes too unless a live worker still owns a ring.
             self._pump.registry.unlink_if_empty(pid_alive)
         self._pump_thread = None
+
+    def _unlink_registry_if_empty(self) -> None:
+        """Remove the registry when no live client and no ring is left in it."""
+        registry = Registry(self.names)
+        try:
+            if registry.attach(create=False):
+                registry.unlink_if_empty(pid_alive)
+        finally:
+            registry.close()
 
     # ------------------------------------------------------------------ standby
 
