@@ -198,9 +198,10 @@ class FBClient:
         True once the client has data; False when the sync process reports
         OFF or ``timeout`` runs out. Offline clients are ready at once."""
         source = self._backing()
-        if isinstance(source, SnapshotReader):
+        if isinstance(source, SnapshotReader) and self._watch is not None:
+            # A client that joined the host: a sync process is to publish.
             return await host.wait_ready_async(source, timeout)
-        return self.initialize
+        return self.initialize  # offline: data of its own, or the shared store as it is (R-71)
 
     @property
     def update_status_provider(self) -> DataUpdateStatusProvider:
