@@ -90,6 +90,15 @@ def when_ready(server: Any) -> None:
         # serving the store starts one on the master's behalf (it exits with
         # the master), and none once the master is gone.
         os.environ["FEATBIT_SHM_OWNER_PID"] = str(os.getpid())
+        if not _configured_here():
+            # An app configured by featbit_shm.set_config() and not preloaded:
+            # only the workers will see its Config. The first client built
+            # starts the sync process, for this master (FEATBIT_SHM_OWNER_PID).
+            os.environ["FEATBIT_SHM_AUTOSTART"] = "1"
+            os.environ["FEATBIT_SHM_SHARED"] = "1"
+            _log(server, "info", "featbit_shm: no FEATBIT_* configuration here and no preloaded set_config(): "
+                 "the first worker to build its client starts the sync process")
+            return
         settings = _settings()
         # Workers read the shared store, even offline with a bootstrap file.
         os.environ["FEATBIT_SHM_SHARED"] = "1"
@@ -125,6 +134,15 @@ def _settings() -> Any:
     return SyncSettings.from_env({**os.environ, **config.to_env()})
 
 
+def _configured_here() -> bool:
+    """Does this process know featbit_shm's configuration (set_config() of a
+    preloaded app, or the FEATBIT_* variables)?"""
+    from featbit_shm import _singleton
+    from featbit_shm._runtime.environment import env_bool, env_str
+
+    return _singleton.configured() is not None or bool(env_str("FEATBIT_ENV_SECRET")) or env_bool("FEATBIT_OFFLINE")
+
+
 def _share_with_workers(server: Any) -> None:
     """gunicorn's ``user``/``group``: workers switch to another uid after the
     fork. Share the store with their group, and tell them whose store to
@@ -149,6 +167,8 @@ def post_fork(server: Any, worker: Any) -> None:
         import featbit_shm
 
         featbit_shm.start_wait = min(float(getattr(featbit_shm, "start_wait", 15)), 1.0)
+        if not _configured_here():
+            return  # the app configures featbit_shm when the worker imports it; its first get() builds the client
         featbit_shm.get()
     except Exception as exc:  # noqa: BLE001
         _log(server, "error", "featbit_shm: worker %s could not attach: %s", getattr(worker, "pid", "?"), exc)
@@ -240,6 +260,8 @@ def on_exit(server: Any) -> None:
         if _sync is not None:
             stop_sync_process(_sync, timeout=10)
         _sync = None
+        if not _configured_here():
+            return  # the workers' sync process belongs to this master: it exits with it and removes the store
         from featbit_shm.shm.names import StoreNames
 
         settings = _settings()
