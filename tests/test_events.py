@@ -1129,3 +1129,25 @@ def test_status_accounts_for_every_event_through_an_outage(server: FeatBitStandI
         assert (status["events_recorded"], status["events_sent"], status["events_queued"]) == (3002, 3001, 0)
         assert sum(status["events_lost"].values()) == 1
         client.stop()
+
+
+def test_a_ring_written_from_another_pid_namespace_is_never_taken_from_its_writer(names: StoreNames, caplog: pytest.LogCaptureFixture) -> None:
+    # Found by the Kubernetes sidecar recipe: a worker in another container's
+    # PID namespace looks dead to the sync process (its pid is not there, or
+    # is another process), and its ring was reclaimed under it: events lost
+    # silently. A ring says which namespace its pid belongs to.
+    from featbit_shm.shm.ring import W_PIDNS
+
+    recorder = record_evals(names, 5)
+    ring = recorder._ring
+    assert ring is not None and ring.words[W_PIDNS] != 0
+    ring.words[W_PIDNS] = int(ring.words[W_PIDNS]) + 1  # as if written from another namespace
+    post = Recorder()
+    pump = EventPump(names, post, concurrency=0, alive=lambda pid: False)  # its pid means nothing here
+    with caplog.at_level(logging.ERROR, logger="featbit_shm"):
+        assert pump.drain(5)
+    assert pump.sent == 5 and len(Registry(names).slots()) == 1  # delivered, and the ring kept for its writer
+    assert "shareProcessNamespace" in caplog.text
+    assert recorder.record_eval({"key": "later"}, "f", "v", "val", False)  # the writer goes on
+    assert pump.drain(5) and pump.sent == 6
+    pump.close()

@@ -21,6 +21,17 @@ def pid_alive(pid: int) -> bool:
     return not _zombie(pid)
 
 
+def pid_namespace() -> int:
+    """This process's PID namespace: the inode of /proc/self/ns/pid (0 when
+    unknown). A pid names the same process only to processes of the same
+    namespace: containers of one pod see each other's only with
+    shareProcessNamespace."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def is_sync_process(pid: int) -> bool:
     """Is ``pid`` a featbit_shm sync process of this account? (Checked before
     a candidate asks a leader to step down: never signal a recycled pid.)"""

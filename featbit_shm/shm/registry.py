@@ -28,10 +28,11 @@ from typing import Final
 
 from .._core.errors import SharedMemoryError
 from .._core.snapshot import SnapshotError
+from .._runtime.processes import pid_namespace
 from .locks import exclusive
 from .names import StoreNames
 from .objects import create_object, map_readonly, open_object, unlink_object
-from .ring import W_HEAD, W_PID, W_TAIL, Ring, ring_capacity
+from .ring import W_HEAD, W_PID, W_PIDNS, W_TAIL, Ring, ring_capacity
 from .trust import REGISTRY, RING, Untrusted
 
 MAGIC: Final = b"FBSHMREG"
@@ -183,6 +184,7 @@ class Registry:
                 ring.close()
                 continue
             ring.words[W_PID] = os.getpid()
+            ring.words[W_PIDNS] = pid_namespace()
             _SLOT.pack_into(mm, HEADER + i * _SLOT.size, os.getpid(), ring_id, CLAIMED, time.time())
             return ring
         for i in range(SLOTS):

@@ -13,7 +13,7 @@ fast path when it was built (:mod:`._fastring`, :meth:`Ring.enable_fast_path`):
 it writes the same bytes as :meth:`Ring.append` for a record that fits in
 reserved pages before the end of the ring, and leaves anything else to it.
 
-Ring layout: a header page (4096 bytes; only the first 18 little-endian u64
+Ring layout: a header page (4096 bytes; only the first 19 little-endian u64
 words are used), then ``capacity`` data bytes, a whole number of pages::
 
     word  field              written by
@@ -35,6 +35,7 @@ words are used), then ``capacity`` data bytes, a whole number of pages::
       15  written            producer: records written (so events waiting = written - consumed, exactly)
       16  too large          producer: events refused before writing, bigger than the event size bound
       17  lost               consumer: records taken out and then lost (refused, malformed, given up)
+      18  pid namespace      producer: the PID namespace its pid means something in (0: unknown)
 
 A record is a u32 length and that many bytes, padded to 8 (the producer
 hands the ring records already framed with their length, so writing one is
@@ -86,6 +87,7 @@ from typing import Any, Final
 from .._core.errors import ConfigError, SharedMemoryError
 from .._runtime.environment import env_bool
 from .._runtime.notices import warn_limited
+from .._runtime.processes import pid_namespace
 from .names import StoreNames
 from .objects import create_object, open_object, unlink_object
 from .trust import RING
@@ -104,7 +106,7 @@ WRAP: Final = 0xFFFFFFFF
 _LEN: Final = struct.Struct("<I")
 
 W_CAP, W_HEAD, W_TAIL, W_DROPPED, W_NOSPACE, W_PID, W_FLUSH_REQ, W_FLUSH_DONE, W_MALFORMED, W_CONSUMED, W_RESERVED = range(2, 13)
-W_SERVED, W_STALE_SINCE, W_WRITTEN, W_TOO_LARGE, W_LOST = range(13, 18)
+W_SERVED, W_STALE_SINCE, W_WRITTEN, W_TOO_LARGE, W_LOST, W_PIDNS = range(13, 19)
 
 
 def ring_capacity(requested: int) -> int:
@@ -181,6 +183,7 @@ class Ring:
         words[1] = LAYOUT
         words[W_CAP] = capacity
         words[W_PID] = os.getpid()
+        words[W_PIDNS] = pid_namespace()
         words.release()
         ring = cls(mm, name, fd)
         ring.words[W_RESERVED] = first

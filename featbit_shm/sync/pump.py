@@ -67,7 +67,7 @@ from .._core.records import (
 )
 from .._runtime.environment import DEFAULT_EVENT_RING_BYTES
 from .._runtime.notices import warn_limited
-from .._runtime.processes import pid_alive
+from .._runtime.processes import pid_alive, pid_namespace
 from ..shm.control import (
     W_DELIVERY_STOPPED,
     W_EVENTS_DROPPED,
@@ -93,6 +93,7 @@ from ..shm.ring import (
     W_LOST,
     W_MALFORMED,
     W_NOSPACE,
+    W_PIDNS,
     W_TAIL,
     W_TOO_LARGE,
     W_WRITTEN,
@@ -185,6 +186,7 @@ class EventPump:
         self._clock = clock
         self._sleep = sleep
         self._alive = alive
+        self._pidns = pid_namespace()
         self._rand = rand
         self._rings: dict[int, Ring] = {}
         self._order: collections.deque[_Entry] = collections.deque()  # taken, not yet committed, in ring order
@@ -257,7 +259,7 @@ class EventPump:
             if ring.unread_bytes:
                 drained_all = False
                 self._left_bytes += ring.unread_bytes
-            elif not self._alive(pid):
+            elif self._owner_gone(ring, pid):
                 # Its process is gone: no flush waiter is left. The ring is
                 # reclaimed once every record taken from it is done.
                 dead.append((slot, ring_id))
@@ -604,8 +606,29 @@ class EventPump:
         self._give_up_on_exited()
         return False
 
+    def _owner_gone(self, ring: Ring, pid: int) -> bool:
+        """Has the process writing ``ring`` exited? Its pid tells only inside
+        the PID namespace it was taken in: a worker in another one (a
+        container of a pod without shareProcessNamespace) cannot be judged
+        from here, and its ring is kept rather than taken from a live writer."""
+        theirs = int(ring.words[W_PIDNS])
+        if theirs and self._pidns and theirs != self._pidns:
+            warn_limited(
+                "foreign-pid-namespace",
+                f"featbit_shm: pid {pid} writes events from another PID namespace than this sync process's: "
+                "whether it still runs cannot be told from here, so its event ring is never reclaimed "
+                "(run both in one PID namespace: Kubernetes shareProcessNamespace: true)",
+                level=logging.ERROR,
+            )
+            return False
+        return not self._alive(pid)
+
+    def _gone(self, ring_id: int, pid: int) -> bool:
+        ring = self._rings.get(ring_id)
+        return self._owner_gone(ring, pid) if ring is not None else not self._alive(pid)
+
     def _give_up_on_exited(self) -> None:
-        exited = {(slot, ring_id) for slot, pid, ring_id, *_rest in self.registry.slots() if not self._alive(pid)}
+        exited = {(slot, ring_id) for slot, pid, ring_id, *_rest in self.registry.slots() if self._gone(ring_id, pid)}
         gone = {ring_id for _slot, ring_id in exited}
         self._give_up([e for e in self._order if e.ring_id in gone], "shutdown")
         self._ready = collections.deque(e for e in self._ready if e.ring_id not in gone)

@@ -60,7 +60,23 @@ def state_directory(configured: str | None, mode: str) -> str | None:
         if mode == "1":
             log.error("featbit_shm: FEATBIT_SHM_WARM_START=1 but no state directory: set FEATBIT_SHM_STATE_DIR (home %s is not this account's)", home)
         return None
-    return os.path.join(home, ".local", "state", "featbit-shm")
+    directory = os.path.join(home, ".local", "state", "featbit-shm")
+    if mode == "auto" and not _can_write(directory):
+        return None  # a read-only root (readOnlyRootFilesystem, docker --read-only, ProtectSystem=strict)
+    return directory
+
+
+def _can_write(directory: str) -> bool:
+    """Could this account keep a file in ``directory``, made if missing? The
+    nearest directory that exists decides (access() says EROFS on a
+    read-only file system, even to root)."""
+    path = directory
+    while not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 class WarmStart:

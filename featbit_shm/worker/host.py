@@ -253,7 +253,8 @@ def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
     if why is not None and (reader.current() is None or reader.generation == 0):
         log.info("featbit_shm: not waiting for flag data: %s", why)
         return
-    deadline = time.monotonic() + max(0.0, start_wait)
+    started = time.monotonic()
+    deadline = started + max(0.0, start_wait)
     while (reader.current() is None or reader.generation == 0) and time.monotonic() < deadline:
         if reader.state() is SyncState.OFF:
             break
@@ -268,7 +269,7 @@ def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
         log.warning(
             "featbit_shm: no flag data after %.1f s for store %s: %s; evaluations return defaults "
             "(ClientNotReady) until data arrives",
-            start_wait,
+            time.monotonic() - started,
             reader.names.tag,
             why,
         )
