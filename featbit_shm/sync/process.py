@@ -318,7 +318,7 @@ class SyncProcess:
             self.state = SyncState.INTERRUPTED
             self.writer.set_state(SyncState.INTERRUPTED)
             log.warning(
-                "featbit_shm: no data from FeatBit %.0f s after start; serving the warm-start data of store %s "
+                "featbit_shm: no data from FeatBit %.1f s after start; serving the warm-start data of store %s "
                 "(%d flags, data version %d) as INTERRUPTED until FeatBit answers",
                 now - self._lead_started, self.names.tag, len(data.flags), data.version,
             )
@@ -397,6 +397,8 @@ class SyncProcess:
             if not self.settings.rejected_retry_interval:
                 self.stop.set()  # final (FEATBIT_REJECTED_RETRY_INTERVAL=0); else retried, OFF meanwhile
         elif state is SyncState.INTERRUPTED and self.state is SyncState.INITIALIZING:
+            if self._warm_data is not None:
+                self._publish_warm(time.monotonic())  # FeatBit failed us at start: last-known data now
             return  # stays Starting until the first success ([PY] does the same)
         self.state = state
         self.writer.set_state(state)

@@ -3,8 +3,9 @@
 A host that boots (or whose /dev/shm was emptied) while FeatBit is
 unreachable would serve every flag's default until FeatBit returns. So the
 leader keeps the last data set it published in a file, and a leader that
-finds no published snapshot and gets no data from FeatBit within
-``WARM_GRACE_S`` publishes that file's data with state INTERRUPTED: workers
+finds no published snapshot and gets no data from FeatBit -- its first
+attempt failed, or ``WARM_GRACE_S`` passed -- publishes that file's data
+with state INTERRUPTED: workers
 serve last-known values, and the status says they are not fresh. The first
 data from FeatBit replaces it whole (the cursor stays 0 until then: a full
 sync, so the server's version always wins).
@@ -40,7 +41,7 @@ from .._core.dataset import DataSet
 log = logging.getLogger("featbit_shm.sync")
 
 FORMAT: Final = 1
-WARM_GRACE_S: Final = 2.0  # no data from FeatBit this long after start: publish the file's
+WARM_GRACE_S: Final = 1.0  # no data from FeatBit this long after start (or a first failure): publish the file's
 SAVE_INTERVAL_S: Final = 30.0
 MAX_BYTES: Final = 256 * 1024 * 1024
 
