@@ -1,13 +1,15 @@
 """Evaluable flags and segments, built from the normalised rows of :mod:`.schema`.
 
-Building happens once per flag version (in the process that evaluates), so
-everything that can be precomputed is: the target map, compiled condition
+Building happens once per stored entity (in the process that evaluates;
+:mod:`.view` keeps what was built while the entity's bytes stay the same),
+so everything that can be precomputed is: the target map, compiled condition
 tests, rollout modes, experiment bounds and each variation's value converted
 by the flag's ``variationType``. Objects are read-only after construction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, NamedTuple, Union
 
 from .operators import Test, compile_rule
@@ -245,6 +247,12 @@ class Flag:
         return f"Flag({self.key!r}, version={self.version})"
 
 
+#: An out-of-line key list, compiled: (key set, added keys, removed keys);
+#: a key is listed when it is added, or in the set and not removed.
+Layers = tuple[frozenset[str], frozenset[str], frozenset[str]]
+_NONE: Final[frozenset[str]] = frozenset()
+
+
 class Segment:
     """An evaluable segment (R-46)."""
 
@@ -254,8 +262,8 @@ class Segment:
         self.norm = norm
         self.id: str = norm["id"]
         self.version: int = norm["version"]
-        self.included = frozenset(norm["included"])
-        self.excluded = frozenset(norm["excluded"])
+        self.included: frozenset[str] = frozenset(norm["included"])
+        self.excluded: frozenset[str] = frozenset(norm["excluded"])
         self.rules = tuple(compile_rule(rule, in_segment=True) for rule in norm["rules"])
 
     def matches(self, user: User) -> bool:
@@ -263,6 +271,33 @@ class Segment:
         if key in self.excluded:  # exclusion wins over inclusion
             return False
         if key in self.included:
+            return True
+        for match in self.rules:
+            if match(user, _no_segments):
+                return True
+        return False
+
+
+class LayeredSegment(Segment):
+    """A segment whose lists are (partly) a shared key set plus a delta:
+    what a worker builds from a segment stored with key sets, in time that
+    grows with the delta, not the list."""
+
+    __slots__ = ("included_added", "included_removed", "excluded_added", "excluded_removed")
+
+    def __init__(self, norm: SegmentEntry, layers: Mapping[str, Layers]) -> None:
+        super().__init__(norm)
+        self.included_added = self.included_removed = self.excluded_added = self.excluded_removed = _NONE
+        if "included" in layers:
+            self.included, self.included_added, self.included_removed = layers["included"]
+        if "excluded" in layers:
+            self.excluded, self.excluded_added, self.excluded_removed = layers["excluded"]
+
+    def matches(self, user: User) -> bool:
+        key = user.key
+        if key in self.excluded_added or (key in self.excluded and key not in self.excluded_removed):
+            return False
+        if key in self.included_added or (key in self.included and key not in self.included_removed):
             return True
         for match in self.rules:
             if match(user, _no_segments):
@@ -278,4 +313,4 @@ def is_tombstone(norm: FlagEntry | SegmentEntry) -> bool:
     return bool(norm.get("archived"))
 
 
-__all__ = ["Decision", "ExperimentRange", "ExperimentSpec", "Flag", "Segment", "Variation", "Part", "Rollout", "Rule", "is_tombstone", "WRONG_TYPE"]
+__all__ = ["Decision", "ExperimentRange", "ExperimentSpec", "Flag", "LayeredSegment", "Layers", "Segment", "Variation", "Part", "Rollout", "Rule", "is_tombstone", "WRONG_TYPE"]

@@ -57,6 +57,7 @@ import re
 import warnings
 from collections.abc import Callable
 from operator import methodcaller
+from types import CodeType, FunctionType
 from typing import Any, Final
 
 from .schema import Condition
@@ -957,6 +958,16 @@ def _regex(prop: str, pattern: str, negate: bool) -> Test:
 
 # --------------------------------------------------------------------------- whole rules
 
+# Compiled matchers by source: the source depends only on a rule's shape
+# (which operators, which kind of property), never on its operands, so flags
+# share a handful of these and a rule costs a copy of compiled code, not a
+# compile() (which was 90% of building a flag). Each rule still gets its own
+# code object: the interpreter specialises a code object for the globals it
+# runs with, and rules of one shape have different ones. Bounded: cleared
+# when full.
+_TEMPLATES: dict[str, CodeType] = {}
+_MAX_TEMPLATES: Final = 4096
+
 # String operators simple enough to inline into a rule's matcher: the
 # expression on ``x`` (the attribute's string value) and ``V`` (the operand).
 _INLINE: Final = {
@@ -1017,8 +1028,15 @@ def compile_rule(conds: list[Condition], *, in_segment: bool = False) -> Test:
             ]
         lines.append(f"    if not ({expr}): return False")
     lines.append("    return True")
-    exec("\n".join(lines), namespace)  # fixed template; operands are bound constants
-    return namespace["match"]  # type: ignore[no-any-return]
+    source = "\n".join(lines)
+    code = _TEMPLATES.get(source)
+    if code is None:
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        module = compile(source, "<rule>", "exec")  # fixed template; operands are bound constants
+        code = _TEMPLATES[source] = next(c for c in module.co_consts if isinstance(c, CodeType))
+    match: Test = FunctionType(code.replace(), namespace, "match")
+    return match
 
 
 def _always(u: User, segment_of: SegmentOf) -> bool:

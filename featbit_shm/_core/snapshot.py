@@ -7,8 +7,9 @@ not grow with the data; a writer must publish a one-flag patch of a
 10,000-flag store without rewriting 5 MB. So a generation is split in two
 kinds of immutable object:
 
-* a **root**: a header, the list of live chunks, and two open-addressing hash
-  tables (flags by key, segments by id) whose entries point into chunks;
+* a **root**: a header, the list of live chunks, and three open-addressing
+  hash tables (flags by key, segments by id, key sets by digest) whose
+  entries point into chunks;
 * **chunks**: append-only bags of per-entity blobs. A patch writes one new
   small chunk with the changed entities and a new root that repoints their
   slots; every other blob stays where it was. Chunk ids are the generation
@@ -16,10 +17,10 @@ kinds of immutable object:
 
 Root layout (little-endian)::
 
-    header, 64 bytes (struct ``_HEADER``)
+    header, 72 bytes (struct ``_HEADER``)
       0   8  magic              b"FBSHMSNP"
-      8   4  u32 layout         LAYOUT (bumped on any change)
-     12   4  u32 header size    64
+      8   4  u32 layout         LAYOUT (bumped on any change; 3: key sets, block crcs)
+     12   4  u32 header size    72
      16   8  u64 generation
      24   8  i64 data version   max updatedAt over every entry (the sync cursor, R-31)
      32   4  u32 flag slots     power of two
@@ -29,9 +30,12 @@ Root layout (little-endian)::
      48   4  u32 active flags
      52   4  u32 active segments
      56   4  u32 chunks         live chunks listed below (<= MAX_CHUNKS)
-     60   4  u32 reserved
-     64 512  u64[64]            live chunk ids
-    576      flag table: ``flag slots`` entries of 40 bytes, then the segment table
+     60   4  u32 key-set slots  power of two
+     64   4  u32 key sets       entries
+     68   4  --  reserved
+     72 512  u64[64]            live chunk ids
+    584      flag table, segment table, key-set table: entries of 40 bytes
+    then     u32[blocks]        crc32 of each block of 64 entries (the last may be short)
     entry (struct ``_ENTRY``)
       0   4  u32 key hash       crc32 of the UTF-8 key; probe start = hash & (slots - 1)
       4   4  u32 blob crc32
@@ -41,24 +45,58 @@ Root layout (little-endian)::
      24   2  u16 key length
      26   2  u16 bits           1 = occupied, 2 = archived (tombstone)
      28   4  --  reserved
-     32   8  i64 version        the entity's own updatedAt (ms)
+     32   8  i64 version        the entity's own updatedAt (ms); 0 for a key set
 
 Chunk layout: ``b"FBSHMCHK"``, u64 chunk id, then blobs; a blob is the UTF-8
 key followed by the msgpack of the entity's normalised form (:mod:`.schema`;
 rows are stored as msgpack arrays and rebuilt as rows when decoded).
 
-Integrity: the control block records the root's length and the crc32 of the
-whole root; each blob carries its own crc32, checked when that entity is
-first decoded. A reader verifies a generation in time proportional to the
-tables, not the data, and never trusts a byte it did not check. Every
+**Key sets** (large segments). A segment's ``included`` or ``excluded`` list
+of :data:`KEYSET_MIN` keys or more (and while it keeps half as many) is
+stored out of line, as a *key set* plus a small delta, so that a one-key
+change rewrites a few bytes instead of the whole list, and a worker
+rebuilds nothing of the size of the list:
+
+* a key set's blob is its key (the 32 hex digits of the blake2b-128 digest
+  of the payload) followed by the msgpack list of keys; it lives in the
+  key-set table, so moving it (a fold, a rebuild) never changes the
+  segments that name it;
+* the segment's own blob stores that list empty and adds a field
+  ``keysets``: ``{"included": [digest (16 bytes), added keys, removed
+  keys]}``. The keys are ``(key set - removed) | added``. The writer keeps
+  the delta under :func:`delta_limit` keys; past it, and only in a full
+  build, it writes a fresh key set (a *rebase*).
+
+Content-addressed key sets let a worker keep the set it built from one
+across every later generation, patches and rebuilds alike.
+:meth:`SnapshotImage.segment` gives the plain lists back (membership, not
+order, is what a list of a delta-stored segment keeps).
+
+Integrity: the control block records the root's length and
+:func:`root_crc`, the crc32 of the header, the chunk list and the block
+crcs; each block of 64 table entries is checked against its crc the first
+time a reader uses it (every block at once when the root is small), and
+each blob carries its own crc32, checked when that entity is first decoded.
+So opening a generation costs the same at 100 flags as at 100,000, a
+one-flag patch costs the writer a few block crcs instead of a crc of the
+whole root, and a reader never trusts a byte it did not check. Every
 malformed input raises :class:`SnapshotError` (fuzzed in the tests).
+
+**Blob identity.** Under one control block an entry's bytes (chunk id,
+offset, length, crc, ...) name one immutable blob: the writer never numbers
+two chunks alike. A reader can therefore keep what it built from a blob for
+as long as a newer root's entry for that key is byte-equal
+(:meth:`SnapshotImage.flag_entry_is`); a new control block numbers afresh,
+which a reader sees as chunks mapped anew
+(:meth:`SnapshotImage.shares_chunks_with`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import msgpack
@@ -69,8 +107,8 @@ from .schema import FlagEntry, SegmentEntry, flag_entry, segment_entry
 
 MAGIC: Final = b"FBSHMSNP"
 CHUNK_MAGIC: Final = b"FBSHMCHK"
-LAYOUT: Final = 2
-_HEADER: Final = struct.Struct("<8sII Q q II II II II")
+LAYOUT: Final = 3
+_HEADER: Final = struct.Struct("<8sII Q q IIIIIIIII 4x")
 _ENTRY: Final = struct.Struct("<II Q II HH 4x q")
 _CHUNK_HEADER: Final = struct.Struct("<8sQ")
 HEADER_SIZE: Final = _HEADER.size
@@ -81,8 +119,21 @@ TABLES: Final = HEADER_SIZE + MAX_CHUNKS * 8
 OCCUPIED: Final = 1
 ARCHIVED: Final = 2
 MAX_SLOTS: Final = 1 << 24
+BLOCK_ENTRIES: Final = 64  # table entries covered by one block crc
+BLOCK_BYTES: Final = BLOCK_ENTRIES * ENTRY_SIZE
+EAGER_ROOT: Final = 16 * 1024  # a root this small has every block checked when opened
+KEYSET_MIN: Final = 1024  # a segment list this long or longer is stored as a key set + delta (until under half)
+KEYSET_FIELDS: Final = ("included", "excluded")
+DIGEST_SIZE: Final = 16
 
-assert HEADER_SIZE == 64 and ENTRY_SIZE == 40 and CHUNK_HEADER_SIZE == 16
+assert HEADER_SIZE == 72 and ENTRY_SIZE == 40 and CHUNK_HEADER_SIZE == 16
+
+FLAGS: Final = 0  # table numbers ("which")
+SEGMENTS: Final = 1
+KEY_SETS: Final = 2
+
+#: A segment's out-of-line lists: field -> (key-set digest, added keys, removed keys).
+KeySetRefs = dict[str, tuple[bytes, list[Any], list[Any]]]
 
 
 class SnapshotError(ValueError):
@@ -93,9 +144,21 @@ def key_hash(key: bytes) -> int:
     return zlib.crc32(key)
 
 
+def _blocks(entries: int) -> int:
+    return -(-entries // BLOCK_ENTRIES)
+
+
+def _crc_of_root(view: Any, entries: int) -> int:
+    tables_end = TABLES + entries * ENTRY_SIZE
+    return zlib.crc32(view[tables_end : tables_end + 4 * _blocks(entries)], zlib.crc32(view[:TABLES]))
+
+
 def root_crc(root: bytes | bytearray | memoryview) -> int:
-    """crc32 of a whole root: what the control block records."""
-    return zlib.crc32(root)
+    """What the control block records of a root: the crc32 of its header,
+    chunk list and block crcs (each block of table entries is covered by its
+    own crc in that list), so it costs the same whatever the table sizes."""
+    fields = _HEADER.unpack_from(root, 0)
+    return _crc_of_root(memoryview(root), fields[5] + fields[6] + fields[12])
 
 
 def active_counts(root: bytes | bytearray | memoryview) -> tuple[int, int]:
@@ -104,13 +167,20 @@ def active_counts(root: bytes | bytearray | memoryview) -> tuple[int, int]:
     return int(fields[9]), int(fields[10])
 
 
-def root_size(fslots: int, sslots: int) -> int:
-    return TABLES + (fslots + sslots) * ENTRY_SIZE
+def root_size(fslots: int, sslots: int, kslots: int = 16) -> int:
+    entries = fslots + sslots + kslots
+    return TABLES + entries * ENTRY_SIZE + 4 * _blocks(entries)
 
 
 def max_entries(slots: int) -> int:
     """Entries a table of ``slots`` may hold: load factor at most 0.75."""
     return slots * 3 // 4
+
+
+def delta_limit(set_size: int) -> int:
+    """Keys a delta may hold over a key set of ``set_size`` keys before the
+    writer rebases: what each change costs every worker to rebuild."""
+    return max(256, set_size // 64)
 
 
 def _slots_for(count: int) -> int:
@@ -122,6 +192,29 @@ def _slots_for(count: int) -> int:
     return slots
 
 
+def keyset_refs(stored: Mapping[str, Any], key: str) -> KeySetRefs:
+    """The validated ``keysets`` field of a stored segment ({} when it has none)."""
+    raw = stored.get("keysets")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw.keys() <= set(KEYSET_FIELDS):
+        raise SnapshotError(f"segment {key!r} has malformed key sets")
+    refs: KeySetRefs = {}
+    for field, ref in raw.items():
+        if (
+            not isinstance(ref, list)
+            or len(ref) != 3
+            or not isinstance(ref[0], bytes)
+            or len(ref[0]) != DIGEST_SIZE
+            or not isinstance(ref[1], list)
+            or not isinstance(ref[2], list)
+            or stored.get(field)
+        ):
+            raise SnapshotError(f"segment {key!r} has a malformed key set for {field!r}")
+        refs[field] = (ref[0], ref[1], ref[2])
+    return refs
+
+
 ChunkOf = Callable[[int], Any]  # chunk id -> buffer
 
 
@@ -131,25 +224,32 @@ ChunkOf = Callable[[int], Any]  # chunk id -> buffer
 class SnapshotImage:
     """A validated root over any buffer, with chunks fetched by ``chunk_of``.
 
-    Construction checks the header and (given ``crc``) the root's crc;
-    lookups decode one entity and check its blob's crc. Nothing here copies
-    the tables or the data.
+    Construction checks the header and (given ``crc``) :func:`root_crc`;
+    a block of table entries is checked when first used, and a lookup
+    decodes one entity and checks its blob's crc. Nothing here copies the
+    tables or the data.
     """
 
     __slots__ = (
         "_buf",
         "_chunk_of",
+        "_views",
         "generation",
         "data_version",
         "flag_count",
         "segment_count",
+        "key_set_count",
         "active_flags",
         "active_segments",
         "chunks",
         "size",
         "_fslots",
         "_sslots",
+        "_kslots",
         "_stable",
+        "_ktable",
+        "_crcs",
+        "_checked",
     )
 
     def __init__(self, buf: Any, chunk_of: ChunkOf | None = None, *, length: int | None = None, crc: int | None = None) -> None:
@@ -159,64 +259,127 @@ class SnapshotImage:
         size = len(view) if length is None else length
         if size > len(view):
             raise SnapshotError(f"root is {len(view)} bytes, control block says {size}")
-        if size < TABLES:
+        if size < 16:
             raise SnapshotError("root is shorter than its header")
-        magic, layout, header_size, gen, version, fslots, sslots, nf, ns, af, as_, nchunks, _r = _HEADER.unpack_from(view, 0)
+        magic, layout, header_size = struct.unpack_from("<8sII", view, 0)
         if magic != MAGIC:
             raise SnapshotError("bad snapshot magic")
         if layout != LAYOUT or header_size != HEADER_SIZE:
+            # An image of another layout (an older or newer featbit_shm) is refused, never guessed at.
             raise SnapshotError(f"snapshot layout {layout} is not {LAYOUT}")
-        for slots in (fslots, sslots):
+        if size < TABLES:
+            raise SnapshotError("root is shorter than its header")
+        _m, _l, _h, gen, version, fslots, sslots, nf, ns, af, as_, nchunks, kslots, nk = _HEADER.unpack_from(view, 0)
+        for slots in (fslots, sslots, kslots):
             if slots < 16 or slots > MAX_SLOTS or slots & (slots - 1):
                 raise SnapshotError("bad table size")
-        if root_size(fslots, sslots) != size:
+        if root_size(fslots, sslots, kslots) != size:
             raise SnapshotError("root size does not match its tables")
-        if nf > max_entries(fslots) or ns > max_entries(sslots) or af > nf or as_ > ns or nchunks > MAX_CHUNKS:
+        if nf > max_entries(fslots) or ns > max_entries(sslots) or nk > max_entries(kslots) or af > nf or as_ > ns or nchunks > MAX_CHUNKS:
             raise SnapshotError("bad entry counts")
-        if crc is not None and zlib.crc32(view[:size]) != crc:
+        entries = fslots + sslots + kslots
+        if crc is not None and _crc_of_root(view, entries) != crc:
             raise SnapshotError("snapshot root crc mismatch")
         self._buf = view[:size]
         self._chunk_of = chunk_of
+        self._views: dict[int, memoryview] = {}  # chunk id -> its checked buffer
         self.size = size
         self.generation: int = gen
         self.data_version: int = version
         self.flag_count: int = nf
         self.segment_count: int = ns
+        self.key_set_count: int = nk
         self.active_flags: int = af
         self.active_segments: int = as_
         self.chunks: tuple[int, ...] = struct.unpack_from(f"<{nchunks}Q", view, HEADER_SIZE)
         self._fslots = fslots
         self._sslots = sslots
+        self._kslots = kslots
         self._stable = TABLES + fslots * ENTRY_SIZE
+        self._ktable = self._stable + sslots * ENTRY_SIZE
+        self._crcs = TABLES + entries * ENTRY_SIZE
+        # Blocks of table entries are checked against their crcs on first
+        # use (all at once for a small root), so opening a generation costs
+        # the same at 100 flags as at 100,000. Without a crc nothing is checked.
+        self._checked = bytearray(b"\1" * _blocks(entries)) if crc is None else bytearray(_blocks(entries))
+        if crc is not None and size <= EAGER_ROOT:
+            self._check_range(TABLES, entries)
+
+    def _check_block(self, block: int) -> None:
+        start = TABLES + block * BLOCK_BYTES
+        (expected,) = struct.unpack_from("<I", self._buf, self._crcs + 4 * block)
+        if zlib.crc32(self._buf[start : min(start + BLOCK_BYTES, self._crcs)]) != expected:
+            raise SnapshotError(f"snapshot root block {block} crc mismatch")
+        self._checked[block] = 1
+
+    def _check_range(self, table: int, slots: int) -> None:
+        """Check every block holding the ``slots`` entries from ``table`` on."""
+        first = (table - TABLES) // BLOCK_BYTES
+        last = (table + slots * ENTRY_SIZE - 1 - TABLES) // BLOCK_BYTES
+        checked = self._checked
+        for block in range(first, last + 1):
+            if not checked[block]:
+                self._check_block(block)
 
     def _chunk(self, chunk_id: int) -> memoryview:
+        view = self._views.get(chunk_id)
+        if view is not None:
+            return view
         if chunk_id not in self.chunks or self._chunk_of is None:
             raise SnapshotError(f"chunk {chunk_id} is not live in generation {self.generation}")
         buf = self._chunk_of(chunk_id)
         if buf is None:
             raise SnapshotError(f"chunk {chunk_id} is not available")
         view = memoryview(buf)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
         if len(view) < CHUNK_HEADER_SIZE or _CHUNK_HEADER.unpack_from(view, 0) != (CHUNK_MAGIC, chunk_id):
             raise SnapshotError(f"chunk {chunk_id} has a bad header")
+        self._views[chunk_id] = view  # chunks are immutable: checked once
         return view
 
-    def _find(self, table: int, slots: int, key: str) -> Any:
+    def shares_chunks_with(self, older: SnapshotImage) -> bool:
+        """True when this image and ``older`` have a live chunk in common and
+        read every common one from the very same buffer: then an entry equal
+        in both names the same bytes (a reader maps a chunk once and reuses
+        the map; after it attaches to a new control block it maps afresh)."""
+        common = set(self.chunks).intersection(older.chunks)
+        if not common or self._chunk_of is None or older._chunk_of is None:
+            return False
+        return all(self._chunk_of(c) is older._chunk_of(c) for c in common)
+
+    def _probe(self, table: int, slots: int, key: str) -> int:
+        """The byte position in the root of ``key``'s entry in one table, found
+        by its key bytes alone; -1 when absent.
+
+        The blob's crc is checked when it is read (:meth:`_read`), or here when
+        a colliding entry's key differs (a corrupt blob raises, as a read would).
+        """
         raw = key.encode("utf-8")
         h = zlib.crc32(raw)
         mask = slots - 1
         buf = self._buf
         unpack = _ENTRY.unpack_from
+        n = len(raw)
+        checked = self._checked
         i = h & mask
         for _ in range(slots):
-            eh, crc, chunk, off, length, klen, bits, version = unpack(buf, table + i * ENTRY_SIZE)
+            pos = table + i * ENTRY_SIZE
+            block = (pos - TABLES) // BLOCK_BYTES
+            if not checked[block]:
+                self._check_block(block)
+            eh, crc, chunk_id, off, length, klen, bits, _v = unpack(buf, pos)
             if not bits & OCCUPIED:
-                return None
-            if eh == h and klen == len(raw):
-                blob = self._blob(chunk, off, length, klen, crc, key)
-                if blob[:klen] == raw:
-                    return self._decode(blob, klen, bits, version, key, flag_entry if table == TABLES else segment_entry)
+                return -1
+            if eh == h and klen == n:
+                chunk = self._chunk(chunk_id)
+                if off < CHUNK_HEADER_SIZE or off + length > len(chunk) or klen > length:
+                    raise SnapshotError(f"entry {key!r} points outside its chunk")
+                if chunk[off : off + klen] == raw:
+                    return pos
+                self._blob(chunk_id, off, length, klen, crc, key)
             i = (i + 1) & mask
-        return None
+        return -1
 
     def _blob(self, chunk_id: int, off: int, length: int, klen: int, crc: int, key: str) -> memoryview:
         chunk = self._chunk(chunk_id)
@@ -244,16 +407,99 @@ class SnapshotImage:
         except (TypeError, ValueError, KeyError) as exc:
             raise SnapshotError(f"entry {key!r} does not have the schema's shape: {exc}") from None
 
+    def _read(self, pos: int, key: str, kind: Callable[[dict[str, Any]], Any]) -> Any:
+        self._check_range(pos, 1)
+        _h, crc, chunk_id, off, length, klen, bits, version = _ENTRY.unpack_from(self._buf, pos)
+        return self._decode(self._blob(chunk_id, off, length, klen, crc, key), klen, bits, version, key, kind)
+
+    # ------------------------------------------------------------ entities
+    #
+    # A worker keeps what it built from an entity together with where the
+    # entity's entry was (its byte position in the root) and the entry's
+    # 40 bytes. In a later root of the same chunks, the same bytes at a
+    # position of the same table name the same blob: the key's own entry
+    # (a root holds one entry per key), so nothing needs to be read again.
+
+    def locate_flag(self, key: str) -> int:
+        """Byte position of a flag's entry (tombstones included), -1 when absent;
+        the blob is not read."""
+        return self._probe(TABLES, self._fslots, key)
+
+    def locate_segment(self, seg_id: str) -> int:
+        return self._probe(self._stable, self._sslots, seg_id)
+
+    def entry_bytes(self, pos: int) -> bytes:
+        """The 40 bytes of the entry at ``pos`` (an entity's blob identity)."""
+        self._check_range(pos, 1)
+        return bytes(self._buf[pos : pos + ENTRY_SIZE])
+
+    def flag_entry_is(self, pos: int, entry: bytes) -> bool:
+        """True when the flag table holds exactly ``entry`` at ``pos``.
+
+        ``entry`` comes from a checked root (:meth:`entry_bytes`): bytes
+        equal to it are checked by the comparison itself, so the block's crc
+        is not needed, and a new generation costs this compare per key used.
+        """
+        return TABLES <= pos < self._stable and self._buf[pos : pos + ENTRY_SIZE] == entry
+
+    def segment_entry_is(self, pos: int, entry: bytes) -> bool:
+        return self._stable <= pos < self._ktable and self._buf[pos : pos + ENTRY_SIZE] == entry
+
+    def read_flag(self, pos: int, key: str) -> FlagEntry:
+        """The flag whose entry is at ``pos`` (its blob's crc checked)."""
+        found: FlagEntry = self._read(pos, key, flag_entry)
+        return found
+
+    def read_segment(self, pos: int, seg_id: str) -> tuple[SegmentEntry, KeySetRefs]:
+        """The segment whose entry is at ``pos``, as stored (out-of-line lists
+        empty, its ``keysets`` field kept), and its validated key-set references."""
+        stored: SegmentEntry = self._read(pos, seg_id, segment_entry)
+        return stored, keyset_refs(stored, seg_id)
+
+    def key_set(self, digest: bytes) -> list[Any]:
+        """The keys of one key set (its blob's crc checked)."""
+        name = digest.hex()
+        pos = self._probe(self._ktable, self._kslots, name)
+        if pos < 0:
+            raise SnapshotError(f"key set {name} is missing")
+        _h, crc, chunk_id, off, length, klen, _bits, _v = _ENTRY.unpack_from(self._buf, pos)
+        blob = self._blob(chunk_id, off, length, klen, crc, name)
+        try:
+            keys = msgpack.unpackb(blob[klen:], raw=False)
+        except Exception as exc:  # noqa: BLE001
+            raise SnapshotError(f"key set {name} does not decode: {exc}") from None
+        if not isinstance(keys, list):
+            raise SnapshotError(f"key set {name} is not a list")
+        return keys
+
     def flag(self, key: str) -> FlagEntry | None:
         """The normalised flag with this key (tombstones included), or None."""
-        found: FlagEntry | None = self._find(TABLES, self._fslots, key)
-        return found
+        pos = self.locate_flag(key)
+        return None if pos < 0 else self.read_flag(pos, key)
 
     def segment(self, seg_id: str) -> SegmentEntry | None:
-        found: SegmentEntry | None = self._find(self._stable, self._sslots, seg_id)
-        return found
+        """The normalised segment with this id (tombstones included), or None;
+        key-set lists are given back whole (see the module docstring)."""
+        pos = self.locate_segment(seg_id)
+        if pos < 0:
+            return None
+        stored, refs = self.read_segment(pos, seg_id)
+        if not refs:
+            return stored
+        plain: dict[str, Any] = dict(stored)
+        del plain["keysets"]
+        for field, (digest, added, removed) in refs.items():
+            base = self.key_set(digest)
+            gone = frozenset(removed)
+            kept = [k for k in base if k not in gone] if gone else base
+            if added:
+                present = frozenset(kept)
+                kept += [k for k in added if k not in present]
+            plain[field] = kept
+        return plain  # type: ignore[return-value]
 
     def _keys(self, table: int, slots: int, *, active_only: bool) -> Iterator[str]:
+        self._check_range(table, slots)
         for i, (_h, crc, chunk, off, length, klen, bits, _v) in enumerate(
             _ENTRY.iter_unpack(self._buf[table : table + slots * ENTRY_SIZE])
         ):
@@ -284,18 +530,12 @@ class SnapshotImage:
 
     def _signature(self, table: int, slots: int, key: str) -> tuple[int, int, int] | None:
         """(blob crc, version, bits) of a key's entry, or None when absent."""
-        raw = key.encode("utf-8")
-        h = zlib.crc32(raw)
-        mask = slots - 1
-        i = h & mask
-        for _ in range(slots):
-            eh, crc, chunk, off, length, klen, bits, version = _ENTRY.unpack_from(self._buf, table + i * ENTRY_SIZE)
-            if not bits & OCCUPIED:
-                return None
-            if eh == h and klen == len(raw) and self._blob(chunk, off, length, klen, crc, key)[:klen] == raw:
-                return crc, version, bits
-            i = (i + 1) & mask
-        return None
+        pos = self._probe(table, slots, key)
+        if pos < 0:
+            return None
+        _h, crc, chunk, off, length, klen, bits, version = _ENTRY.unpack_from(self._buf, pos)
+        self._blob(chunk, off, length, klen, crc, key)  # a corrupt blob raises
+        return crc, version, bits
 
     def _changed(self, older: SnapshotImage, mine: tuple[int, int], theirs: tuple[int, int]) -> set[str]:
         """Keys whose entries differ between one table here and in ``older``.
@@ -306,6 +546,8 @@ class SnapshotImage:
         Otherwise (a table grew) every key's signature is compared.
         """
         (table, slots), (otable, oslots) = mine, theirs
+        self._check_range(table, slots)
+        older._check_range(otable, oslots)
         candidates: set[str] = set()
         if slots == oslots:
             step = 64 * ENTRY_SIZE
@@ -348,6 +590,7 @@ class SnapshotImage:
         """
         needles = [s.encode("utf-8") for s in segments]
         found: set[str] = set()
+        self._check_range(TABLES, self._fslots)
         for i, (_h, crc, chunk, off, length, klen, bits, version) in enumerate(
             _ENTRY.iter_unpack(self._buf[TABLES : TABLES + self._fslots * ENTRY_SIZE])
         ):
@@ -380,6 +623,7 @@ class SnapshotImage:
 
 Buffer = Any  # a writable buffer: bytearray, or a read-write mmap of a new object
 Allocate = Callable[[str, int, int], Buffer]  # (kind "root"|"chunk", id, size) -> buffer
+_KEY_SET_ENTITY: Final = {"version": 0}  # what _fill reads of a key set
 
 
 class Built:
@@ -394,6 +638,106 @@ class Built:
         self.full = full
 
 
+class _KeyList:
+    """The writer's memory of one out-of-line list: the key set it is stored
+    against, the list last written (to diff the next one with) and the delta."""
+
+    __slots__ = ("digest", "size", "listed", "added", "removed")
+
+    def __init__(self, digest: str, size: int, listed: list[str], added: frozenset[str], removed: frozenset[str]) -> None:
+        self.digest = digest
+        self.size = size
+        self.listed = listed
+        self.added = added
+        self.removed = removed
+
+
+class _NeedsFullBuild(Exception):
+    """A key set must be written or dropped: only a full build does that."""
+
+
+def _run(a: list[Any], i: int, b: list[Any], j: int) -> int:
+    """How many items ``a[i:]`` and ``b[j:]`` share from their start: compared
+    in blocks that grow (a short run costs little, a long one a few large
+    compares), and a differing block halved down to a few items, so the
+    work stays in C."""
+    limit = min(len(a) - i, len(b) - j)
+    if limit == 0 or a[i] != b[j]:
+        return 0
+    k, step = 1, 32
+    while k < limit:
+        m = min(k + step, limit)
+        if a[i + k : i + m] == b[j + k : j + m]:
+            k, step = m, min(step * 4, 1 << 16)
+            continue
+        while m - k > 32:  # the first difference is in [k, m)
+            half = (k + m) // 2
+            if a[i + k : i + half] == b[j + k : j + half]:
+                k = half
+            else:
+                m = half
+        while a[i + k] == b[j + k]:
+            k += 1
+        return k
+    return limit
+
+
+def list_delta(old: list[Any], new: list[Any], limit: int) -> tuple[frozenset[Any], frozenset[Any]] | None:
+    """(added, removed): keys whose membership differs between two lists,
+    or None when more than about ``limit`` items would have to be looked at.
+
+    The lists are aligned greedily: runs of equal items are skipped with
+    C-speed slice compares, and at each difference one look ahead tells an
+    insertion from a removal or a replacement. So a one-key change to a
+    200,000-key list costs a few milliseconds, and any alignment (even a
+    poor one) gives a right answer: ``added`` may hold keys that were listed
+    already (harmless: they stay members); ``removed`` holds only keys the
+    new list no longer has anywhere.
+    """
+    na, nb = len(old), len(new)
+    gone: list[Any] = []
+    added: list[Any] = []
+    i = j = 0
+    while True:
+        k = _run(old, i, new, j)
+        i, j = i + k, j + k
+        if i == na or j == nb or len(gone) + len(added) > 2 * limit:
+            break
+        x, y = old[i], new[j]
+        if j + 1 < nb and new[j + 1] == x:  # y was inserted
+            added.append(y)
+            j += 1
+        elif i + 1 < na and old[i + 1] == y:  # x was removed
+            gone.append(x)
+            i += 1
+        else:  # x was replaced by y
+            gone.append(x)
+            added.append(y)
+            i, j = i + 1, j + 1
+    if len(gone) + len(added) + (na - i) + (nb - j) > 2 * limit:
+        return None
+    before, after = frozenset(gone + old[i:]), frozenset(added + new[j:])
+    removed = before - after
+    if len(removed) == 1:
+        # A key may be listed twice; it left only if no copy is left anywhere.
+        (key,) = removed
+        if key in new:
+            removed = frozenset()
+    elif removed:
+        removed = removed - removed.intersection(new)
+    return after - before, removed
+
+
+def _seal(root: Buffer, entries: int, blocks: Iterable[int]) -> None:
+    """Write the crcs of these blocks of table entries (the last write to a
+    root's tables; the header, written after, is covered by :func:`root_crc`)."""
+    crcs = TABLES + entries * ENTRY_SIZE
+    view = memoryview(root)
+    for block in blocks:
+        start = TABLES + block * BLOCK_BYTES
+        struct.pack_into("<I", root, crcs + 4 * block, zlib.crc32(view[start : min(start + BLOCK_BYTES, crcs)]))
+
+
 class SnapshotBuilder:
     """Builds generations; a patch of k entities writes one k-blob chunk.
 
@@ -404,20 +748,22 @@ class SnapshotBuilder:
     and their slots repointed into one new chunk. Chunks stay few like in an
     LSM tree: when MAX_CHUNKS would be exceeded, the entities of every chunk
     but the largest are rewritten into the new chunk too. A full sync, a table
-    past three quarters full, or dead blobs outweighing live ones, cause a
-    full rebuild into one chunk. Encoded blobs are cached per entity version,
-    so a rebuild copies rather than re-encodes. The builder keeps the last
-    root; the caller keeps it readable until the next build (or calls
-    :meth:`reset`).
+    past three quarters full, dead blobs outweighing live ones, or a key set
+    to write or drop (see the module docstring), cause a full rebuild into one
+    chunk. Encoded blobs are cached per entity, so a rebuild copies rather
+    than re-encodes. The builder keeps the last root; the caller keeps it
+    readable until the next build (or calls :meth:`reset`).
     """
 
     def __init__(self) -> None:
         self._root: Buffer | None = None
-        self._slot: dict[tuple[int, str], int] = {}  # (table, key) -> slot; table 0 flags, 1 segments
+        self._slot: dict[tuple[int, str], int] = {}  # (table, key) -> slot; table 0 flags, 1 segments, 2 key sets
         self._where: dict[int, set[tuple[int, str]]] = {}  # chunk id -> entries whose blob it holds
         self._live: dict[int, int] = {}  # chunk id -> live blob bytes
         self._size: dict[int, int] = {}  # chunk id -> blob bytes written
         self._blobs: dict[tuple[int, str], tuple[Mapping[str, Any], bytes, int]] = {}  # entry -> (entity, blob, key length)
+        self._lists: dict[tuple[str, str], _KeyList] = {}  # (segment id, field) -> its out-of-line list
+        self._sets: dict[str, bytes] = {}  # key-set digest (hex) -> its blob
         self._active = [0, 0]
         self.full_builds = 0
         self.incremental_builds = 0
@@ -430,7 +776,10 @@ class SnapshotBuilder:
     def build_into(self, dataset: DataSet, generation: int, changes: Changes | None, allocate: Allocate) -> Built:
         """Write ``dataset`` as ``generation``; chunk ids are generation numbers."""
         if self._root is not None and changes is not None and not changes.full:
-            built = self._incremental(self._root, dataset, generation, changes, allocate)
+            try:
+                built = self._incremental(self._root, dataset, generation, changes, allocate)
+            except _NeedsFullBuild:
+                built = None
             if built is not None:
                 self.incremental_builds += 1
                 self._root = built.root
@@ -444,55 +793,136 @@ class SnapshotBuilder:
         """Forget the previous generation (the next build is a full one)."""
         self._root = None
 
-    def _blob(self, which: int, key: str, entity: Mapping[str, Any]) -> tuple[bytes, int]:
+    def _blob(self, which: int, key: str, entity: Mapping[str, Any], full: bool) -> tuple[bytes, int]:
         """The entity's blob (UTF-8 key + msgpack), from the cache when unchanged.
 
         "Unchanged" means the same object or an equal one, never merely the
         same version: a full sync replaces content whatever its version says
         (R-12), e.g. a hand-edited bootstrap file that kept its updatedAt.
         """
+        if which == KEY_SETS:
+            return self._sets[key], len(key)
         cached = self._blobs.get((which, key))
-        if cached is not None and (cached[0] is entity or cached[0] == entity):
+        if cached is not None and (cached[0] is entity or (cached[0].get("version") == entity.get("version") and cached[0] == entity)):
             return cached[1], cached[2]
         raw = key.encode("utf-8")
         if len(raw) > 0xFFFF:
             raise SnapshotError(f"key {key[:40]!r}... is longer than 65535 bytes")
-        blob = raw + msgpack.packb(entity, use_bin_type=True)
+        stored = entity if which == FLAGS else self._stored_segment(key, entity, full)
+        blob = raw + msgpack.packb(stored, use_bin_type=True)
         self._blobs[(which, key)] = (entity, blob, len(raw))
         return blob, len(raw)
+
+    # ------------------------------------------------------------ key sets
+
+    def _stored_segment(self, seg_id: str, entity: Mapping[str, Any], full: bool) -> Mapping[str, Any]:
+        """The form a segment is stored in: long lists as key set + delta.
+
+        Raises :class:`_NeedsFullBuild` (outside a full build) when a key set
+        would have to be written or dropped."""
+        plans: dict[str, _KeyList | None] = {}
+        for field in KEYSET_FIELDS:
+            keys = [] if entity.get("archived") else entity.get(field) or []
+            state = self._lists.get((seg_id, field))
+            plan = self._plan_list(state, keys)
+            rebase = plan is not None and not plan.digest
+            dropped = state is not None and (plan is None or plan.digest != state.digest)
+            if rebase or dropped:
+                # A key set to write, or one no segment names any more.
+                if not full:
+                    raise _NeedsFullBuild
+                if rebase:
+                    plan = self._new_key_set(keys)
+            plans[field] = plan
+        refs = {}
+        for field, plan in plans.items():
+            if plan is None:
+                self._lists.pop((seg_id, field), None)
+            else:
+                self._lists[(seg_id, field)] = plan
+                refs[field] = [bytes.fromhex(plan.digest), sorted(plan.added), sorted(plan.removed)]
+        if not refs:
+            return entity
+        stored = dict(entity)
+        for field in refs:
+            stored[field] = []
+        stored["keysets"] = refs
+        return stored
+
+    def _plan_list(self, state: _KeyList | None, keys: list[str]) -> _KeyList | None:
+        """This list's next state: None (stored inline), the same key set with
+        a new delta, or a new key set to write (digest not yet in ``_sets``)."""
+        if state is not None:
+            if keys is state.listed:
+                return state
+            limit = delta_limit(state.size)
+            delta = list_delta(state.listed, keys, limit)
+            if delta is not None and len(keys) >= KEYSET_MIN // 2:  # some room under: no flapping at the threshold
+                added_now, removed_now = delta
+                added = (state.added - removed_now) | added_now
+                removed = (state.removed - added_now) | removed_now
+                if len(added) + len(removed) <= limit:
+                    return _KeyList(state.digest, state.size, keys, added, removed)
+        if len(keys) < (KEYSET_MIN if state is None else KEYSET_MIN // 2):
+            return None
+        return _KeyList("", len(keys), keys, frozenset(), frozenset())  # a rebase: no digest yet
+
+    def _new_key_set(self, keys: list[str]) -> _KeyList:
+        payload = msgpack.packb(keys, use_bin_type=True)
+        digest = hashlib.blake2b(payload, digest_size=DIGEST_SIZE).hexdigest()
+        self._sets.setdefault(digest, digest.encode("ascii") + payload)
+        return _KeyList(digest, len(keys), keys, frozenset(), frozenset())
+
+    # ------------------------------------------------------------ builds
 
     def _full(self, dataset: DataSet, generation: int, allocate: Allocate) -> Built:
         tables = (dataset.flags, dataset.segments)
         fslots, sslots = _slots_for(len(tables[0])), _slots_for(len(tables[1]))
         self._blobs = {e: self._blobs[e] for e in ((w, k) for w in (0, 1) for k in tables[w]) if e in self._blobs}
-        todo = []
+        self._lists = {e: s for e, s in self._lists.items() if e[0] in tables[1]}
+        todo: list[tuple[int, str, int, bytes, int, Mapping[str, Any]]] = []
         chunk_size = CHUNK_HEADER_SIZE
-        for which in (0, 1):
+        for which in (FLAGS, SEGMENTS):
             for key, entity in tables[which].items():
-                blob, klen = self._blob(which, key, entity)
+                blob, klen = self._blob(which, key, entity, True)
                 todo.append((which, key, -1, blob, klen, entity))
                 chunk_size += len(blob)
-        size = root_size(fslots, sslots)
+        # Exactly the key sets the segments name now.
+        self._sets = {s.digest: self._sets[s.digest] for s in self._lists.values()}
+        for digest, blob in self._sets.items():
+            todo.append((KEY_SETS, digest, -1, blob, len(digest), _KEY_SET_ENTITY))
+            chunk_size += len(blob)
+        kslots = _slots_for(len(self._sets))
+        size = root_size(fslots, sslots, kslots)
         root = allocate("root", generation, size)
         root[:size] = bytes(size)  # tables start empty
         chunk = allocate("chunk", generation, chunk_size)
         self._slot, self._where, self._active = {}, {}, [0, 0]
-        self._fill(root, fslots, sslots, chunk, generation, todo)
+        self._fill(root, (fslots, sslots, kslots), chunk, generation, todo)
+        _seal(root, fslots + sslots + kslots, range(_blocks(fslots + sslots + kslots)))
         self._live = {generation: chunk_size - CHUNK_HEADER_SIZE}
         self._size = dict(self._live)
-        self._write_header(root, dataset, generation, fslots, sslots)
+        self._write_header(root, dataset, generation, (fslots, sslots, kslots))
         return Built(root, {generation: chunk}, frozenset(self._live), True)
 
-    def _fill(self, root: Buffer, fslots: int, sslots: int, chunk: Buffer, chunk_id: int, todo: list[Any]) -> None:
-        """Write the blobs into ``chunk`` and point their slots at them."""
+    @staticmethod
+    def _table(which: int, slots: tuple[int, int, int]) -> tuple[int, int]:
+        """(offset, slots) of one table in a root with these table sizes."""
+        offset = TABLES + sum(slots[:which]) * ENTRY_SIZE
+        return offset, slots[which]
+
+    def _fill(self, root: Buffer, slots: tuple[int, int, int], chunk: Buffer, chunk_id: int, todo: list[Any]) -> set[int]:
+        """Write the blobs into ``chunk`` and point their slots at them;
+        returns the blocks of table entries written."""
+        touched: set[int] = set()
         _CHUNK_HEADER.pack_into(chunk, 0, CHUNK_MAGIC, chunk_id)
         offset = CHUNK_HEADER_SIZE
         here = self._where.setdefault(chunk_id, set())
         for which, key, slot, blob, klen, entity in todo:
-            table, slots = (TABLES, fslots) if which == 0 else (TABLES + fslots * ENTRY_SIZE, sslots)
+            table, n = self._table(which, slots)
             h = key_hash(blob[:klen])
             if slot < 0:
-                mask = slots - 1
+                mask = n - 1
                 slot = h & mask
                 while _ENTRY.unpack_from(root, table + slot * ENTRY_SIZE)[6] & OCCUPIED:
                     slot = (slot + 1) & mask
@@ -500,18 +930,21 @@ class SnapshotBuilder:
             bits = OCCUPIED | (ARCHIVED if entity.get("archived") else 0)
             _ENTRY.pack_into(root, table + slot * ENTRY_SIZE, h, zlib.crc32(blob), chunk_id, offset, len(blob), klen, bits, int(entity["version"]))
             self._slot[(which, key)] = slot
+            touched.add((table + slot * ENTRY_SIZE - TABLES) // BLOCK_BYTES)
             here.add((which, key))
             offset += len(blob)
-            if not entity.get("archived"):
+            if which != KEY_SETS and not entity.get("archived"):
                 self._active[which] += 1
+        return touched
 
     def _incremental(self, old: Buffer, dataset: DataSet, generation: int, changes: Changes, allocate: Allocate) -> Built | None:
         header = _HEADER.unpack_from(old, 0)
-        fslots, sslots = header[5], header[6]
-        tables = (dataset.flags, dataset.segments)
-        if len(tables[0]) > max_entries(fslots) or len(tables[1]) > max_entries(sslots):
+        slots = (header[5], header[6], header[12])
+        key_sets = {digest: _KEY_SET_ENTITY for digest in self._sets}
+        tables: tuple[Mapping[str, Mapping[str, Any]], ...] = (dataset.flags, dataset.segments, key_sets)
+        if len(tables[0]) > max_entries(slots[0]) or len(tables[1]) > max_entries(slots[1]):
             return None  # a table would fill past three quarters
-        entries = {(0, k) for k in changes.flags} | {(1, k) for k in changes.segments}
+        entries = {(FLAGS, k) for k in changes.flags} | {(SEGMENTS, k) for k in changes.segments}
         merged: list[int] = []
         if len(self._live) + 1 > MAX_CHUNKS:
             # Fold every chunk but the largest into the new one (they are the
@@ -531,14 +964,15 @@ class SnapshotBuilder:
             entity = tables[which].get(key)
             if entity is None:
                 return None  # a patch never removes; rebuild to stay safe
-            table = TABLES if which == 0 else TABLES + fslots * ENTRY_SIZE
+            table, _n = self._table(which, slots)
             slot = self._slot.get((which, key), -1)
             if slot >= 0:
                 _h, _c, chunk_id, _o, length, _k, bits, _v = _ENTRY.unpack_from(old, table + slot * ENTRY_SIZE)
                 live[chunk_id] -= length
                 moved.setdefault(chunk_id, set()).add((which, key))
-                active[which] -= 0 if bits & ARCHIVED else 1
-            blob, klen = self._blob(which, key, entity)
+                if which != KEY_SETS:
+                    active[which] -= 0 if bits & ARCHIVED else 1
+            blob, klen = self._blob(which, key, entity, False)
             todo.append((which, key, slot, blob, klen, entity))
             chunk_size += len(blob)
         live = {c: n for c, n in live.items() if n > 0}
@@ -546,7 +980,7 @@ class SnapshotBuilder:
         dead = written - sum(live.values()) - (chunk_size - CHUNK_HEADER_SIZE)
         if len(live) + 1 > MAX_CHUNKS or dead * 2 > written:
             return None  # dead blobs outweigh live ones: compact
-        size = root_size(fslots, sslots)
+        size = root_size(*slots)
         root = allocate("root", generation, size)
         root[:size] = old[:size]  # one copy of the tables; the old root is never written
         chunk = allocate("chunk", generation, chunk_size)
@@ -556,17 +990,20 @@ class SnapshotBuilder:
         for chunk_id in set(self._where) - set(live):
             del self._where[chunk_id]
         self._active = active
-        self._fill(root, fslots, sslots, chunk, generation, todo)
+        touched = self._fill(root, slots, chunk, generation, todo)
+        _seal(root, sum(slots), touched)  # the other blocks' crcs came with the copy
         live[generation] = chunk_size - CHUNK_HEADER_SIZE
         self._size = {c: self._size.get(c, live[c]) for c in live}
         self._live = live
-        self._write_header(root, dataset, generation, fslots, sslots)
+        self._write_header(root, dataset, generation, slots)
         return Built(root, {generation: chunk}, frozenset(live), False)
 
-    def _write_header(self, root: Buffer, dataset: DataSet, generation: int, fslots: int, sslots: int) -> None:
+    def _write_header(self, root: Buffer, dataset: DataSet, generation: int, slots: tuple[int, int, int]) -> None:
         chunks = sorted(self._live)
+        fslots, sslots, kslots = slots
         _HEADER.pack_into(
             root, 0, MAGIC, LAYOUT, HEADER_SIZE, generation, dataset.version, fslots, sslots,
-            len(dataset.flags), len(dataset.segments), self._active[0], self._active[1], len(chunks), 0,
+            len(dataset.flags), len(dataset.segments), self._active[0], self._active[1], len(chunks),
+            kslots, len(self._sets),
         )  # fmt: skip
         root[HEADER_SIZE:TABLES] = struct.pack(f"<{len(chunks)}Q", *chunks).ljust(TABLES - HEADER_SIZE, b"\0")
