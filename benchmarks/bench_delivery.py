@@ -75,6 +75,8 @@ from featbit_shm.sync import SyncSettings, spawn_sync_process
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
+os.environ.setdefault("FEATBIT_SHM_WARM_START", "0")  # benchmark stores leave no warm-start file behind
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DELAYS = (0.0, 0.02, 0.1, 1.0)

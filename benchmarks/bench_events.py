@@ -35,6 +35,8 @@ from featbit_shm.sync import SyncSettings, spawn_sync_process
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
+os.environ.setdefault("FEATBIT_SHM_WARM_START", "0")  # benchmark stores leave no warm-start file behind
+
 WORKER = r"""
 import sys, time
 from featbit_shm import Config, FBClient

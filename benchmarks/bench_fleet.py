@@ -95,6 +95,8 @@ from featbit_shm.shm.names import PREFIX, SHM_DIR, StoreNames
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
+os.environ.setdefault("FEATBIT_SHM_WARM_START", "0")  # benchmark stores leave no warm-start file behind
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 T0 = 1_700_000_000_000

@@ -59,6 +59,8 @@ from featbit_shm.shm.names import SHM_DIR, StoreNames
 from featbit_shm.shm.writer import SnapshotWriter
 from featbit_shm.testing import builders as b
 
+os.environ.setdefault("FEATBIT_SHM_WARM_START", "0")  # benchmark stores leave no warm-start file behind
+
 SEGMENT_ID = "2b0c6c1e-seg-big"
 SEG_FLAG = "seg-flag"
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.md"

@@ -51,6 +51,8 @@ from featbit_shm.shm.reader import SnapshotReader, generation_bytes
 from featbit_shm.shm.writer import SnapshotWriter
 from featbit_shm.testing import builders as b
 
+os.environ.setdefault("FEATBIT_SHM_WARM_START", "0")  # benchmark stores leave no warm-start file behind
+
 
 def wire_flags(n: int, version: int = 1_700_000_000_000) -> list[dict[str, Any]]:
     return [

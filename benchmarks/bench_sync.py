@@ -32,6 +32,8 @@ from featbit_shm.sync import SyncSettings, spawn_sync_process
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
+os.environ.setdefault("FEATBIT_SHM_WARM_START", "0")  # benchmark stores leave no warm-start file behind
+
 T0 = 1_700_000_000_000
 
 READER = r"""
