@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -53,6 +52,7 @@ from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
 from ..sync_helpers import eventually, processes_of
+from .common import fenced_blocks
 
 pytestmark = pytest.mark.recipes
 
@@ -100,10 +100,6 @@ def checkout_after(user_key, pause):
     time.sleep(pause)
     return page.checkout(user_key)
 '''
-
-
-def fenced_blocks(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M)]
 
 
 def test_the_page_shows_exactly_the_files_the_tests_run() -> None:

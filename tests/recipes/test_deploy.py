@@ -71,6 +71,7 @@ from featbit_shm.testing.server import FeatBitStandIn
 
 from ..app_servers import free_port
 from ..sync_helpers import eventually, processes_of
+from .common import fenced_blocks
 
 pytestmark = pytest.mark.recipes
 
@@ -82,10 +83,6 @@ FLAG = "checkout-flow"
 MARKER = "FBSHM_RECIPE_DEPLOY"  # test-only, in every process a test starts: finds them in /proc
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # a system unit's PATH
 IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"  # python:3.11-slim's PATH
-
-
-def fenced_blocks(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M)]
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,6 @@ import importlib.util
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -56,6 +55,7 @@ from featbit_shm.testing.server import FeatBitStandIn
 
 from ..app_servers import free_port
 from ..sync_helpers import eventually, processes_of
+from .common import fenced_blocks, parent_of
 
 pytestmark = pytest.mark.recipes
 
@@ -85,10 +85,6 @@ def theme(*, patched: bool) -> dict[str, Any]:
     )
 
 
-def fenced_blocks(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M)]
-
-
 def test_the_page_shows_exactly_the_app_and_the_commands_the_tests_run() -> None:
     text = DOC.read_text()
     for name in ("app.py", "app_tests.py"):
@@ -114,12 +110,6 @@ def program(recipe: str) -> str:
     if path is None:
         pytest.skip(f"no `{name}` program: the FastAPI recipe ({recipe}) is skipped")
     return path
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        raw = fh.read()
-    return int(raw[raw.rindex(b")") + 2 :].split()[1])
 
 
 def children_of(pid: int) -> set[int]:

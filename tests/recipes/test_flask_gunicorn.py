@@ -24,7 +24,6 @@ import itertools
 import json
 import os
 import pwd
-import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +49,7 @@ from featbit_shm.testing.server import FeatBitStandIn
 from ..accounts import unprivileged_account
 from ..app_servers import free_port
 from ..sync_helpers import eventually, processes_of
+from .common import fenced_blocks, parent_of
 
 pytestmark = pytest.mark.recipes
 
@@ -90,10 +90,6 @@ def theme(*, patched: bool) -> dict[str, Any]:
     )
 
 
-def fenced_blocks(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M)]
-
-
 def test_the_page_shows_exactly_the_app_and_the_commands_the_tests_run() -> None:
     text = DOC.read_text()
     assert (APP / "app.py").read_text() in fenced_blocks(text), (
@@ -110,12 +106,6 @@ def server() -> Iterator[FeatBitStandIn]:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        raw = fh.read()
-    return int(raw[raw.rindex(b")") + 2 :].split()[1])  # after "pid (comm) state"; comm may hold spaces
 
 
 def children_of(pid: int) -> set[int]:

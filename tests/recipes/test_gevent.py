@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +44,7 @@ from featbit_shm.testing.server import FeatBitStandIn
 
 from ..app_servers import free_port
 from ..sync_helpers import eventually, processes_of
+from .common import fenced_blocks, parent_of
 
 pytestmark = pytest.mark.recipes
 
@@ -70,10 +70,6 @@ def theme(*, patched: bool) -> dict[str, Any]:
     )
 
 
-def fenced_blocks(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M)]
-
-
 def test_the_page_shows_exactly_the_app_and_the_command_the_tests_run() -> None:
     text = DOC.read_text()
     assert (APP / "app.py").read_text() in fenced_blocks(text), (
@@ -96,12 +92,6 @@ def gunicorn() -> str:
 def server() -> Iterator[FeatBitStandIn]:
     with FeatBitStandIn(flags=[theme(patched=False)]) as s:
         yield s
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        raw = fh.read()
-    return int(raw[raw.rindex(b")") + 2 :].split()[1])
 
 
 def native_threads(pid: int) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
 from ..sync_helpers import eventually, processes_of
+from .common import fenced_blocks
 
 pytestmark = pytest.mark.recipes
 
@@ -56,10 +56,6 @@ DOC = ROOT / "docs" / "recipes" / "multiprocessing.md"
 PROCESSES = 3
 IDLE_TIMEOUT_S = 2.0
 FLAG = "pricing-model"
-
-
-def fenced_blocks(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M)]
 
 
 def test_the_page_shows_exactly_the_files_the_tests_run() -> None:

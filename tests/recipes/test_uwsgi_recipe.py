@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -38,6 +37,7 @@ from featbit_shm.testing.server import FeatBitStandIn
 
 from ..app_servers import free_port
 from ..sync_helpers import eventually, processes_of
+from .common import fenced_blocks, parent_of
 
 pytestmark = pytest.mark.recipes
 
@@ -57,10 +57,6 @@ def command(ini: str, port: int) -> list[str]:
     assert line in DOC.read_text(), f"docs/recipes/uwsgi.md no longer shows `{line}`"
     assert UWSGI is not None
     return [UWSGI, *line.split()[1:-1], f"127.0.0.1:{port}"]
-
-
-def fenced_blocks(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M)]
 
 
 def test_the_page_shows_exactly_the_files_the_tests_run() -> None:
@@ -280,12 +276,6 @@ class Recipe:
                 ]
                 tails.append(f"--- {name}\n" + "\n".join(lines[-40:]))  # without uWSGI's request log
         return "\n".join(tails)
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        raw = fh.read()
-    return int(raw[raw.rindex(b")") + 2 :].split()[1])
 
 
 def push(server: FeatBitStandIn, *, enabled: bool, version: int) -> float:
