@@ -1,8 +1,10 @@
-"""Only the optional C extension lives here; everything else is in pyproject.toml.
+"""Only the optional C extensions live here; everything else is in pyproject.toml.
 
 ``featbit_shm.shm._fastring`` is the event ring's fast path for evaluation
-events. It is optional: without a C compiler the build goes on and
-``featbit_shm.shm.ring`` uses its pure-Python path (same bytes, slower).
+events, ``featbit_shm._core._fastuser`` the fast path of the user check of
+every evaluation. Both are optional: without a C compiler the build goes on
+and ``featbit_shm.shm.ring`` and ``featbit_shm._core.user`` use their
+pure-Python paths (same results, slower).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +15,11 @@ setup(
             "featbit_shm.shm._fastring",
             sources=["featbit_shm/shm/_fastring.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "featbit_shm._core._fastuser",
+            sources=["featbit_shm/_core/_fastuser.c"],
+            optional=True,
+        ),
     ]
 )

@@ -27,6 +27,7 @@ This module is the ONE reading of a user dict. Evaluation reads it with
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -71,11 +72,12 @@ def attr_string(value: object) -> str | None:
     return str(value)
 
 
-def make_user(obj: object) -> User:
+def check_user(obj: object) -> User:
     """Validate an fbclient-style user dict. Raises :class:`InvalidUser`.
 
-    This runs on every evaluation, so it is written for speed: exact type
-    checks first, the ABC check only for mappings that are not dicts.
+    The reference reading of a user dict: :func:`user_key` (the C fast
+    path) must agree with it. Exact type checks first, the ABC check only
+    for mappings that are not dicts.
     """
     if type(obj) is not dict and not isinstance(obj, Mapping):
         raise InvalidUser(f"user must be a dict, not {type(obj).__name__}")
@@ -98,6 +100,43 @@ def make_user(obj: object) -> User:
             bad = next(k for k, x in obj.items() if x is v)
             raise InvalidUser(f"user attribute {bad!r} holds a {type(v).__name__}, not str/int/float/bool")
     return User(key, name, obj)
+
+
+def _checked_key(obj: object) -> str | None:
+    """Pure-Python :func:`user_key`: the key of any valid user, else None."""
+    try:
+        return check_user(obj).key
+    except InvalidUser:
+        return None
+
+
+def _fast_make_user(obj: object) -> User:
+    key = user_key(obj)
+    if key is not None:
+        name = obj.get("name")  # type: ignore[attr-defined]  # user_key only says yes to a dict
+        return User(key, "" if name is None else name, obj)  # type: ignore[arg-type]
+    return check_user(obj)
+
+
+try:
+    # By name: the C module has no Python source, so import checkers
+    # (grimp, import-linter) would resolve ``from ._fastuser`` to the root package.
+    _c_user_key = importlib.import_module(f"{__package__}._fastuser").user_key
+except ImportError:  # pragma: no cover - built without a C compiler: the reference path alone
+    _c_user_key = None
+
+#: ``user_key(obj)``: the key when ``obj`` is a valid user, else None. The C
+#: fast path decides plain dicts with exact scalar values (a few ns per
+#: attribute) and returns None for anything else, valid or not, so a caller
+#: that gets None asks :func:`check_user`, which accepts or says why not.
+user_key: Callable[[object], str | None]
+#: ``make_user(obj)``: the validated user of ``obj``; raises :class:`InvalidUser`.
+#: Runs on every evaluation that reads the user.
+make_user: Callable[[object], User]
+if _c_user_key is not None:
+    user_key, make_user = _c_user_key, _fast_make_user
+else:  # pragma: no cover
+    user_key, make_user = _checked_key, check_user
 
 
 def record_form(obj: Mapping[Any, Any]) -> dict[str, str]:
