@@ -28,6 +28,7 @@ from ._core.dataset import DataSet
 from ._core.document import LoadResult, load_document
 from ._core.errors import ConfigError, DataError
 from ._core.evaluator import evaluate, send_to_experiment
+from ._core.model import Decision, Flag
 from ._core.results import (
     ERROR_EXCEPTION,
     ERROR_FLAG_NOT_FOUND,
@@ -48,12 +49,12 @@ from ._core.results import (
     to_number,
     to_str,
 )
-from ._core.user import InvalidUser, make_user
+from ._core.user import InvalidUser, make_user, user_key
 from ._runtime.environment import env_bool, env_float, env_int, format_number
 from ._runtime.files import read_bootstrap_file
 from ._runtime.notices import warn_limited
 from ._runtime.processes import pid_alive
-from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, EvalDetail
+from .common_types import FLAG_KEY_UNKNOWN, FLAG_NAME_UNKNOWN, AllFlagStates, EvalDetail, shared_detail
 from .config import Config
 from .flag_change_notification import FlagTracker, TrackingSource
 from .shm.names import StoreNames
@@ -398,8 +399,9 @@ class FBClient:
         (fbclient lets it override the argument, G-10).
         """
         # The hot path, written out: one generation check, one dict lookup,
-        # one validation, one evaluation (skipped for user-independent flags).
-        # Everything else is in _detail.
+        # one user check, one evaluation (skipped for user-independent
+        # flags, which need the user only checked, not read). Everything
+        # else is in _detail.
         try:
             # A str subclass is looked up as its plain str; anything else finds no flag.
             name = key if type(key) is str else _flag_key(key)
@@ -411,26 +413,68 @@ class FBClient:
             flag = view.flag(name)
             if flag is None:
                 return default
-            u = make_user(user)
-            events = self._events
-            var = flag.static
-            expt: Any = flag.static_expt
-            if var is None or (expt is None and events is not None):
-                decision = evaluate(flag, u, view.segment)
-                var, expt = decision.variation, decision.experiment
-                if var is None:
-                    return default
+            decision = flag.static_decision
+            if decision is None:
+                decision = evaluate(flag, make_user(user), view.segment)
+            elif user_key(user) is None:
+                make_user(user)  # raises InvalidUser: the default
+            var = decision.variation
+            if var is None:
+                return default
             value = var.typed if not var.reparse else var.converted()
             if value is WRONG_TYPE:
                 return default
+            events = self._events
             if events is not None:  # R-66: one event per successful evaluation, after conversion
-                events.record_eval(user, name, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt, name, u))
+                self._record(events, user, name, decision)
             return value
         except Exception:  # noqa: BLE001 - evaluation never raises (STYLE 6)
             return default
 
+    @staticmethod
+    def _record(events: EventRecorder, user: Any, key: str, decision: Decision) -> None:
+        """The evaluation event of a successful decision (R-66), with its
+        sendToExperiment decided for this user when it depends on it (R-55)."""
+        var = decision.variation
+        assert var is not None
+        expt = decision.experiment
+        events.record_eval(user, key, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt, key, make_user(user)))
+
+    def _decide(self, key: object, user: Any) -> tuple[Flag, Decision] | None:
+        """The flag and its decision for a str key and a user the C check
+        accepts, when that decision chose a variation: the fast path of
+        :meth:`variation_detail` and the typed variations. None: take the
+        full path (:meth:`_detail`), which explains whatever went wrong."""
+        if type(key) is not str or user_key(user) is None:
+            return None
+        view = self._source.current()
+        if view is None:
+            return None
+        flag = view.flag(key)
+        if flag is None:
+            return None
+        decision = flag.static_decision
+        if decision is None:
+            decision = evaluate(flag, make_user(user), view.segment)
+        return (flag, decision) if decision.variation is not None else None
+
     def variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
-        """Value plus reason, reason kind and variation id (R-57). Never raises."""
+        """Value plus reason, reason kind and variation id (R-57). Never raises.
+
+        The result is read-only, as fbclient's is.
+        """
+        try:
+            decided = self._decide(key, user)
+            if decided is not None:
+                flag, decision = decided
+                detail = flag.details.get(id(decision)) or shared_detail(flag, decision)
+                if detail is not None:  # None: a JSON value, fresh per call (the full path)
+                    events = self._events
+                    if events is not None:
+                        self._record(events, user, key, decision)
+                    return detail
+        except Exception:  # noqa: BLE001 - the full path below says what went wrong
+            pass
         plain = _flag_key(key)
         if default is None and self._defaults and plain is not None:
             default = self._defaults.get(plain)
@@ -476,47 +520,64 @@ class FBClient:
 
     # Typed variations (R-58): strict conversion, WrongType + default on failure.
 
+    def _value(self, key: str, user: Any, default: Any, convert: Callable[[str], Any]) -> Any:
+        """A typed variation's value: the fast path of :meth:`_decide`, else
+        the full path. Never raises."""
+        try:
+            decided = self._decide(key, user)
+            if decided is not None:
+                decision = decided[1]
+                value = convert(decision.variation.value)  # type: ignore[union-attr]  # _decide: not None
+                if value is not WRONG_TYPE:
+                    events = self._events
+                    if events is not None:
+                        self._record(events, user, key, decision)
+                    return value
+        except Exception:  # noqa: BLE001 - the full path below says what went wrong
+            pass
+        return self._typed(key, user, default, convert).variation
+
     def bool_variation(self, key: str, user: Mapping[str, Any], default: bool = False) -> bool:
-        return self._typed(key, user, default, to_bool).variation  # type: ignore[no-any-return]
+        return self._value(key, user, default, to_bool)  # type: ignore[no-any-return]
 
     def bool_variation_detail(self, key: str, user: Mapping[str, Any], default: bool = False) -> EvalDetail:
         return self._typed(key, user, default, to_bool)
 
     def int_variation(self, key: str, user: Mapping[str, Any], default: int = 0) -> int:
-        return self._typed(key, user, default, to_int).variation  # type: ignore[no-any-return]
+        return self._value(key, user, default, to_int)  # type: ignore[no-any-return]
 
     def int_variation_detail(self, key: str, user: Mapping[str, Any], default: int = 0) -> EvalDetail:
         return self._typed(key, user, default, to_int)
 
     def float_variation(self, key: str, user: Mapping[str, Any], default: float = 0.0) -> float:
-        return self._typed(key, user, default, to_float).variation  # type: ignore[no-any-return]
+        return self._value(key, user, default, to_float)  # type: ignore[no-any-return]
 
     def float_variation_detail(self, key: str, user: Mapping[str, Any], default: float = 0.0) -> EvalDetail:
         return self._typed(key, user, default, to_float)
 
     def number_variation(self, key: str, user: Mapping[str, Any], default: float = 0) -> int | float:
         """int when the value is integral, else float (fbclient's number rule)."""
-        return self._typed(key, user, default, to_number).variation  # type: ignore[no-any-return]
+        return self._value(key, user, default, to_number)  # type: ignore[no-any-return]
 
     def number_variation_detail(self, key: str, user: Mapping[str, Any], default: float = 0) -> EvalDetail:
         return self._typed(key, user, default, to_number)
 
     def string_variation(self, key: str, user: Mapping[str, Any], default: str = "") -> str:
-        return self._typed(key, user, default, to_str).variation  # type: ignore[no-any-return]
+        return self._value(key, user, default, to_str)  # type: ignore[no-any-return]
 
     def string_variation_detail(self, key: str, user: Mapping[str, Any], default: str = "") -> EvalDetail:
         return self._typed(key, user, default, to_str)
 
     def json_variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
         """The value parsed as JSON (a fresh object per call)."""
-        return self._typed(key, user, default, to_json).variation
+        return self._value(key, user, default, to_json)
 
     def json_variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
         return self._typed(key, user, default, to_json)
 
     def object_variation(self, key: str, user: Mapping[str, Any], default: Any = None) -> Any:
         """A JSON object or array; any other value is WrongType (no event, R-66)."""
-        return self._typed(key, user, default, to_json_object).variation
+        return self._value(key, user, default, to_json_object)
 
     def object_variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
         return self._typed(key, user, default, to_json_object)
@@ -538,15 +599,21 @@ class FBClient:
             return AllFlagStates(False, f"invalid user: {exc}", {})
         details: dict[str, EvalDetail] = {}
         try:
-            keys = list(view.flag_keys())
+            keys = view.flag_keys()
         except Exception as exc:  # noqa: BLE001 - a damaged snapshot index
             return AllFlagStates(False, f"{REASON_ERROR}: {exc}", {})
+        flag_of, segment_of = view.flag, view.segment
         for key in keys:
             try:
-                flag = view.flag(key)
+                flag = flag_of(key)
                 if flag is None:
                     continue
-                kind, var, reason, _rule, _expt = evaluate(flag, u, view.segment)
+                decision = flag.static_decision or evaluate(flag, u, segment_of)
+                detail = flag.details.get(id(decision)) or shared_detail(flag, decision)
+                if detail is not None:
+                    details[key] = detail
+                    continue
+                kind, var, reason, _rule, _expt = decision
                 if var is None:
                     details[key] = EvalDetail(reason, None, key, flag.name, "", kind, ERROR_MALFORMED_FLAG if kind is _ERROR else "")
                     continue

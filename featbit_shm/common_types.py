@@ -12,14 +12,21 @@ import json
 from collections.abc import KeysView, Mapping
 from typing import Any
 
-from ._core.results import ERROR_FLAG_NOT_FOUND, ReasonKind
+from ._core.model import Decision, Flag
+from ._core.results import ERROR_FLAG_NOT_FOUND, WRONG_TYPE, ReasonKind
 
 FLAG_KEY_UNKNOWN = "flag key unknown"
 FLAG_NAME_UNKNOWN = "flag name unknown"
 
 
 class EvalDetail:
-    """A flag's value with how it was calculated."""
+    """A flag's value with how it was calculated.
+
+    Read it, do not assign to it (fbclient's fields are read-only
+    properties): the client hands the same detail to every caller whose
+    evaluation took the same path, and such a shared detail raises
+    AttributeError when assigned to. A JSON value is parsed afresh per call.
+    """
 
     __slots__ = ("reason", "variation", "key_name", "name", "kind", "variation_id", "error", "split")
 
@@ -71,11 +78,51 @@ class EvalDetail:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A copy or an unpickled detail is a plain (assignable) one.
+        return (EvalDetail, (self.reason, self.variation, self.key_name, self.name, self.variation_id, self.kind, self.error, self.split))
+
     def __repr__(self) -> str:
         return (
             f"EvalDetail(kind={self.kind.value}, variation={self.variation!r}, "
             f"variation_id={self.variation_id!r}, reason={self.reason!r}, key_name={self.key_name!r})"
         )
+
+
+class _SharedDetail(EvalDetail):
+    """A detail built once per flag decision and returned to every caller
+    it applies to (:func:`shared_detail`); assigning to it raises."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"EvalDetail is read-only (cannot set {name!r}); copy.copy() gives an assignable one")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"EvalDetail is read-only (cannot delete {name!r})")
+
+
+def shared_detail(flag: Flag, decision: Decision) -> EvalDetail | None:
+    """The result of ``decision`` for ``variation_detail`` and
+    ``get_all_latest_flag_variations``, built once and kept in
+    ``flag.details``; None when it must be built per call (a JSON object or
+    list, which every caller gets its own copy of; a value the flag's type
+    does not convert; an error).
+
+    Only decisions that chose a variation are kept, and those are built
+    with the flag and live as long as it does, so their ids stay theirs.
+    """
+    var = decision.variation
+    if var is None or var.reparse or var.typed is WRONG_TYPE:
+        return None
+    kind = decision.kind
+    split = kind is ReasonKind.FALLTHROUGH and flag.fallthrough.needs_bucket
+    detail = EvalDetail.__new__(_SharedDetail)
+    fields = (decision.reason, var.typed, flag.key, flag.name, var.id, kind, "", split)
+    for field, value in zip(("reason", "variation", "key_name", "name", "variation_id", "kind", "error", "split"), fields):
+        object.__setattr__(detail, field, value)
+    flag.details[id(decision)] = detail
+    return detail
 
 
 class BasicFlagState:

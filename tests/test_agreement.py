@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from featbit_shm import EvalDetail, FBClient, ReasonKind
+from featbit_shm._core.results import to_bool, to_float, to_int, to_json, to_json_object, to_number, to_str
 from featbit_shm.testing import builders as b
 
 from .conftest import offline_client
@@ -605,3 +607,66 @@ def test_results_do_not_depend_on_disable_events_or_on_call_order(world: World, 
                             f"{name}: {x!r} vs {a!r}"
                         )
                         assert same(x.variation, a.variation), f"{name}: {x!r} vs {a!r}"
+
+
+# ---------------------------------------------------------------- 4. fast paths vs the full path
+
+CONVERTERS_OF = {"bool": to_bool, "int": to_int, "float": to_float, "number": to_number, "string": to_str, "json": to_json, "object": to_json_object}
+
+
+def same_detail(a: EvalDetail, b_: EvalDetail) -> bool:
+    fields = ("reason", "key_name", "name", "variation_id", "kind", "error", "split")
+    return all(getattr(a, f) == getattr(b_, f) for f in fields) and same(a.variation, b_.variation)
+
+
+@SETTINGS
+@given(worlds(), HELPER_DEFAULTS, st.lists(arbitrary_users(), max_size=3), st.lists(key_specs(), max_size=2))
+def test_the_fast_paths_give_exactly_what_the_full_path_gives(
+    world: World, typed_defaults: dict[str, Any], odd_users: list[Any], odd_keys: list[Any]
+) -> None:
+    # variation_detail, the typed helpers and get_all take a fast path (a
+    # prebuilt, shared detail; no EvalDetail built) when the key is a str and
+    # the C check accepts the user; the full path (_typed -> _detail) is the
+    # reference for every field, whatever the flag, key or user.
+    with client_for(world) as client:
+        keys = [f["key"] for f in world.flags] + [resolve_key(world, spec) for spec in odd_keys]
+        for user in [*world.users, *odd_users]:
+            for key in keys:
+                default = world.defaults.get(key) if isinstance(key, str) else None
+                full = client._typed(key, user, default, None)
+                fast = call(client.variation_detail, key, user, default)
+                assert same_detail(fast, full), f"variation_detail({key!r}, {user!r}): {fast!r} vs full {full!r}"
+                for name, convert in CONVERTERS_OF.items():
+                    d = typed_defaults[name]
+                    reference = client._typed(key, user, d, convert)
+                    value = call(getattr(client, f"{name}_variation"), key, user, d)
+                    assert same(value, reference.variation), f"{name}_variation({key!r}, {user!r}): {value!r} vs {reference!r}"
+            states = client.get_all_latest_flag_variations(user)
+            if states.success:
+                for key in states.keys():
+                    reference = client._typed(key, user, None, None)
+                    if reference.kind is ReasonKind.WRONG_TYPE or reference.error == "MalformedFlag":
+                        reference = EvalDetail(reference.reason, None, key, reference.name, "", reference.kind, reference.error)
+                    assert same_detail(states.get(key), reference), f"get_all {key!r} {user!r}: {states.get(key)!r} vs {reference!r}"
+
+
+def test_a_shared_detail_is_read_only_and_a_copy_or_pickle_of_it_is_a_plain_one() -> None:
+    import copy
+    import pickle
+
+    client = offline_client(b.flag("f"), b.flag("j", variations=['{"a": [1]}', "[]"], variation_type="json"))
+    first = client.variation_detail("f", PLAIN_USER, False)
+    assert client.variation_detail("f", {"key": "other"}, False) is first  # one detail per decision
+    with pytest.raises(AttributeError, match="read-only"):
+        first.variation = False  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del first.reason
+    for twin in (copy.copy(first), pickle.loads(pickle.dumps(first))):
+        assert twin == first and type(twin) is EvalDetail
+        twin.variation = "changed"
+    assert first.variation is True
+    # A JSON value is parsed afresh for every caller: changing one changes no other.
+    j = client.variation_detail("j", PLAIN_USER)
+    j.variation["a"].append(2)
+    assert client.variation_detail("j", PLAIN_USER).variation == {"a": [1]}
+    assert client.get_all_latest_flag_variations(PLAIN_USER).get("j").variation == {"a": [1]}

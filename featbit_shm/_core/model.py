@@ -162,7 +162,9 @@ class Flag:
         "fallthrough",
         "static",
         "static_expt",
+        "static_decision",
         "off_decision",
+        "details",
         "norm",
     )
 
@@ -209,12 +211,21 @@ class Flag:
         # sendToExperiment for the static variation when it, too, cannot
         # depend on the user; None means "hash per user".
         self.static_expt: bool | None = None
+        # The decision every user gets then (None: evaluate), whose
+        # experiment may still be decided per user (an ExperimentRange).
+        self.static_decision: Decision | None = None
+        # Results built from this flag's decisions, keyed by id(decision):
+        # a cache the caller fills (the client's prebuilt EvalDetails), so it
+        # lives and dies with the decisions it was built from.
+        self.details: dict[int, Any] = {}
         if not self.enabled:
             self.static = self.off
             self.static_expt = False
+            self.static_decision = self.off_decision
         elif not targets and not self.rules and not self.fallthrough.needs_bucket:
             first = next((p for p in self.fallthrough.parts if p.mode == ALWAYS), None)
             self.static = first.variation if first is not None else None
+            self.static_decision = first.decision if first is not None else None
             if first is not None:
                 if self.expt_all:
                     self.static_expt = True

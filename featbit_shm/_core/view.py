@@ -96,7 +96,7 @@ class CompileCache:
 
 
 class CompiledView:
-    __slots__ = ("generation", "version", "origin", "_flag_norm", "_segment_norm", "_keys", "_flags", "_segments", "_image", "_cache", "_epoch")
+    __slots__ = ("generation", "version", "origin", "_flag_norm", "_segment_norm", "_keys", "_key_list", "_flags", "_segments", "_image", "_cache", "_epoch")
 
     _cache: CompileCache
 
@@ -119,6 +119,7 @@ class CompiledView:
         self._flag_norm = flag_norm
         self._segment_norm = segment_norm
         self._keys = keys
+        self._key_list: tuple[str, ...] | None = None
         self._flags: dict[str, Flag] = {}
         self._segments: dict[str, Segment | None] = {}
         image = origin if isinstance(origin, SnapshotImage) else None
@@ -250,9 +251,12 @@ class CompiledView:
 
     # ------------------------------------------------------------------ the rest
 
-    def flag_keys(self) -> Iterable[str]:
-        """Keys of every active flag in this snapshot."""
-        return self._keys()
+    def flag_keys(self) -> tuple[str, ...]:
+        """Keys of every active flag in this snapshot (read once per view)."""
+        keys = self._key_list
+        if keys is None:
+            keys = self._key_list = tuple(self._keys())
+        return keys
 
     @property
     def compiles(self) -> Compiles:
