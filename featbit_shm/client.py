@@ -28,7 +28,7 @@ from ._core.dataset import DataSet
 from ._core.document import LoadResult, load_document
 from ._core.errors import ConfigError, DataError
 from ._core.evaluator import evaluate, send_to_experiment
-from ._core.model import Decision, Flag
+from ._core.model import Decision
 from ._core.results import (
     ERROR_EXCEPTION,
     ERROR_FLAG_NOT_FOUND,
@@ -440,39 +440,25 @@ class FBClient:
         expt = decision.experiment
         events.record_eval(user, key, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt, key, make_user(user)))
 
-    def _decide(self, key: object, user: Any) -> tuple[Flag, Decision] | None:
-        """The flag and its decision for a str key and a user the C check
-        accepts, when that decision chose a variation: the fast path of
-        :meth:`variation_detail` and the typed variations. None: take the
-        full path (:meth:`_detail`), which explains whatever went wrong."""
-        if type(key) is not str or user_key(user) is None:
-            return None
-        view = self._source.current()
-        if view is None:
-            return None
-        flag = view.flag(key)
-        if flag is None:
-            return None
-        decision = flag.static_decision
-        if decision is None:
-            decision = evaluate(flag, make_user(user), view.segment)
-        return (flag, decision) if decision.variation is not None else None
-
     def variation_detail(self, key: str, user: Mapping[str, Any], default: Any = None) -> EvalDetail:
         """Value plus reason, reason kind and variation id (R-57). Never raises.
 
         The result is read-only, as fbclient's is.
         """
+        # The fast path, written out as in variation(): a str key, a user the C
+        # check accepts, a decision that chose a variation, its prebuilt detail.
         try:
-            decided = self._decide(key, user)
-            if decided is not None:
-                flag, decision = decided
-                detail = flag.details.get(id(decision)) or shared_detail(flag, decision)
-                if detail is not None:  # None: a JSON value, fresh per call (the full path)
-                    events = self._events
-                    if events is not None:
-                        self._record(events, user, key, decision)
-                    return detail
+            if type(key) is str and user_key(user) is not None:
+                view = self._source.current()
+                flag = view.flag(key) if view is not None else None
+                if flag is not None:
+                    decision = flag.static_decision or evaluate(flag, make_user(user), view.segment)  # type: ignore[union-attr]
+                    detail = flag.details.get(id(decision)) or shared_detail(flag, decision)
+                    if detail is not None:  # None: an error, or a JSON value fresh per call (the full path)
+                        events = self._events
+                        if events is not None:
+                            self._record(events, user, key, decision)
+                        return detail
         except Exception:  # noqa: BLE001 - the full path below says what went wrong
             pass
         plain = _flag_key(key)
@@ -508,7 +494,7 @@ class FBClient:
 
     def is_enabled(self, key: str, user: Mapping[str, Any]) -> bool:
         """True only when the flag's value is the boolean ``true``."""
-        return self.bool_variation(key, user, False)
+        return self._value(key, user, False, to_bool)  # type: ignore[no-any-return]
 
     def _typed(self, key: str, user: Any, default: Any, convert: Callable[[str], Any] | None, record: bool = True) -> EvalDetail:
         """:meth:`_detail` behind the never-raise guard (STYLE 6)."""
@@ -521,18 +507,22 @@ class FBClient:
     # Typed variations (R-58): strict conversion, WrongType + default on failure.
 
     def _value(self, key: str, user: Any, default: Any, convert: Callable[[str], Any]) -> Any:
-        """A typed variation's value: the fast path of :meth:`_decide`, else
-        the full path. Never raises."""
+        """A typed variation's value: the fast path (as in
+        :meth:`variation_detail`), else the full path. Never raises."""
         try:
-            decided = self._decide(key, user)
-            if decided is not None:
-                decision = decided[1]
-                value = convert(decision.variation.value)  # type: ignore[union-attr]  # _decide: not None
-                if value is not WRONG_TYPE:
-                    events = self._events
-                    if events is not None:
-                        self._record(events, user, key, decision)
-                    return value
+            if type(key) is str and user_key(user) is not None:
+                view = self._source.current()
+                flag = view.flag(key) if view is not None else None
+                if flag is not None:
+                    decision = flag.static_decision or evaluate(flag, make_user(user), view.segment)  # type: ignore[union-attr]
+                    var = decision.variation
+                    if var is not None:
+                        value = convert(var.value)
+                        if value is not WRONG_TYPE:
+                            events = self._events
+                            if events is not None:
+                                self._record(events, user, key, decision)
+                            return value
         except Exception:  # noqa: BLE001 - the full path below says what went wrong
             pass
         return self._typed(key, user, default, convert).variation
