@@ -425,8 +425,9 @@ class FBClient:
             if value is WRONG_TYPE:
                 return default
             events = self._events
-            if events is not None:  # one event per successful evaluation, after conversion
-                self._record(events, user, name, decision)
+            if events is not None:  # one event per successful evaluation, after conversion (_record, inline)
+                expt = decision.experiment
+                events.record_eval(user, name, var.id, var.value, expt if expt is True or expt is False else send_to_experiment(expt, name, make_user(user)))
             return value
         except Exception:  # noqa: BLE001 - evaluation never raises (STYLE 6)
             return default
