@@ -454,7 +454,8 @@ class FBClient:
                 flag = view.flag(key) if view is not None else None
                 if flag is not None:
                     decision = flag.static_decision or evaluate(flag, make_user(user), view.segment)  # type: ignore[union-attr]
-                    detail = flag.details.get(id(decision)) or shared_detail(flag, decision)
+                    kept = flag.details.get(id(decision))
+                    detail = kept[1] if kept is not None and kept[0] is decision else shared_detail(flag, decision)
                     if detail is not None:  # None: an error, or a JSON value fresh per call (the full path)
                         events = self._events
                         if events is not None:
@@ -600,7 +601,8 @@ class FBClient:
                 if flag is None:
                     continue
                 decision = flag.static_decision or evaluate(flag, u, segment_of)
-                detail = flag.details.get(id(decision)) or shared_detail(flag, decision)
+                kept = flag.details.get(id(decision))
+                detail = kept[1] if kept is not None and kept[0] is decision else shared_detail(flag, decision)
                 if detail is not None:
                     details[key] = detail
                     continue

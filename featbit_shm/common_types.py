@@ -109,8 +109,10 @@ def shared_detail(flag: Flag, decision: Decision) -> EvalDetail | None:
     list, which every caller gets its own copy of; a value the flag's type
     does not convert; an error).
 
-    Only decisions that chose a variation are kept, and those are built
-    with the flag and live as long as it does, so their ids stay theirs.
+    Only decisions that chose a variation are kept, each with its detail
+    (so its id is not reused while the entry exists: a caller finding the
+    entry by id checks it is the same decision, ``kept[0] is decision``).
+    Such decisions are built with the flag and live as long as it does.
     """
     var = decision.variation
     if var is None or var.reparse or var.typed is WRONG_TYPE:
@@ -121,7 +123,7 @@ def shared_detail(flag: Flag, decision: Decision) -> EvalDetail | None:
     fields = (decision.reason, var.typed, flag.key, flag.name, var.id, kind, "", split)
     for field, value in zip(("reason", "variation", "key_name", "name", "variation_id", "kind", "error", "split"), fields):
         object.__setattr__(detail, field, value)
-    flag.details[id(decision)] = detail
+    flag.details[id(decision)] = (decision, detail)
     return detail
 
 

@@ -214,10 +214,10 @@ class Flag:
         # The decision every user gets then (None: evaluate), whose
         # experiment may still be decided per user (an ExperimentRange).
         self.static_decision: Decision | None = None
-        # Results built from this flag's decisions, keyed by id(decision):
-        # a cache the caller fills (the client's prebuilt EvalDetails), so it
-        # lives and dies with the decisions it was built from.
-        self.details: dict[int, Any] = {}
+        # Results built from this flag's decisions: id(decision) ->
+        # (decision, result), a cache the caller fills (the client's prebuilt
+        # EvalDetails), so it lives and dies with the decisions it was built from.
+        self.details: dict[int, tuple[Decision, Any]] = {}
         if not self.enabled:
             self.static = self.off
             self.static_expt = False
