@@ -58,7 +58,9 @@ class Gunicorn(AppServer):
 def test_one_websocket_patch_reaches_every_worker_graceful_stop_is_clean(server: FeatBitStandIn, worker_class: str, preload: bool) -> None:
     g = Gunicorn(server, worker_class=worker_class, preload=preload)
     try:
-        before = g.workers()
+        # Every worker once it has data (the sync process may publish after a
+        # worker's first answer on a loaded machine: generation 0, defaults).
+        before = g.workers(lambda a: a["generation"] > 0, timeout=60)
         assert len(before) == WORKERS
         assert len({a["generation"] for a in before.values()}) == 1
         assert all(a["flags"]["welcome-banner"] is True for a in before.values())

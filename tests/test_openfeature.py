@@ -650,7 +650,7 @@ def test_gunicorn_workers_evaluate_through_openfeature_without_threads(server: F
     pytest.importorskip("gunicorn")
     g = OpenFeatureGunicorn(server, preload=preload)
     try:
-        before = g.workers()
+        before = g.workers(lambda a: a["status"] == "READY", timeout=60)  # once each has data (a loaded machine)
         assert len(before) == WORKERS
         for answer in before.values():
             assert answer["threads"] == ["MainThread"]
