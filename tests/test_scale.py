@@ -24,6 +24,10 @@ from featbit_shm._core.evaluator import evaluate
 from featbit_shm._core.model import LayeredSegment
 from featbit_shm._core.snapshot import (
     KEYSET_MIN,
+    LAYOUT,
+    PAGE_BYTES,
+    PAGE_REF_SIZE,
+    TABLES,
     SnapshotBuilder,
     SnapshotError,
     SnapshotImage,
@@ -292,28 +296,41 @@ def test_list_delta_gives_up_past_its_limit() -> None:
 # --------------------------------------------------------------------------- layout and integrity
 
 
-def test_a_root_of_another_layout_is_refused_cleanly(store: Store) -> None:
+@pytest.mark.parametrize("layout", [2, 3])  # before key sets; before paged tables
+def test_a_root_of_another_layout_is_refused_cleanly(store: Store, layout: int) -> None:
     image = store.view.origin  # type: ignore[union-attr]
     root = bytearray(image._buf)
-    struct.pack_into("<I", root, 8, 2)  # what a layout-2 writer (before key sets) wrote
-    with pytest.raises(SnapshotError, match="layout 2 is not 3"):
+    struct.pack_into("<I", root, 8, layout)  # what a writer of that layout wrote
+    with pytest.raises(SnapshotError, match=f"layout {layout} is not {LAYOUT}"):
         SnapshotImage(bytes(root), store.chunks.get)
 
 
-def test_a_changed_byte_in_a_large_root_is_caught_when_its_block_is_used() -> None:
+def test_a_changed_byte_in_a_table_page_is_caught_when_its_page_is_used() -> None:
     s = Store()
     s.publish([plain(f"f{i}") for i in range(2000)], [], "full")
     image = s.view.origin  # type: ignore[union-attr]
-    root = bytearray(image._buf)
-    assert len(root) > 16 * 1024  # checked block by block on first use
     pos = image.locate_flag("f77")
-    root[pos + 12] ^= 0x01  # the entry's chunk id
-    damaged = SnapshotImage(bytes(root), s.chunks.get, length=len(root), crc=root_crc(image._buf))
-    assert damaged.flag("f1500") is not None or damaged.flag("f1501") is not None  # other blocks serve
+    page = (pos - TABLES) // PAGE_BYTES
+    chunk_id, offset, _crc = struct.unpack_from("<QII", image._buf, TABLES + page * PAGE_REF_SIZE)
+    chunk = bytearray(s.chunks[chunk_id])
+    chunk[offset + (pos - TABLES) % PAGE_BYTES + 12] ^= 0x01  # the entry's chunk id, in its page
+    chunks = {**s.chunks, chunk_id: bytes(chunk)}
+    damaged = SnapshotImage(image._buf, chunks.get, crc=root_crc(image._buf))
+    assert damaged.flag("f1500") is not None or damaged.flag("f1501") is not None  # other pages serve
     with pytest.raises(SnapshotError, match="crc"):
         damaged.flag("f77")
     with pytest.raises(SnapshotError):
         damaged.flag_keys()
+
+
+def test_a_changed_byte_in_the_page_directory_is_caught_when_opened() -> None:
+    s = Store()
+    s.publish([plain(f"f{i}") for i in range(2000)], [], "full")
+    image = s.view.origin  # type: ignore[union-attr]
+    root = bytearray(image._buf)
+    root[TABLES + 5 * PAGE_REF_SIZE + 8] ^= 0x01  # a page's offset
+    with pytest.raises(SnapshotError, match="crc"):
+        SnapshotImage(bytes(root), s.chunks.get, crc=root_crc(image._buf))
 
 
 # --------------------------------------------------------------------------- through shared memory

@@ -4,22 +4,29 @@ A snapshot is written once, never changed, and read by many processes
 straight from read-only mappings. A reader must find and decode ONE flag
 without decoding the others, and must open a new generation in time that does
 not grow with the data; a writer must publish a one-flag patch of a
-10,000-flag store without rewriting 5 MB. So a generation is split in two
-kinds of immutable object:
+100,000-flag store without rewriting megabytes. So a generation is split in
+two kinds of immutable object:
 
-* a **root**: a header, the list of live chunks, and three open-addressing
-  hash tables (flags by key, segments by id, key sets by digest) whose
-  entries point into chunks;
-* **chunks**: append-only bags of per-entity blobs. A patch writes one new
-  small chunk with the changed entities and a new root that repoints their
-  slots; every other blob stays where it was. Chunk ids are the generation
-  that wrote them, so they are unique across writer restarts.
+* a **root**: a header, the list of live chunks, and a *page directory*:
+  where each page of the three open-addressing hash tables (flags by key,
+  segments by id, key sets by digest) lives;
+* **chunks**: append-only bags of table pages and per-entity blobs. A patch
+  writes one new small chunk with the changed entities and the table pages
+  whose entries now point at them, and a new root whose directory repoints
+  those pages; every other page and blob stays where it was. Chunk ids are
+  the generation that wrote them, so they are unique across writer restarts.
+
+The tables are laid end to end (flags, segments, key sets: ``slots * 40``
+bytes each) and cut in pages of :data:`PAGE_ENTRIES` entries; the last page
+may be short. A one-flag patch of 100,000 flags (262,144 flag slots) writes
+a 262 KiB root, one 640-byte page and the blob, where a root holding the
+tables (layout 3) was 10.5 MB to allocate, copy and free per patch.
 
 Root layout (little-endian)::
 
     header, 72 bytes (struct ``_HEADER``)
       0   8  magic              b"FBSHMSNP"
-      8   4  u32 layout         LAYOUT (bumped on any change; 3: key sets, block crcs)
+      8   4  u32 layout         LAYOUT (bumped on any change; 3: key sets; 4: paged tables)
      12   4  u32 header size    72
      16   8  u64 generation
      24   8  i64 data version   max updatedAt over every entry (the sync cursor, R-31)
@@ -34,9 +41,12 @@ Root layout (little-endian)::
      64   4  u32 key sets       entries
      68   4  --  reserved
      72 512  u64[64]            live chunk ids
-    584      flag table, segment table, key-set table: entries of 40 bytes
-    then     u32[blocks]        crc32 of each block of 64 entries (the last may be short)
-    entry (struct ``_ENTRY``)
+    584      page directory: one 16-byte ref (struct ``_PAGE_REF``) per page
+      0   8  u64 chunk id       the live chunk holding the page
+      8   4  u32 offset         within the chunk
+     12   4  u32 crc32          of the page's bytes
+
+    table entry, 40 bytes (struct ``_ENTRY``), in a page
       0   4  u32 key hash       crc32 of the UTF-8 key; probe start = hash & (slots - 1)
       4   4  u32 blob crc32
       8   8  u64 chunk id
@@ -47,7 +57,8 @@ Root layout (little-endian)::
      28   4  --  reserved
      32   8  i64 version        the entity's own updatedAt (ms); 0 for a key set
 
-Chunk layout: ``b"FBSHMCHK"``, u64 chunk id, then blobs; a blob is the UTF-8
+Chunk layout: ``b"FBSHMCHK"``, u64 chunk id, then table pages (a full build
+writes every page, a patch the pages it changed), then blobs; a blob is the UTF-8
 key followed by the msgpack of the entity's normalised form (:mod:`.schema`;
 rows are stored as msgpack arrays and rebuilt as rows when decoded).
 
@@ -73,17 +84,18 @@ across every later generation, patches and rebuilds alike.
 order, is what a list of a delta-stored segment keeps).
 
 Integrity: the control block records the root's length and
-:func:`root_crc`, the crc32 of the header, the chunk list and the block
-crcs; each block of 64 table entries is checked against its crc the first
-time a reader uses it (every block at once when the root is small), and
-each blob carries its own crc32, checked when that entity is first decoded.
-So opening a generation costs the same at 100 flags as at 100,000, a
-one-flag patch costs the writer a few block crcs instead of a crc of the
-whole root, and a reader never trusts a byte it did not check. Every
-malformed input raises :class:`SnapshotError` (fuzzed in the tests).
+:func:`root_crc`, the crc32 of the whole root (header, chunk list, page
+directory: 16 bytes per 16 slots, 262 KiB at 100,000 flags); each page is
+checked against the crc its directory ref carries the first time a reader
+uses it, and each blob carries its own crc32, checked when that entity is
+first decoded. So opening a generation costs one crc of a small root, a
+one-flag patch costs the writer the crc of one page and a root, and a
+reader never trusts a byte it did not check. Every malformed input raises
+:class:`SnapshotError` (fuzzed in the tests).
 
 **Blob identity.** Under one control block an entry's bytes (chunk id,
-offset, length, crc, ...) name one immutable blob: the writer never numbers
+offset, length, crc, ...) name one immutable blob, and a page ref one
+immutable page: the writer never numbers
 two chunks alike. A reader can therefore keep what it built from a blob for
 as long as a newer root's entry for that key is byte-equal
 (:meth:`SnapshotImage.flag_entry_is`); a new control block numbers afresh,
@@ -107,10 +119,11 @@ from .schema import FlagEntry, SegmentEntry, flag_entry, segment_entry
 
 MAGIC: Final = b"FBSHMSNP"
 CHUNK_MAGIC: Final = b"FBSHMCHK"
-LAYOUT: Final = 3
+LAYOUT: Final = 4
 _HEADER: Final = struct.Struct("<8sII Q q IIIIIIIII 4x")
 _ENTRY: Final = struct.Struct("<II Q II HH 4x q")
 _CHUNK_HEADER: Final = struct.Struct("<8sQ")
+_PAGE_REF: Final = struct.Struct("<QII")  # chunk id, offset, crc32 of one page of table entries
 HEADER_SIZE: Final = _HEADER.size
 ENTRY_SIZE: Final = _ENTRY.size
 CHUNK_HEADER_SIZE: Final = _CHUNK_HEADER.size
@@ -119,14 +132,14 @@ TABLES: Final = HEADER_SIZE + MAX_CHUNKS * 8
 OCCUPIED: Final = 1
 ARCHIVED: Final = 2
 MAX_SLOTS: Final = 1 << 24
-BLOCK_ENTRIES: Final = 64  # table entries covered by one block crc
-BLOCK_BYTES: Final = BLOCK_ENTRIES * ENTRY_SIZE
-EAGER_ROOT: Final = 16 * 1024  # a root this small has every block checked when opened
+PAGE_ENTRIES: Final = 16  # table entries in one page
+PAGE_BYTES: Final = PAGE_ENTRIES * ENTRY_SIZE
+PAGE_REF_SIZE: Final = _PAGE_REF.size
 KEYSET_MIN: Final = 1024  # a segment list this long or longer is stored as a key set + delta (until under half)
 KEYSET_FIELDS: Final = ("included", "excluded")
 DIGEST_SIZE: Final = 16
 
-assert HEADER_SIZE == 72 and ENTRY_SIZE == 40 and CHUNK_HEADER_SIZE == 16
+assert HEADER_SIZE == 72 and ENTRY_SIZE == 40 and CHUNK_HEADER_SIZE == 16 and PAGE_REF_SIZE == 16
 
 FLAGS: Final = 0  # table numbers ("which")
 SEGMENTS: Final = 1
@@ -144,21 +157,20 @@ def key_hash(key: bytes) -> int:
     return zlib.crc32(key)
 
 
-def _blocks(entries: int) -> int:
-    return -(-entries // BLOCK_ENTRIES)
+def _pages(entries: int) -> int:
+    return -(-entries // PAGE_ENTRIES)
 
 
-def _crc_of_root(view: Any, entries: int) -> int:
-    tables_end = TABLES + entries * ENTRY_SIZE
-    return zlib.crc32(view[tables_end : tables_end + 4 * _blocks(entries)], zlib.crc32(view[:TABLES]))
+def _page_length(page: int, entries: int) -> int:
+    """Bytes of one page of a table area of ``entries`` entries (the last may be short)."""
+    return min(PAGE_BYTES, entries * ENTRY_SIZE - page * PAGE_BYTES)
 
 
 def root_crc(root: bytes | bytearray | memoryview) -> int:
-    """What the control block records of a root: the crc32 of its header,
-    chunk list and block crcs (each block of table entries is covered by its
-    own crc in that list), so it costs the same whatever the table sizes."""
+    """What the control block records of a root: the crc32 of all of it
+    (header, chunk list, page directory: 16 bytes per 64 table entries)."""
     fields = _HEADER.unpack_from(root, 0)
-    return _crc_of_root(memoryview(root), fields[5] + fields[6] + fields[12])
+    return zlib.crc32(memoryview(root)[: root_size(fields[5], fields[6], fields[12])])
 
 
 def active_counts(root: bytes | bytearray | memoryview) -> tuple[int, int]:
@@ -168,8 +180,7 @@ def active_counts(root: bytes | bytearray | memoryview) -> tuple[int, int]:
 
 
 def root_size(fslots: int, sslots: int, kslots: int = 16) -> int:
-    entries = fslots + sslots + kslots
-    return TABLES + entries * ENTRY_SIZE + 4 * _blocks(entries)
+    return TABLES + PAGE_REF_SIZE * _pages(fslots + sslots + kslots)
 
 
 def max_entries(slots: int) -> int:
@@ -225,9 +236,14 @@ class SnapshotImage:
     """A validated root over any buffer, with chunks fetched by ``chunk_of``.
 
     Construction checks the header and (given ``crc``) :func:`root_crc`;
-    a block of table entries is checked when first used, and a lookup
-    decodes one entity and checks its blob's crc. Nothing here copies the
-    tables or the data.
+    a page of table entries is checked against its crc when first used, and
+    a lookup decodes one entity and checks its blob's crc. Nothing here
+    copies the tables or the data.
+
+    A *position* (what :meth:`locate_flag` returns) is the place of an entry
+    in the tables laid end to end, counted in bytes from ``TABLES``, as if
+    they followed the header: the same key has the same position in every
+    root with tables of the same sizes.
     """
 
     __slots__ = (
@@ -248,7 +264,9 @@ class SnapshotImage:
         "_kslots",
         "_stable",
         "_ktable",
-        "_crcs",
+        "_end",
+        "_entries",
+        "_raw",
         "_checked",
     )
 
@@ -277,9 +295,9 @@ class SnapshotImage:
             raise SnapshotError("root size does not match its tables")
         if nf > max_entries(fslots) or ns > max_entries(sslots) or nk > max_entries(kslots) or af > nf or as_ > ns or nchunks > MAX_CHUNKS:
             raise SnapshotError("bad entry counts")
-        entries = fslots + sslots + kslots
-        if crc is not None and _crc_of_root(view, entries) != crc:
+        if crc is not None and zlib.crc32(view[:size]) != crc:
             raise SnapshotError("snapshot root crc mismatch")
+        entries = fslots + sslots + kslots
         self._buf = view[:size]
         self._chunk_of = chunk_of
         self._views: dict[int, memoryview] = {}  # chunk id -> its checked buffer
@@ -297,29 +315,49 @@ class SnapshotImage:
         self._kslots = kslots
         self._stable = TABLES + fslots * ENTRY_SIZE
         self._ktable = self._stable + sslots * ENTRY_SIZE
-        self._crcs = TABLES + entries * ENTRY_SIZE
-        # Blocks of table entries are checked against their crcs on first
-        # use (all at once for a small root), so opening a generation costs
-        # the same at 100 flags as at 100,000. Without a crc nothing is checked.
-        self._checked = bytearray(b"\1" * _blocks(entries)) if crc is None else bytearray(_blocks(entries))
-        if crc is not None and size <= EAGER_ROOT:
-            self._check_range(TABLES, entries)
+        self._end = self._ktable + kslots * ENTRY_SIZE
+        self._entries = entries
+        self._raw: dict[int, memoryview] = {}  # page -> its bytes in their chunk
+        # Pages are checked against their crcs on first use, so opening a
+        # generation costs a crc of its small root, whatever the data size.
+        # Without a crc nothing is checked.
+        self._checked = bytearray(b"\1" * _pages(entries)) if crc is None else bytearray(_pages(entries))
 
-    def _check_block(self, block: int) -> None:
-        start = TABLES + block * BLOCK_BYTES
-        (expected,) = struct.unpack_from("<I", self._buf, self._crcs + 4 * block)
-        if zlib.crc32(self._buf[start : min(start + BLOCK_BYTES, self._crcs)]) != expected:
-            raise SnapshotError(f"snapshot root block {block} crc mismatch")
-        self._checked[block] = 1
+    def _page_raw(self, page: int) -> memoryview:
+        """One page's bytes where the directory says they are (bounds checked, crc not)."""
+        raw = self._raw.get(page)
+        if raw is not None:
+            return raw
+        chunk_id, off, _crc = _PAGE_REF.unpack_from(self._buf, TABLES + page * PAGE_REF_SIZE)
+        length = _page_length(page, self._entries)
+        chunk = self._chunk(chunk_id)
+        if off < CHUNK_HEADER_SIZE or off + length > len(chunk):
+            raise SnapshotError(f"table page {page} points outside its chunk")
+        raw = self._raw[page] = chunk[off : off + length]
+        return raw
 
-    def _check_range(self, table: int, slots: int) -> None:
-        """Check every block holding the ``slots`` entries from ``table`` on."""
-        first = (table - TABLES) // BLOCK_BYTES
-        last = (table + slots * ENTRY_SIZE - 1 - TABLES) // BLOCK_BYTES
-        checked = self._checked
-        for block in range(first, last + 1):
-            if not checked[block]:
-                self._check_block(block)
+    def _page(self, page: int) -> memoryview:
+        """One page's bytes, checked against its crc the first time."""
+        raw = self._page_raw(page)
+        if not self._checked[page]:
+            (expected,) = struct.unpack_from("<I", self._buf, TABLES + page * PAGE_REF_SIZE + 12)
+            if zlib.crc32(raw) != expected:
+                raise SnapshotError(f"snapshot table page {page} crc mismatch")
+            self._checked[page] = 1
+        return raw
+
+    def _entry(self, pos: int) -> tuple[Any, ...]:
+        """The unpacked entry at position ``pos`` (its page checked)."""
+        rel = pos - TABLES
+        return _ENTRY.unpack_from(self._page(rel // PAGE_BYTES), rel % PAGE_BYTES)
+
+    def _table_bytes(self, table: int, slots: int) -> bytes:
+        """The entries of one table, every page checked."""
+        first = (table - TABLES) // PAGE_BYTES
+        last = (table - TABLES + slots * ENTRY_SIZE - 1) // PAGE_BYTES
+        joined = b"".join([self._page(p) for p in range(first, last + 1)])
+        skip = (table - TABLES) - first * PAGE_BYTES
+        return joined[skip : skip + slots * ENTRY_SIZE]
 
     def _chunk(self, chunk_id: int) -> memoryview:
         view = self._views.get(chunk_id)
@@ -358,17 +396,13 @@ class SnapshotImage:
         raw = key.encode("utf-8")
         h = zlib.crc32(raw)
         mask = slots - 1
-        buf = self._buf
         unpack = _ENTRY.unpack_from
         n = len(raw)
-        checked = self._checked
         i = h & mask
         for _ in range(slots):
             pos = table + i * ENTRY_SIZE
-            block = (pos - TABLES) // BLOCK_BYTES
-            if not checked[block]:
-                self._check_block(block)
-            eh, crc, chunk_id, off, length, klen, bits, _v = unpack(buf, pos)
+            rel = pos - TABLES
+            eh, crc, chunk_id, off, length, klen, bits, _v = unpack(self._page(rel // PAGE_BYTES), rel % PAGE_BYTES)
             if not bits & OCCUPIED:
                 return -1
             if eh == h and klen == n:
@@ -408,8 +442,7 @@ class SnapshotImage:
             raise SnapshotError(f"entry {key!r} does not have the schema's shape: {exc}") from None
 
     def _read(self, pos: int, key: str, kind: Callable[[dict[str, Any]], Any]) -> Any:
-        self._check_range(pos, 1)
-        _h, crc, chunk_id, off, length, klen, bits, version = _ENTRY.unpack_from(self._buf, pos)
+        _h, crc, chunk_id, off, length, klen, bits, version = self._entry(pos)
         return self._decode(self._blob(chunk_id, off, length, klen, crc, key), klen, bits, version, key, kind)
 
     # ------------------------------------------------------------ entities
@@ -430,8 +463,11 @@ class SnapshotImage:
 
     def entry_bytes(self, pos: int) -> bytes:
         """The 40 bytes of the entry at ``pos`` (an entity's blob identity)."""
-        self._check_range(pos, 1)
-        return bytes(self._buf[pos : pos + ENTRY_SIZE])
+        rel = pos - TABLES
+        if not 0 <= rel < self._end - TABLES:
+            raise SnapshotError(f"no entry at position {pos}")
+        start = rel % PAGE_BYTES
+        return bytes(self._page(rel // PAGE_BYTES)[start : start + ENTRY_SIZE])
 
     def flag_entry_is(self, pos: int, entry: bytes) -> bool:
         """True when the flag table holds exactly ``entry`` at ``pos``.
@@ -440,10 +476,18 @@ class SnapshotImage:
         equal to it are checked by the comparison itself, so the block's crc
         is not needed, and a new generation costs this compare per key used.
         """
-        return TABLES <= pos < self._stable and self._buf[pos : pos + ENTRY_SIZE] == entry
+        return TABLES <= pos < self._stable and self._entry_is(pos, entry)
 
     def segment_entry_is(self, pos: int, entry: bytes) -> bool:
-        return self._stable <= pos < self._ktable and self._buf[pos : pos + ENTRY_SIZE] == entry
+        return self._stable <= pos < self._ktable and self._entry_is(pos, entry)
+
+    def _entry_is(self, pos: int, entry: bytes) -> bool:
+        rel = pos - TABLES
+        start = rel % PAGE_BYTES
+        try:
+            return self._page_raw(rel // PAGE_BYTES)[start : start + ENTRY_SIZE] == entry
+        except SnapshotError:
+            return False  # a page that does not map is no proof; a lookup reports it
 
     def read_flag(self, pos: int, key: str) -> FlagEntry:
         """The flag whose entry is at ``pos`` (its blob's crc checked)."""
@@ -462,7 +506,7 @@ class SnapshotImage:
         pos = self._probe(self._ktable, self._kslots, name)
         if pos < 0:
             raise SnapshotError(f"key set {name} is missing")
-        _h, crc, chunk_id, off, length, klen, _bits, _v = _ENTRY.unpack_from(self._buf, pos)
+        _h, crc, chunk_id, off, length, klen, _bits, _v = self._entry(pos)
         blob = self._blob(chunk_id, off, length, klen, crc, name)
         try:
             keys = msgpack.unpackb(blob[klen:], raw=False)
@@ -499,10 +543,7 @@ class SnapshotImage:
         return plain  # type: ignore[return-value]
 
     def _keys(self, table: int, slots: int, *, active_only: bool) -> Iterator[str]:
-        self._check_range(table, slots)
-        for i, (_h, crc, chunk, off, length, klen, bits, _v) in enumerate(
-            _ENTRY.iter_unpack(self._buf[table : table + slots * ENTRY_SIZE])
-        ):
+        for i, (_h, crc, chunk, off, length, klen, bits, _v) in enumerate(_ENTRY.iter_unpack(self._table_bytes(table, slots))):
             if bits & OCCUPIED and not (active_only and bits & ARCHIVED):
                 blob = self._blob(chunk, off, length, klen, crc, f"slot {i}")
                 try:
@@ -533,42 +574,41 @@ class SnapshotImage:
         pos = self._probe(table, slots, key)
         if pos < 0:
             return None
-        _h, crc, chunk, off, length, klen, bits, version = _ENTRY.unpack_from(self._buf, pos)
+        _h, crc, chunk, off, length, klen, bits, version = self._entry(pos)
         self._blob(chunk, off, length, klen, crc, key)  # a corrupt blob raises
         return crc, version, bits
 
     def _changed(self, older: SnapshotImage, mine: tuple[int, int], theirs: tuple[int, int]) -> set[str]:
         """Keys whose entries differ between one table here and in ``older``.
 
-        With equal table sizes (the usual case: a patch repoints a few slots)
-        the tables are compared in blocks and only differing slots are
-        looked at, so a one-flag patch of 10,000 flags costs microseconds.
-        Otherwise (a table grew) every key's signature is compared.
+        With the same table layout (the usual case: a patch repoints a few
+        slots) the page directories are compared and only the slots of pages
+        that moved are looked at, so a one-flag patch of 100,000 flags costs
+        microseconds. Otherwise (a table grew) every key's signature is compared.
         """
         (table, slots), (otable, oslots) = mine, theirs
-        self._check_range(table, slots)
-        older._check_range(otable, oslots)
         candidates: set[str] = set()
-        if slots == oslots:
-            step = 64 * ENTRY_SIZE
-            size = slots * ENTRY_SIZE
-            new_t = self._buf[table : table + size]
-            old_t = older._buf[otable : otable + size]
-            for start in range(0, size, step):
-                if new_t[start : start + step] == old_t[start : start + step]:
-                    continue
-                for pos in range(start, min(start + step, size), ENTRY_SIZE):
-                    a = new_t[pos : pos + ENTRY_SIZE]
-                    b = old_t[pos : pos + ENTRY_SIZE]
+        if table == otable and slots == oslots and self._entries == older._entries:
+            lo, hi = table - TABLES, table - TABLES + slots * ENTRY_SIZE
+            for page in range(lo // PAGE_BYTES, (hi - 1) // PAGE_BYTES + 1):
+                ref = TABLES + page * PAGE_REF_SIZE
+                if self._buf[ref : ref + PAGE_REF_SIZE] == older._buf[ref : ref + PAGE_REF_SIZE]:
+                    continue  # the very same page bytes
+                new_p, old_p = self._page(page), older._page(page)
+                base = page * PAGE_BYTES
+                for rel in range(max(lo, base), min(hi, base + len(new_p)), ENTRY_SIZE):
+                    a = new_p[rel - base : rel - base + ENTRY_SIZE]
+                    b = old_p[rel - base : rel - base + ENTRY_SIZE]
                     if a == b:
                         continue
+                    pos = rel - lo
                     for image, entry in ((self, _ENTRY.unpack(a)), (older, _ENTRY.unpack(b))):
                         key = image._entry_key(entry, f"slot {pos // ENTRY_SIZE}")
                         if key is not None:
                             candidates.add(key)
         else:
             for image, (t, n) in ((self, mine), (older, theirs)):
-                for i, entry in enumerate(_ENTRY.iter_unpack(image._buf[t : t + n * ENTRY_SIZE])):
+                for i, entry in enumerate(_ENTRY.iter_unpack(image._table_bytes(t, n))):
                     key = image._entry_key(entry, f"slot {i}")
                     if key is not None:
                         candidates.add(key)
@@ -590,10 +630,7 @@ class SnapshotImage:
         """
         needles = [s.encode("utf-8") for s in segments]
         found: set[str] = set()
-        self._check_range(TABLES, self._fslots)
-        for i, (_h, crc, chunk, off, length, klen, bits, version) in enumerate(
-            _ENTRY.iter_unpack(self._buf[TABLES : TABLES + self._fslots * ENTRY_SIZE])
-        ):
+        for i, (_h, crc, chunk, off, length, klen, bits, version) in enumerate(_ENTRY.iter_unpack(self._table_bytes(TABLES, self._fslots))):
             if not bits & OCCUPIED or bits & ARCHIVED:
                 continue
             blob = bytes(self._blob(chunk, off, length, klen, crc, f"slot {i}"))
@@ -728,24 +765,17 @@ def list_delta(old: list[Any], new: list[Any], limit: int) -> tuple[frozenset[An
     return after - before, removed
 
 
-def _seal(root: Buffer, entries: int, blocks: Iterable[int]) -> None:
-    """Write the crcs of these blocks of table entries (the last write to a
-    root's tables; the header, written after, is covered by :func:`root_crc`)."""
-    crcs = TABLES + entries * ENTRY_SIZE
-    view = memoryview(root)
-    for block in blocks:
-        start = TABLES + block * BLOCK_BYTES
-        struct.pack_into("<I", root, crcs + 4 * block, zlib.crc32(view[start : min(start + BLOCK_BYTES, crcs)]))
-
-
 class SnapshotBuilder:
     """Builds generations; a patch of k entities writes one k-blob chunk.
 
     :meth:`build_into` asks ``allocate(kind, id, size)`` for each destination
     (the writer hands out mappings of new shared-memory objects) and fills
     them. Given the :class:`~.dataset.Changes` of a patch, only those entities
-    are written: the previous root's tables are copied across in one memcpy
-    and their slots repointed into one new chunk. Chunks stay few like in an
+    are written, into one new chunk, together with the pages of table entries
+    that point at them; the new root is the previous one's page directory
+    with those pages repointed (16 bytes per 64 slots: 64 KiB at 100,000
+    flags). The builder keeps the tables themselves in memory, so it never
+    reads a root back. Chunks stay few like in an
     LSM tree: when MAX_CHUNKS would be exceeded, the entities of every chunk
     but the largest are rewritten into the new chunk too. A full sync, a table
     past three quarters full, dead blobs outweighing live ones, or a key set
@@ -757,10 +787,14 @@ class SnapshotBuilder:
 
     def __init__(self) -> None:
         self._root: Buffer | None = None
+        self._tables = bytearray()  # every table's entries, end to end (what the pages hold)
+        self._directory = bytearray()  # page -> _PAGE_REF (chunk id, offset, crc): the root's directory
+        self._pages_in: dict[int, set[int]] = {}  # chunk id -> pages it holds that the directory names
+        self._slots = (16, 16, 16)  # table sizes of the last build
         self._slot: dict[tuple[int, str], int] = {}  # (table, key) -> slot; table 0 flags, 1 segments, 2 key sets
         self._where: dict[int, set[tuple[int, str]]] = {}  # chunk id -> entries whose blob it holds
-        self._live: dict[int, int] = {}  # chunk id -> live blob bytes
-        self._size: dict[int, int] = {}  # chunk id -> blob bytes written
+        self._live: dict[int, int] = {}  # chunk id -> live bytes (blobs and pages)
+        self._size: dict[int, int] = {}  # chunk id -> bytes written
         self._blobs: dict[tuple[int, str], tuple[Mapping[str, Any], bytes, int]] = {}  # entry -> (entity, blob, key length)
         self._lists: dict[tuple[str, str], _KeyList] = {}  # (segment id, field) -> its out-of-line list
         self._sets: dict[str, bytes] = {}  # key-set digest (hex) -> its blob
@@ -777,7 +811,7 @@ class SnapshotBuilder:
         """Write ``dataset`` as ``generation``; chunk ids are generation numbers."""
         if self._root is not None and changes is not None and not changes.full:
             try:
-                built = self._incremental(self._root, dataset, generation, changes, allocate)
+                built = self._incremental(dataset, generation, changes, allocate)
             except _NeedsFullBuild:
                 built = None
             if built is not None:
@@ -881,67 +915,89 @@ class SnapshotBuilder:
         self._blobs = {e: self._blobs[e] for e in ((w, k) for w in (0, 1) for k in tables[w]) if e in self._blobs}
         self._lists = {e: s for e, s in self._lists.items() if e[0] in tables[1]}
         todo: list[tuple[int, str, int, bytes, int, Mapping[str, Any]]] = []
-        chunk_size = CHUNK_HEADER_SIZE
+        blob_bytes = 0
         for which in (FLAGS, SEGMENTS):
             for key, entity in tables[which].items():
                 blob, klen = self._blob(which, key, entity, True)
                 todo.append((which, key, -1, blob, klen, entity))
-                chunk_size += len(blob)
+                blob_bytes += len(blob)
         # Exactly the key sets the segments name now.
         self._sets = {s.digest: self._sets[s.digest] for s in self._lists.values()}
         for digest, blob in self._sets.items():
             todo.append((KEY_SETS, digest, -1, blob, len(digest), _KEY_SET_ENTITY))
-            chunk_size += len(blob)
-        kslots = _slots_for(len(self._sets))
-        size = root_size(fslots, sslots, kslots)
-        root = allocate("root", generation, size)
-        root[:size] = bytes(size)  # tables start empty
+            blob_bytes += len(blob)
+        slots = (fslots, sslots, _slots_for(len(self._sets)))
+        entries = sum(slots)
+        tables_bytes = entries * ENTRY_SIZE
+        chunk_size = CHUNK_HEADER_SIZE + blob_bytes + tables_bytes
+        root = allocate("root", generation, root_size(*slots))
         chunk = allocate("chunk", generation, chunk_size)
-        self._slot, self._where, self._active = {}, {}, [0, 0]
-        self._fill(root, (fslots, sslots, kslots), chunk, generation, todo)
-        _seal(root, fslots + sslots + kslots, range(_blocks(fslots + sslots + kslots)))
+        self._slots = slots
+        self._tables = bytearray(tables_bytes)
+        self._directory = bytearray(PAGE_REF_SIZE * _pages(entries))
+        self._slot, self._where, self._pages_in, self._active = {}, {}, {}, [0, 0]
+        _CHUNK_HEADER.pack_into(chunk, 0, CHUNK_MAGIC, generation)
+        self._fill(slots, chunk, generation, CHUNK_HEADER_SIZE + tables_bytes, todo)
+        self._write_pages(chunk, generation, CHUNK_HEADER_SIZE, range(_pages(entries)), entries)
         self._live = {generation: chunk_size - CHUNK_HEADER_SIZE}
         self._size = dict(self._live)
-        self._write_header(root, dataset, generation, (fslots, sslots, kslots))
+        self._write_root(root, dataset, generation, slots)
         return Built(root, {generation: chunk}, frozenset(self._live), True)
 
     @staticmethod
     def _table(which: int, slots: tuple[int, int, int]) -> tuple[int, int]:
-        """(offset, slots) of one table in a root with these table sizes."""
-        offset = TABLES + sum(slots[:which]) * ENTRY_SIZE
-        return offset, slots[which]
+        """(offset in the tables, slots) of one table with these table sizes."""
+        return sum(slots[:which]) * ENTRY_SIZE, slots[which]
 
-    def _fill(self, root: Buffer, slots: tuple[int, int, int], chunk: Buffer, chunk_id: int, todo: list[Any]) -> set[int]:
-        """Write the blobs into ``chunk`` and point their slots at them;
-        returns the blocks of table entries written."""
-        touched: set[int] = set()
-        _CHUNK_HEADER.pack_into(chunk, 0, CHUNK_MAGIC, chunk_id)
-        offset = CHUNK_HEADER_SIZE
+    def _free_slot(self, which: int, key: str, slots: tuple[int, int, int], claimed: set[int]) -> int:
+        """Where a new key goes: its first free slot (open addressing), past ``claimed`` ones."""
+        table, n = self._table(which, slots)
+        mask = n - 1
+        slot = key_hash(key.encode("utf-8")) & mask
+        tables = self._tables
+        while tables[table + slot * ENTRY_SIZE + 26] & OCCUPIED or table + slot * ENTRY_SIZE in claimed:
+            slot = (slot + 1) & mask
+        return slot
+
+    def _fill(self, slots: tuple[int, int, int], chunk: Buffer, chunk_id: int, offset: int, todo: list[Any]) -> None:
+        """Write the blobs into ``chunk`` from ``offset`` on and point their
+        slots (in the in-memory tables) at them."""
         here = self._where.setdefault(chunk_id, set())
+        tables = self._tables
         for which, key, slot, blob, klen, entity in todo:
             table, n = self._table(which, slots)
             h = key_hash(blob[:klen])
             if slot < 0:
                 mask = n - 1
                 slot = h & mask
-                while _ENTRY.unpack_from(root, table + slot * ENTRY_SIZE)[6] & OCCUPIED:
+                while tables[table + slot * ENTRY_SIZE + 26] & OCCUPIED:
                     slot = (slot + 1) & mask
             chunk[offset : offset + len(blob)] = blob
             bits = OCCUPIED | (ARCHIVED if entity.get("archived") else 0)
-            _ENTRY.pack_into(root, table + slot * ENTRY_SIZE, h, zlib.crc32(blob), chunk_id, offset, len(blob), klen, bits, int(entity["version"]))
+            _ENTRY.pack_into(tables, table + slot * ENTRY_SIZE, h, zlib.crc32(blob), chunk_id, offset, len(blob), klen, bits, int(entity["version"]))
             self._slot[(which, key)] = slot
-            touched.add((table + slot * ENTRY_SIZE - TABLES) // BLOCK_BYTES)
             here.add((which, key))
             offset += len(blob)
             if which != KEY_SETS and not entity.get("archived"):
                 self._active[which] += 1
-        return touched
 
-    def _incremental(self, old: Buffer, dataset: DataSet, generation: int, changes: Changes, allocate: Allocate) -> Built | None:
-        header = _HEADER.unpack_from(old, 0)
-        slots = (header[5], header[6], header[12])
-        key_sets = {digest: _KEY_SET_ENTITY for digest in self._sets}
-        tables: tuple[Mapping[str, Mapping[str, Any]], ...] = (dataset.flags, dataset.segments, key_sets)
+    def _write_pages(self, chunk: Buffer, chunk_id: int, offset: int, pages: Iterable[int], entries: int) -> None:
+        """Copy these pages of the tables into ``chunk`` from ``offset`` on and
+        point the directory at them."""
+        tables = memoryview(self._tables)
+        here = self._pages_in.setdefault(chunk_id, set())
+        for page in pages:
+            start = page * PAGE_BYTES
+            data = tables[start : start + _page_length(page, entries)]
+            chunk[offset : offset + len(data)] = data
+            _PAGE_REF.pack_into(self._directory, page * PAGE_REF_SIZE, chunk_id, offset, zlib.crc32(data))
+            here.add(page)
+            offset += len(data)
+
+    def _incremental(self, dataset: DataSet, generation: int, changes: Changes, allocate: Allocate) -> Built | None:
+        slots = self._slots
+        entries_total = sum(slots)
+        tables: tuple[Mapping[str, Mapping[str, Any]], ...] = (dataset.flags, dataset.segments)
         if len(tables[0]) > max_entries(slots[0]) or len(tables[1]) > max_entries(slots[1]):
             return None  # a table would fill past three quarters
         entries = {(FLAGS, k) for k in changes.flags} | {(SEGMENTS, k) for k in changes.segments}
@@ -953,52 +1009,74 @@ class SnapshotBuilder:
             merged = [c for c in self._live if c != largest]
             for c in merged:
                 entries |= self._where.get(c, set())
-        # Plan first, touching nothing: encode the entries and take their old
-        # blobs off their chunks' live counts.
+        # Plan first, touching nothing: encode the entries, find their slots
+        # and pages, and take their old blobs and pages off their chunks' live counts.
         live = dict(self._live)
         active = list(self._active)
         todo = []
         moved: dict[int, set[tuple[int, str]]] = {}
-        chunk_size = CHUNK_HEADER_SIZE
+        claimed: set[int] = set()
+        pages: set[int] = set()
+        for c in merged:
+            pages |= self._pages_in.get(c, set())
+        blob_bytes = 0
         for which, key in sorted(entries):
-            entity = tables[which].get(key)
-            if entity is None:
+            entity = _KEY_SET_ENTITY if which == KEY_SETS else tables[which].get(key)
+            if entity is None or (which == KEY_SETS and key not in self._sets):
                 return None  # a patch never removes; rebuild to stay safe
             table, _n = self._table(which, slots)
             slot = self._slot.get((which, key), -1)
             if slot >= 0:
-                _h, _c, chunk_id, _o, length, _k, bits, _v = _ENTRY.unpack_from(old, table + slot * ENTRY_SIZE)
+                _h, _c, chunk_id, _o, length, _k, bits, _v = _ENTRY.unpack_from(self._tables, table + slot * ENTRY_SIZE)
                 live[chunk_id] -= length
                 moved.setdefault(chunk_id, set()).add((which, key))
                 if which != KEY_SETS:
                     active[which] -= 0 if bits & ARCHIVED else 1
+            else:
+                slot = self._free_slot(which, key, slots, claimed)
+                claimed.add(table + slot * ENTRY_SIZE)
+            pages.add((table + slot * ENTRY_SIZE) // PAGE_BYTES)
             blob, klen = self._blob(which, key, entity, False)
             todo.append((which, key, slot, blob, klen, entity))
-            chunk_size += len(blob)
+            blob_bytes += len(blob)
+        page_moves: dict[int, set[int]] = {}
+        page_bytes = 0
+        for page in pages:
+            chunk_id, _o, _crc = _PAGE_REF.unpack_from(self._directory, page * PAGE_REF_SIZE)
+            length = _page_length(page, entries_total)
+            live[chunk_id] -= length
+            page_moves.setdefault(chunk_id, set()).add(page)
+            page_bytes += length
+        new_bytes = blob_bytes + page_bytes
         live = {c: n for c, n in live.items() if n > 0}
-        written = sum(self._size[c] for c in live) + chunk_size - CHUNK_HEADER_SIZE
-        dead = written - sum(live.values()) - (chunk_size - CHUNK_HEADER_SIZE)
+        written = sum(self._size[c] for c in live) + new_bytes
+        dead = written - sum(live.values()) - new_bytes
         if len(live) + 1 > MAX_CHUNKS or dead * 2 > written:
-            return None  # dead blobs outweigh live ones: compact
-        size = root_size(*slots)
-        root = allocate("root", generation, size)
-        root[:size] = old[:size]  # one copy of the tables; the old root is never written
-        chunk = allocate("chunk", generation, chunk_size)
+            return None  # dead bytes outweigh live ones: compact
+        root = allocate("root", generation, root_size(*slots))
+        chunk = allocate("chunk", generation, CHUNK_HEADER_SIZE + new_bytes)
         for chunk_id, gone in moved.items():
             if chunk_id in self._where:
                 self._where[chunk_id] -= gone
+        for chunk_id, gone_pages in page_moves.items():
+            if chunk_id in self._pages_in:
+                self._pages_in[chunk_id] -= gone_pages
         for chunk_id in set(self._where) - set(live):
             del self._where[chunk_id]
+        for chunk_id in set(self._pages_in) - set(live):
+            del self._pages_in[chunk_id]
         self._active = active
-        touched = self._fill(root, slots, chunk, generation, todo)
-        _seal(root, sum(slots), touched)  # the other blocks' crcs came with the copy
-        live[generation] = chunk_size - CHUNK_HEADER_SIZE
+        _CHUNK_HEADER.pack_into(chunk, 0, CHUNK_MAGIC, generation)
+        self._fill(slots, chunk, generation, CHUNK_HEADER_SIZE + page_bytes, todo)
+        self._write_pages(chunk, generation, CHUNK_HEADER_SIZE, sorted(pages), entries_total)
+        live[generation] = new_bytes
         self._size = {c: self._size.get(c, live[c]) for c in live}
         self._live = live
-        self._write_header(root, dataset, generation, slots)
+        self._write_root(root, dataset, generation, slots)
         return Built(root, {generation: chunk}, frozenset(live), False)
 
-    def _write_header(self, root: Buffer, dataset: DataSet, generation: int, slots: tuple[int, int, int]) -> None:
+    def _write_root(self, root: Buffer, dataset: DataSet, generation: int, slots: tuple[int, int, int]) -> None:
+        """Header, chunk list and page directory: the last thing a build writes."""
         chunks = sorted(self._live)
         fslots, sslots, kslots = slots
         _HEADER.pack_into(
@@ -1007,3 +1085,4 @@ class SnapshotBuilder:
             kslots, len(self._sets),
         )  # fmt: skip
         root[HEADER_SIZE:TABLES] = struct.pack(f"<{len(chunks)}Q", *chunks).ljust(TABLES - HEADER_SIZE, b"\0")
+        root[TABLES : TABLES + len(self._directory)] = self._directory
