@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .schema import Rule
-from .wire import SEGMENT_IN, SEGMENT_NOT_IN
+from .wire import SEGMENT_IN, SEGMENT_NOT_IN, Packed
 
 
 @dataclass(frozen=True)
@@ -68,16 +68,31 @@ def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
 
 
 def referencing(flags: Iterable[tuple[str, Mapping[str, Any]]], segments: Iterable[str]) -> set[str]:
-    """Keys of the active flags (of ``flags``) whose rules use any of ``segments``."""
+    """Keys of the active flags (of ``flags``) whose rules use any of ``segments``.
+
+    A packed flag (:class:`~.wire.Packed`) is decoded only when its bytes
+    hold one of the ids."""
     wanted = set(segments)
     if not wanted:
         return set()
-    return {key for key, flag in flags if not flag.get("archived") and segment_refs(flag) & wanted}
+    needles = [s.encode("utf-8") for s in wanted]
+    found = set()
+    for key, flag in flags:
+        if flag.get("archived"):
+            continue
+        if isinstance(flag, Packed):
+            if not any(n in flag.blob for n in needles):
+                continue
+            flag = flag.unpack()
+        if segment_refs(flag) & wanted:
+            found.add(key)
+    return found
 
 
 def diff_datasets(old: Any, new: Any) -> ChangeSet:
-    """Changes between two :class:`~.dataset.DataSet` values."""
-    flags = changed_keys(old.flags, new.flags)
-    segments = changed_keys(old.segments, new.segments)
-    flags |= referencing(new.flags.items(), segments)
+    """Changes between two :class:`~.dataset.DataSet` values (compared as
+    stored: packed entities by their bytes)."""
+    flags = changed_keys(old.stored_flags, new.stored_flags)
+    segments = changed_keys(old.stored_segments, new.stored_segments)
+    flags |= referencing(new.stored_flags.items(), segments)
     return ChangeSet(frozenset(flags), frozenset(segments))

@@ -116,6 +116,7 @@ import msgpack
 from .changes import ChangeSet, segment_refs
 from .dataset import Changes, DataSet
 from .schema import FlagEntry, SegmentEntry, flag_entry, segment_entry
+from .wire import Packed
 
 MAGIC: Final = b"FBSHMSNP"
 CHUNK_MAGIC: Final = b"FBSHMCHK"
@@ -641,19 +642,29 @@ class SnapshotImage:
                 found.add(key)
         return found
 
-    def to_dataset(self) -> DataSet:
-        """Every entry, tombstones included (a restarted writer resumes from this)."""
-        flags = {}
+    def to_dataset(self, *, packed: bool = False) -> DataSet:
+        """Every entry, tombstones included (a restarted writer resumes from
+        this). ``packed``: flags are kept as their blobs' bytes, not decoded
+        (each blob's crc and its entry checked as a read would)."""
+        flags: dict[str, Any] = {}
         for key in self.flag_keys(active_only=False):
-            flag = self.flag(key)
-            if flag is not None:
-                flags[key] = flag
-        segments = {}
+            if not packed:
+                flag = self.flag(key)
+                if flag is not None:
+                    flags[key] = flag
+                continue
+            pos = self.locate_flag(key)
+            _h, crc, chunk_id, off, length, klen, bits, version = self._entry(pos)
+            blob = bytes(self._blob(chunk_id, off, length, klen, crc, key))
+            entity = Packed(key, version, bool(bits & ARCHIVED), blob[klen:], False)
+            self._decode(memoryview(blob), klen, bits, version, key, flag_entry)  # the shape a read would check
+            flags[key] = entity
+        segments: dict[str, Any] = {}
         for seg_id in self.segment_ids(active_only=False):
             segment = self.segment(seg_id)
             if segment is not None:
                 segments[seg_id] = segment
-        return DataSet(flags, segments)
+        return DataSet(flags, segments, packed=packed)
 
 
 # --------------------------------------------------------------------------- writing
@@ -836,13 +847,20 @@ class SnapshotBuilder:
         """
         if which == KEY_SETS:
             return self._sets[key], len(key)
+        if which == FLAGS and isinstance(entity, Packed):
+            # Kept as its bytes already: nothing to encode, nothing to cache.
+            raw = key.encode("utf-8")
+            if len(raw) > 0xFFFF:
+                raise SnapshotError(f"key {key[:40]!r}... is longer than 65535 bytes")
+            return raw + entity.blob, len(raw)
         cached = self._blobs.get((which, key))
         if cached is not None and (cached[0] is entity or (cached[0].get("version") == entity.get("version") and cached[0] == entity)):
             return cached[1], cached[2]
         raw = key.encode("utf-8")
         if len(raw) > 0xFFFF:
             raise SnapshotError(f"key {key[:40]!r}... is longer than 65535 bytes")
-        stored = entity if which == FLAGS else self._stored_segment(key, entity, full)
+        plain = entity.unpack() if isinstance(entity, Packed) else entity
+        stored = plain if which == FLAGS else self._stored_segment(key, plain, full)
         blob = raw + msgpack.packb(stored, use_bin_type=True)
         self._blobs[(which, key)] = (entity, blob, len(raw))
         return blob, len(raw)
@@ -910,7 +928,7 @@ class SnapshotBuilder:
     # ------------------------------------------------------------ builds
 
     def _full(self, dataset: DataSet, generation: int, allocate: Allocate) -> Built:
-        tables = (dataset.flags, dataset.segments)
+        tables = (dataset.stored_flags, dataset.stored_segments)
         fslots, sslots = _slots_for(len(tables[0])), _slots_for(len(tables[1]))
         self._blobs = {e: self._blobs[e] for e in ((w, k) for w in (0, 1) for k in tables[w]) if e in self._blobs}
         self._lists = {e: s for e, s in self._lists.items() if e[0] in tables[1]}
@@ -997,7 +1015,7 @@ class SnapshotBuilder:
     def _incremental(self, dataset: DataSet, generation: int, changes: Changes, allocate: Allocate) -> Built | None:
         slots = self._slots
         entries_total = sum(slots)
-        tables: tuple[Mapping[str, Mapping[str, Any]], ...] = (dataset.flags, dataset.segments)
+        tables: tuple[Mapping[str, Mapping[str, Any]], ...] = (dataset.stored_flags, dataset.stored_segments)
         if len(tables[0]) > max_entries(slots[0]) or len(tables[1]) > max_entries(slots[1]):
             return None  # a table would fill past three quarters
         entries = {(FLAGS, k) for k in changes.flags} | {(SEGMENTS, k) for k in changes.segments}
@@ -1081,7 +1099,7 @@ class SnapshotBuilder:
         fslots, sslots, kslots = slots
         _HEADER.pack_into(
             root, 0, MAGIC, LAYOUT, HEADER_SIZE, generation, dataset.version, fslots, sslots,
-            len(dataset.flags), len(dataset.segments), self._active[0], self._active[1], len(chunks),
+            len(dataset.stored_flags), len(dataset.stored_segments), self._active[0], self._active[1], len(chunks),
             kslots, len(self._sets),
         )  # fmt: skip
         root[HEADER_SIZE:TABLES] = struct.pack(f"<{len(chunks)}Q", *chunks).ljust(TABLES - HEADER_SIZE, b"\0")

@@ -79,7 +79,9 @@ class SyncProcess:
         self.settings = settings
         self.names = StoreNames.for_env(settings.store_secret, settings.namespace)
         self.stop = threading.Event()
-        self.dataset = DataSet()
+        # Packed: every entity kept as its msgpack bytes (wire.Packed), what the
+        # snapshot stores; decoded only for listeners, warm start or a rebuild.
+        self.dataset = DataSet(packed=True)
         self.writer: SnapshotWriter | None = None
         self.state = SyncState.INITIALIZING
         self._spawn_standby = spawn_standby and settings.standby
@@ -267,7 +269,7 @@ class SyncProcess:
             self.writer.set_state(SyncState.INITIALIZING)
             return
         try:
-            self.dataset = open_image(self.names, pointer.name, pointer.length, pointer.crc).to_dataset()
+            self.dataset = open_image(self.names, pointer.name, pointer.length, pointer.crc).to_dataset(packed=True)
         except Exception as exc:  # noqa: BLE001 - a damaged snapshot is simply not adopted
             log.warning("featbit_shm: could not adopt the published snapshot: %s", exc)
             return

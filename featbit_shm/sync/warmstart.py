@@ -34,7 +34,7 @@ import logging
 import os
 import stat
 import time
-from typing import Any, Final
+from typing import Final
 
 from .._core.dataset import DataSet
 
@@ -130,7 +130,8 @@ class WarmStart:
             flags, segments = payload["flags"], payload["segments"]
             if not isinstance(flags, list) or not isinstance(segments, list):
                 raise ValueError("flags and segments must be lists")
-            dataset = DataSet({f["key"]: f for f in flags}, {s["id"]: s for s in segments})
+            # Packed while the parsed file is alive: what is kept points into none of it.
+            dataset = DataSet({f["key"]: f for f in flags}, {s["id"]: s for s in segments}, packed=True)
             if dataset.version != document.get("data_version"):
                 raise ValueError("its data version does not match its entries")
         except (ValueError, KeyError, TypeError) as exc:
@@ -147,45 +148,84 @@ class WarmStart:
         return dataset.version != self._saved_version and now >= self._next_save
 
     def save(self, dataset: DataSet, now: float) -> bool:
-        """Write the data set (atomically). True when written."""
+        """Write the data set (atomically). True when written.
+
+        The file is written entity by entity (each decoded, dumped and
+        hashed on its own), so saving a 100,000-flag data set never holds
+        it whole as dicts or as one JSON text."""
         self._next_save = now + SAVE_INTERVAL_S
-        # The entries as the sync process holds them (normalised from FeatBit's wire form).
-        payload: dict[str, Any] = {"flags": list(dataset.flags.values()), "segments": list(dataset.segments.values())}
-        body = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        document = json.dumps({
+        head = json.dumps({
             "format": FORMAT,
             "store": self._tag,
             "namespace": self._namespace,
             "data_version": dataset.version,
             "saved_at": time.time(),
-            "sha256": hashlib.sha256(body.encode()).hexdigest(),
-            "payload": payload,
-        }, separators=(",", ":")).encode()
-        if len(document) > MAX_BYTES:
-            log.warning("featbit_shm: warm-start data of store %s not saved: %d bytes, over %d", self._tag, len(document), MAX_BYTES)
-            return False
+        }, separators=(",", ":"))
+        temporary = f"{self.path}.{os.getpid()}.tmp"
         try:
             self._ensure_directory()
-            temporary = f"{self.path}.{os.getpid()}.tmp"
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(document)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
+                written = self._write_document(fd, head, dataset)
+                if written is not None:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
+            if written is None:
+                os.unlink(temporary)
+                return False
             os.replace(temporary, self.path)
         except OSError as exc:
             log.warning("featbit_shm: warm-start data of store %s not saved in %s: %s", self._tag, self.directory, exc)
             try:
-                os.unlink(f"{self.path}.{os.getpid()}.tmp")
+                os.unlink(temporary)
             except OSError:
                 pass
             return False
         self._saved_version = dataset.version
         self.saves += 1
         return True
+
+    def _write_document(self, fd: int, head: str, dataset: DataSet) -> int | None:
+        """``head`` with the payload and its SHA-256 added, written to ``fd``;
+        the bytes written, or None when over MAX_BYTES (logged). The payload
+        is the entries as the sync process holds them (normalised from
+        FeatBit's wire form), each dumped with sorted keys: exactly what
+        :meth:`load` dumps again to check the hash."""
+        digest = hashlib.sha256()
+        pending: list[bytes] = []
+        size = flushed = 0
+
+        def put(text: str, hashed: bool = True) -> None:
+            nonlocal size
+            data = text.encode()
+            if hashed:
+                digest.update(data)
+            pending.append(data)
+            size += len(data)
+            if size - flushed >= 1 << 20:
+                flush()
+
+        def flush() -> None:
+            nonlocal flushed
+            view = memoryview(b"".join(pending))
+            pending.clear()
+            flushed = size
+            while view:
+                view = view[os.write(fd, view):]
+
+        put(head[:-1] + ',"payload":', hashed=False)
+        for name, entities in (("flags", dataset.flags), ("segments", dataset.segments)):
+            put('{"flags":[' if name == "flags" else '],"segments":[')
+            for i, key in enumerate(entities):
+                put(("," if i else "") + json.dumps(entities[key], sort_keys=True, separators=(",", ":")))
+                if size > MAX_BYTES:
+                    log.warning("featbit_shm: warm-start data of store %s not saved: over %d bytes", self._tag, MAX_BYTES)
+                    return None
+        put("]}")
+        put(f',"sha256":"{digest.hexdigest()}"}}', hashed=False)
+        flush()
+        return size
 
     def _ensure_directory(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
