@@ -96,7 +96,12 @@ def publish_costs(n_flags: int, patches: int) -> dict[str, Any]:
             t2 = clock()
             apply_ms.append((t1 - t0) * 1000)
             publish_ms.append((t2 - t1) * 1000)
-    return {"flags": n_flags, "full_publish_ms": full_ms, "publish_ms": summary(publish_ms), "apply_ms": summary(apply_ms)}
+    return {
+        "flags": n_flags,
+        "full_publish_ms": full_ms,
+        "publish_ms": summary(publish_ms),
+        "apply_ms": summary(apply_ms),
+    }
 
 
 # --------------------------------------------------------------------------- 2. RSS
@@ -111,7 +116,13 @@ def sync_rss(n_flags: int) -> dict[str, Any]:
     namespace = f"bench-publish-{uuid.uuid4().hex[:8]}"
     with FeatBitStandIn(flags=[wire_flag(i) for i in range(n_flags)]) as server:
         names = StoreNames.for_env(server.secret, namespace)
-        settings = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url=server.event_url, namespace=namespace, standby=False)
+        settings = SyncSettings(
+            env_secret=server.secret,
+            streaming_url=server.streaming_url,
+            event_url=server.event_url,
+            namespace=namespace,
+            standby=False,
+        )
         t0 = time.monotonic()
         sync = spawn_sync_process(settings, owner_pid=os.getpid())
         try:
@@ -127,7 +138,12 @@ def sync_rss(n_flags: int) -> dict[str, Any]:
         finally:
             sync.terminate()
             sync.wait(60)
-    return {"flags": n_flags, "rss_mib": status["VmRSS"] / 1024, "peak_mib": status["VmHWM"] / 1024, "synced_s": synced_s}
+    return {
+        "flags": n_flags,
+        "rss_mib": status["VmRSS"] / 1024,
+        "peak_mib": status["VmHWM"] / 1024,
+        "synced_s": synced_s,
+    }
 
 
 def main() -> int:
@@ -149,9 +165,13 @@ def main() -> int:
         print("|---:|---:|---:|---:|---:|---:|")
         for p in publishes:
             s, a = p["publish_ms"], p["apply_ms"]
-            print(f"| {p['flags']:,} | {p['full_publish_ms']:.0f} ms | {s['p50']:.3f} ms | {s['p99']:.3f} ms | {s['max']:.2f} ms | {a['p50']:.3f} ms |")
+            print(
+                f"| {p['flags']:,} | {p['full_publish_ms']:.0f} ms | {s['p50']:.3f} ms | {s['p99']:.3f} ms | {s['max']:.2f} ms | {a['p50']:.3f} ms |"
+            )
         at_100k = publishes[-1]["publish_ms"]["p50"]
-        print(f"\ntarget publish() under 3 ms at 100k flags: {'met' if at_100k < 3 else 'MISSED'} (p50 {at_100k:.2f} ms)")
+        print(
+            f"\ntarget publish() under 3 ms at 100k flags: {'met' if at_100k < 3 else 'MISSED'} (p50 {at_100k:.2f} ms)"
+        )
     if rss:
         print()
         print("| flags | sync process RSS after a full sync | peak (VmHWM) | time to OK |")
@@ -161,7 +181,9 @@ def main() -> int:
         limits = {10_000: 50, 100_000: 400}
         for r in rss:
             limit = limits[r["flags"]]
-            print(f"target RSS at {r['flags']:,} flags under {limit} MiB: {'met' if r['rss_mib'] < limit else 'MISSED'}")
+            print(
+                f"target RSS at {r['flags']:,} flags under {limit} MiB: {'met' if r['rss_mib'] < limit else 'MISSED'}"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"publish": publishes, "rss": rss}, fh, indent=2)

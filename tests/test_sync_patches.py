@@ -37,13 +37,19 @@ from featbit_shm.testing import builders as b
 T0 = 1_700_000_000_000
 
 
-def apply(ds: DataSet, flags: list[dict[str, Any]], segments: list[dict[str, Any]], event_type: str = "patch") -> tuple[DataSet, Any]:
+def apply(
+    ds: DataSet, flags: list[dict[str, Any]], segments: list[dict[str, Any]], event_type: str = "patch"
+) -> tuple[DataSet, Any]:
     return ds.apply(parse_data_sync(b.data_sync(flags, segments, event_type=event_type)["data"]))
 
 
-def flag(key: str, version: int, value: str = "v", segment: str | None = None, archived: bool = False) -> dict[str, Any]:
+def flag(
+    key: str, version: int, value: str = "v", segment: str | None = None, archived: bool = False
+) -> dict[str, Any]:
     rules = [b.rule([b.in_segment(segment)], b.serve(0))] if segment else []
-    return b.flag(key, variations=[value, "other"], variation_type="string", rules=rules, updated_at=version, archived=archived)
+    return b.flag(
+        key, variations=[value, "other"], variation_type="string", rules=rules, updated_at=version, archived=archived
+    )
 
 
 def same_content(image: SnapshotImage, ds: DataSet) -> None:
@@ -74,7 +80,12 @@ class Builds:
 
 def test_a_long_run_of_patches_folds_chunks_and_readers_see_exactly_the_data_set() -> None:
     rng = random.Random(19)
-    ds, _ = apply(DataSet(packed=True), [flag(f"f{i}", T0) for i in range(2000)], [b.segment("s", included=["u1"], updated_at=T0)], "full")
+    ds, _ = apply(
+        DataSet(packed=True),
+        [flag(f"f{i}", T0) for i in range(2000)],
+        [b.segment("s", included=["u1"], updated_at=T0)],
+        "full",
+    )
     s = Builds()
     image = s.build(ds)
     folds = 0
@@ -161,7 +172,9 @@ def test_patches_through_shared_memory_reach_a_fresh_reader_exactly() -> None:
 
 
 def test_messages_carry_packed_entities_that_read_like_the_normalised_ones() -> None:
-    message = parse_data_sync(b.data_sync([flag("a", T0, segment="s")], [b.segment("S", included=["u"], updated_at=T0)])["data"])
+    message = parse_data_sync(
+        b.data_sync([flag("a", T0, segment="s")], [b.segment("S", included=["u"], updated_at=T0)])["data"]
+    )
     (f,) = message.flags
     (s,) = message.segments
     assert isinstance(f, Packed) and f["key"] == "a" and f["version"] == T0 and f.get("archived") is None
@@ -176,7 +189,11 @@ def test_messages_carry_packed_entities_that_read_like_the_normalised_ones() -> 
 def test_a_packed_data_set_tells_listeners_what_changed() -> None:
     flags = [flag("uses-s", T0, segment="s"), flag("plain", T0), flag("gone", T0)]
     ds1, _ = apply(DataSet(packed=True), flags, [b.segment("s", included=["u"], updated_at=T0)], "full")
-    ds2, _ = apply(ds1, [flag("plain", T0 + 1, value="w"), flag("gone", T0 + 1, archived=True)], [b.segment("s", included=["u", "v"], updated_at=T0 + 1)])
+    ds2, _ = apply(
+        ds1,
+        [flag("plain", T0 + 1, value="w"), flag("gone", T0 + 1, archived=True)],
+        [b.segment("s", included=["u", "v"], updated_at=T0 + 1)],
+    )
     change = ds2.diff(ds1)
     assert change.flags == {"uses-s", "plain", "gone"} and change.segments == {"s"}
     same, _ = apply(ds2, flags, [], "full")  # a full that changed nothing but versions back: content differs
