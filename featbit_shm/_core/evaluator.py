@@ -15,7 +15,7 @@ an event is recorded.
 
 from __future__ import annotations
 
-from .model import ALWAYS, RANGE, Decision, ExperimentSpec, Flag, Rollout
+from .model import Decision, ExperimentSpec, Flag, Rollout, dispatch_input
 from .operators import MalformedFlag, SegmentOf
 from .results import ReasonKind
 from .rollout import bucket
@@ -30,13 +30,14 @@ def _malformed(message: str) -> Decision:
 
 def _select(flag: Flag, rollout: Rollout, user: User) -> Decision | None:
     """The prebuilt decision of the first rollout part that takes the user (R-52)."""
-    b = bucket(rollout.dispatch_input(flag.key, user)) if rollout.needs_bucket else -1.0
-    for part in rollout.parts:
-        mode = part.mode
-        if mode == ALWAYS or (mode == RANGE and part.lo <= b <= part.hi):
-            if part.decision is None:
+    b = bucket(dispatch_input(rollout.dispatch_key, flag.key, user)) if rollout.needs_bucket else 0.5
+    his = rollout.his
+    for i, lo in enumerate(rollout.los):
+        if lo <= b <= his[i]:
+            decision = rollout.decisions[i]
+            if decision is None:
                 raise MalformedFlag("rollout names a variation that does not exist")
-            return part.decision
+            return decision
     return None
 
 
@@ -52,7 +53,7 @@ def evaluate(flag: Flag, user: User, segment_of: SegmentOf) -> Decision:
             return target if target is not None else _malformed("target names a variation that does not exist")
         for rule in flag.rules:
             if rule.match(user, segment_of):
-                picked = _select(flag, rule.rollout, user)
+                picked = _select(flag, rule, user)
                 # R-37: never fall through to later rules or the fallthrough.
                 return picked if picked is not None else _malformed(f"rule {rule.name!r} has no rollout for this user")
         picked = _select(flag, flag.fallthrough, user)

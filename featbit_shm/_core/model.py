@@ -9,8 +9,10 @@ by the flag's ``variationType``. Objects are read-only after construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple, Union
+
+import msgpack
 
 from .operators import Test, compile_rule
 from .results import (
@@ -23,14 +25,10 @@ from .results import (
     ReasonKind,
     to_str,
 )
-from .rollout import WHOLE_RANGE_TOLERANCE, empty_range, experiment_upper, in_rollout, whole_range
-from .schema import FlagEntry, RolloutPart, SegmentEntry
+from .rollout import empty_range, experiment_upper, in_rollout, whole_range
+from .schema import FlagEntry, RolloutPart, SegmentEntry, flag_entry
+from .schema import Rule as RuleEntry
 from .user import User
-
-ALWAYS: Final = 0
-NEVER: Final = 1
-RANGE: Final = 2
-
 
 
 class Variation:
@@ -63,18 +61,25 @@ class ExperimentRange:
     (R-55): a second, "expt"-prefixed bucket, hashed only when an event is
     recorded (only events need it)."""
 
-    __slots__ = ("rollout", "upper")
+    __slots__ = ("dispatch_key", "upper")
 
-    def __init__(self, rollout: Rollout, upper: float) -> None:
-        self.rollout = rollout
+    def __init__(self, dispatch_key: str | None, upper: float) -> None:
+        self.dispatch_key = dispatch_key
         self.upper = upper
 
     def includes(self, flag_key: str, user: User) -> bool:
-        return in_rollout("expt" + self.rollout.dispatch_input(flag_key, user), 0.0, self.upper)
+        return in_rollout("expt" + dispatch_input(self.dispatch_key, flag_key, user), 0.0, self.upper)
 
 
 # sendToExperiment: known for every user, or decided per user (R-54, R-55).
 ExperimentSpec = Union[bool, ExperimentRange]
+
+
+def dispatch_input(dispatch_key: str | None, flag_key: str, user: User) -> str:
+    """R-48/R-49: ``flag.key`` + the dispatch attribute ("" when absent)."""
+    if dispatch_key is None:
+        return flag_key + user.key
+    return flag_key + (user.value_of(dispatch_key) or "")
 
 
 class Decision(NamedTuple):
@@ -93,58 +98,115 @@ class Decision(NamedTuple):
     experiment: ExperimentSpec  # sendToExperiment, or how to decide it per user (evaluator.send_to_experiment)
 
 
-class Part:
-    """One rollout variation: ``[lo, hi]`` of the bucket range (R-52), and
-    the decision it gives when sendToExperiment does not depend on the user."""
-
-    __slots__ = ("variation", "lo", "hi", "mode", "expt_upper", "decision")
-
-    def __init__(self, variation: Variation | None, lo: float, hi: float, expt: float) -> None:
-        self.variation = variation
-        self.lo = lo
-        self.hi = hi
-        self.mode = ALWAYS if whole_range(lo, hi) else NEVER if empty_range(lo, hi) else RANGE
-        self.expt_upper = experiment_upper(lo, hi, expt)
-        self.decision: Decision | None = None  # set by Flag._rollout; None: a dangling variation id
+# A part's bucket range, widened so that one comparison ``lo <= b <= hi``
+# decides it for every b in [0, 1]: R-52's two shortcuts (a part that takes
+# everyone, one that takes nobody) become ranges that hold every bucket, or
+# none.
+_EVERYONE: Final = (-1.0, 2.0)
+_NOBODY: Final = (2.0, -1.0)
+_NO_BUCKET: Final = 0.5  # what a rollout that needs no bucket compares: any b in [0, 1] would do
 
 
 class Rollout:
-    """A rule's or the fallthrough's rollout with its dispatch settings."""
+    """A rule's or the fallthrough's rollout with its dispatch settings.
 
-    __slots__ = ("dispatch_key", "in_expt", "parts", "needs_bucket")
+    Its parts are held as three parallel tuples (no object per part, which
+    the garbage collector would walk for as long as the flag lives): part i
+    takes the users whose bucket b has ``los[i] <= b <= his[i]`` (R-52, see
+    ``_EVERYONE``) and gives ``decisions[i]``, None for a variation id that
+    does not exist (R-37). ``needs_bucket`` is False when a part that takes
+    everyone comes before any part that takes some: then no bucket is hashed.
+    """
 
-    def __init__(self, dispatch_key: str | None, in_expt: bool, parts: tuple[Part, ...]) -> None:
+    __slots__ = ("dispatch_key", "in_expt", "needs_bucket", "los", "his", "decisions")
+
+    def __init__(
+        self,
+        dispatch_key: str | None,
+        in_expt: bool,
+        parts: list[RolloutPart],
+        variation: Callable[[str], Variation | None],
+        kind: ReasonKind,
+        reason: str,
+        rule: str,
+        expt_all: bool,
+    ) -> None:
         self.dispatch_key = dispatch_key
         self.in_expt = in_expt
-        self.parts = parts
-        # No bucket is needed when an ALWAYS part comes before any RANGE part.
-        needs = False
+        los: list[float] = []
+        his: list[float] = []
+        decisions: list[Decision | None] = []
+        needs: bool | None = None
         for p in parts:
-            if p.mode == ALWAYS:
-                break
-            if p.mode == RANGE:
+            lo, hi = p.lo, p.hi
+            if whole_range(lo, hi):
+                lo, hi = _EVERYONE
+                if needs is None:
+                    needs = False
+            elif empty_range(lo, hi):
+                lo, hi = _NOBODY
+            elif needs is None:
                 needs = True
-                break
-        self.needs_bucket = needs
+            los.append(lo)
+            his.append(hi)
+            var = variation(p.variation_id)
+            if var is None:
+                decisions.append(None)  # evaluation reports a malformed flag (R-37)
+                continue
+            # R-54: sendToExperiment is constant unless the part's experiment
+            # range splits users; then it is decided per user (R-55). A range
+            # from 0 to about 1 takes everyone (R-52's shortcut).
+            upper = experiment_upper(p.lo, p.hi, p.expt_rollout)
+            expt: ExperimentSpec
+            if expt_all:
+                expt = True
+            elif not in_expt or upper is None:
+                expt = False
+            elif whole_range(0.0, upper):
+                expt = True
+            else:
+                expt = ExperimentRange(dispatch_key, upper)
+            decisions.append(Decision(kind, var, reason, rule, expt))
+        self.needs_bucket = bool(needs)
+        self.los = tuple(los)
+        self.his = tuple(his)
+        self.decisions = tuple(decisions)
 
     def dispatch_input(self, flag_key: str, user: User) -> str:
         """R-48/R-49: ``flag.key`` + the dispatch attribute ("" when absent)."""
-        if self.dispatch_key is None:
-            return flag_key + user.key
-        return flag_key + (user.value_of(self.dispatch_key) or "")
+        return dispatch_input(self.dispatch_key, flag_key, user)
+
+    def first_taker(self) -> int:
+        """Index of the part that takes every user when no bucket is needed, or -1."""
+        for i, lo in enumerate(self.los):
+            if lo <= _NO_BUCKET <= self.his[i]:
+                return i
+        return -1
 
 
-class Rule:
-    __slots__ = ("name", "match", "rollout")
+class Rule(Rollout):
+    """A flag rule: its conditions' matcher (R-38) and its rollout."""
 
-    def __init__(self, name: str, match: Test, rollout: Rollout) -> None:
-        self.name = name
+    __slots__ = ("name", "match")
+
+    def __init__(
+        self, rule: RuleEntry, match: Test, variation: Callable[[str], Variation | None], expt_all: bool
+    ) -> None:
+        kind, reason = ReasonKind.RULE_MATCH, REASON_RULE
+        super().__init__(rule.dispatch_key, rule.in_expt, rule.rollout, variation, kind, reason, rule.name, expt_all)
+        self.name = rule.name
         self.match = match  # all conditions of the rule (R-38)
-        self.rollout = rollout
 
 
 class Flag:
-    """An evaluable flag. ``norm`` keeps the normalised form it came from."""
+    """An evaluable flag.
+
+    What it was built from is kept packed (``source``: the normalised form as
+    msgpack, bytes the garbage collector never walks), not decoded: a compiled
+    flag is reused while that is equal (:mod:`.view`), and ``norm`` decodes
+    it again for whoever wants to look. A flag built without ``source`` keeps
+    the normalised form it was given (its owner, a data set, holds it anyway).
+    """
 
     __slots__ = (
         "key",
@@ -156,7 +218,6 @@ class Flag:
         "off",
         "off_id",
         "expt_all",
-        "variations",
         "targets",
         "rules",
         "fallthrough",
@@ -165,11 +226,13 @@ class Flag:
         "static_decision",
         "off_decision",
         "details",
-        "norm",
+        "source",
+        "_norm",
     )
 
-    def __init__(self, norm: FlagEntry) -> None:
-        self.norm = norm
+    def __init__(self, norm: FlagEntry, source: bytes | None = None) -> None:
+        self.source = source
+        self._norm = norm if source is None else None
         self.key: str = norm["key"]
         self.id: str = norm["id"]
         self.name: str = norm["name"]
@@ -177,33 +240,41 @@ class Flag:
         self.version: int = norm["version"]
         self.enabled: bool = norm["enabled"]
         self.expt_all: bool = norm["expt_all"]
+        expt_all = self.expt_all
         vtype = self.variation_type
-        variations: dict[str, Variation] = {}
+        # Variations are built when something refers to them (the first one
+        # listed under an id wins).
+        listed: dict[str, str] = {}
         for v in norm["variations"]:
-            variations.setdefault(v.id, Variation(v.id, v.value, vtype))
-        self.variations = variations
+            listed.setdefault(v.id, v.value)
+        built: dict[str, Variation] = {}
+
+        def variation(var_id: str) -> Variation | None:
+            var = built.get(var_id)
+            if var is None and var_id in listed:
+                var = built[var_id] = Variation(var_id, listed[var_id], vtype)
+            return var
+
         self.off_id: str = norm["off"]
-        self.off = variations.get(self.off_id)
-        self.off_decision = None if self.off is None else Decision(ReasonKind.OFF, self.off, REASON_OFF, "", False)
+        self.off = variation(self.off_id)
+        # Only a disabled flag serves its off variation (a flag is replaced, never changed).
+        off = self.off
+        self.off_decision = (
+            None if off is None or self.enabled else Decision(ReasonKind.OFF, off, REASON_OFF, "", False)
+        )
         # Targets in stored order; the first target listing a key wins (R-36).
         # A dangling variation id maps to None: "malformed flag" (R-37).
         targets: dict[str, Decision | None] = {}
         for target in norm["targets"]:
-            var = variations.get(target.variation_id)
-            decision = None if var is None else Decision(ReasonKind.TARGET_MATCH, var, REASON_TARGET, "", self.expt_all)
+            var = variation(target.variation_id)
+            decision = None if var is None else Decision(ReasonKind.TARGET_MATCH, var, REASON_TARGET, "", expt_all)
             for k in target.keys:
                 targets.setdefault(k, decision)
         self.targets = targets
-        self.rules = tuple(
-            Rule(
-                rule.name,
-                compile_rule(rule.conditions),
-                self._rollout(rule.dispatch_key, rule.in_expt, rule.rollout, ReasonKind.RULE_MATCH, REASON_RULE, rule.name),
-            )
-            for rule in norm["rules"]
-        )
+        self.rules = tuple(Rule(rule, compile_rule(rule.conditions), variation, expt_all) for rule in norm["rules"])
         fall = norm["fallthrough"]
-        self.fallthrough = self._rollout(fall.dispatch_key, fall.in_expt, fall.rollout, ReasonKind.FALLTHROUGH, REASON_FALLTHROUGH, "")
+        kind, reason = ReasonKind.FALLTHROUGH, REASON_FALLTHROUGH
+        self.fallthrough = Rollout(fall.dispatch_key, fall.in_expt, fall.rollout, variation, kind, reason, "", expt_all)
         # The variation every user gets when the result cannot depend on the
         # user (flag off, or no targets, no rules and a whole-range
         # fallthrough), so evaluation can skip the decision steps.
@@ -223,36 +294,21 @@ class Flag:
             self.static_expt = False
             self.static_decision = self.off_decision
         elif not targets and not self.rules and not self.fallthrough.needs_bucket:
-            first = next((p for p in self.fallthrough.parts if p.mode == ALWAYS), None)
-            self.static = first.variation if first is not None else None
-            self.static_decision = first.decision if first is not None else None
-            if first is not None:
-                if self.expt_all:
-                    self.static_expt = True
-                elif not self.fallthrough.in_expt or first.expt_upper is None:
-                    self.static_expt = False
-                elif first.expt_upper >= 1 - WHOLE_RANGE_TOLERANCE:
-                    self.static_expt = True  # R-52 shortcut: [0, ~1] takes everyone
+            first = self.fallthrough.first_taker()
+            decision = self.fallthrough.decisions[first] if first >= 0 else None
+            self.static_decision = decision
+            if decision is not None:
+                self.static = decision.variation
+                expt = decision.experiment
+                self.static_expt = expt if expt is True or expt is False else None
 
-    def _rollout(
-        self, dispatch_key: str | None, in_expt: bool, parts: list[RolloutPart], kind: ReasonKind, reason: str, rule: str
-    ) -> Rollout:
-        built = tuple(Part(self.variations.get(p.variation_id), p.lo, p.hi, p.expt_rollout) for p in parts)
-        rollout = Rollout(dispatch_key, in_expt, built)
-        for part in built:
-            if part.variation is None:
-                continue  # evaluation reports a malformed flag (R-37)
-            # R-54: sendToExperiment is constant unless the part's experiment
-            # range splits users; then it is decided per user (R-55).
-            expt: ExperimentSpec
-            if self.expt_all:
-                expt = True
-            elif not in_expt or part.expt_upper is None:
-                expt = False
-            else:
-                expt = ExperimentRange(rollout, part.expt_upper)
-            part.decision = Decision(kind, part.variation, reason, rule, expt)
-        return rollout
+    @property
+    def norm(self) -> FlagEntry:
+        """The normalised form this flag was built from."""
+        if self._norm is not None:
+            return self._norm
+        assert self.source is not None
+        return flag_entry(msgpack.unpackb(self.source, raw=False, strict_map_key=True))
 
     def __repr__(self) -> str:
         return f"Flag({self.key!r}, version={self.version})"
@@ -324,4 +380,18 @@ def is_tombstone(norm: FlagEntry | SegmentEntry) -> bool:
     return bool(norm.get("archived"))
 
 
-__all__ = ["Decision", "ExperimentRange", "ExperimentSpec", "Flag", "LayeredSegment", "Layers", "Segment", "Variation", "Part", "Rollout", "Rule", "is_tombstone", "WRONG_TYPE"]
+__all__ = [
+    "Decision",
+    "ExperimentRange",
+    "ExperimentSpec",
+    "Flag",
+    "LayeredSegment",
+    "Layers",
+    "Segment",
+    "Variation",
+    "Rollout",
+    "Rule",
+    "dispatch_input",
+    "is_tombstone",
+    "WRONG_TYPE",
+]

@@ -57,7 +57,7 @@ import re
 import warnings
 from collections.abc import Callable
 from operator import methodcaller
-from types import CodeType, FunctionType
+from types import FunctionType, MethodType
 from typing import Any, Final
 
 from .schema import Condition
@@ -958,18 +958,23 @@ def _regex(prop: str, pattern: str, negate: bool) -> Test:
 
 # --------------------------------------------------------------------------- whole rules
 
-# Compiled matchers by source: the source depends only on a rule's shape
-# (which operators, which kind of property), never on its operands, so flags
-# share a handful of these and a rule costs a copy of compiled code, not a
-# compile() (which was 90% of building a flag). Each rule still gets its own
-# code object: the interpreter specialises a code object for the globals it
-# runs with, and rules of one shape have different ones. Bounded: cleared
-# when full.
-_TEMPLATES: dict[str, CodeType] = {}
+# A rule's matcher is one generated function per rule *shape* -- which test
+# each condition is and which kind of property it reads -- bound to the rule's
+# operands: ``match(user, segment_of)`` runs ``shape(operands, user,
+# segment_of)``. Operands are read from the tuple, never pasted into source,
+# so the source depends only on the shape and flags share a handful of these
+# functions. Building a rule is a lookup and a tuple (compile() was 90% of
+# building a flag), and what a rule holds is two objects for the garbage
+# collector to walk, the bound method and the operand tuple (a tuple of
+# strings and numbers is not even that: the collector stops tracking it),
+# instead of a function with its own namespace and closures per condition.
+# All functions share one namespace, so the interpreter's specialisation of
+# them holds for every rule. Bounded: cleared when full.
+_TEMPLATES: dict[tuple[str, ...], Callable[..., bool]] = {}
 _MAX_TEMPLATES: Final = 4096
 
-# String operators simple enough to inline into a rule's matcher: the
-# expression on ``x`` (the attribute's string value) and ``V`` (the operand).
+# String operators simple enough to inline: the expression on ``x`` (the
+# attribute's string value) and ``{V}`` (the operand).
 _INLINE: Final = {
     "Equal": "x == {V}",
     "NotEqual": "x != {V}",
@@ -982,61 +987,188 @@ _INLINE: Final = {
     "IsTrue": "x.lower() == 'true'",
     "IsFalse": "x.lower() == 'false'",
 }
+# n < bound and so on: the attribute's number on the left.
+_NUMERIC: Final = {"LessThan": "<", "LessEqualThan": "<=", "BiggerThan": ">", "BiggerEqualThan": ">="}
+_REGEX: Final = frozenset({"MatchRegex", "NotMatchRegex"})
+# A list operand this short is kept as a tuple: ``in`` reads it as fast as a
+# frozenset's, and a tuple of strings is no work for the garbage collector.
+_SHORT_LIST: Final = 4
+# Every int of at most this magnitude is exactly a float, so comparing it with
+# the float bound gives what comparing float(n) would.
+_EXACT_INT: Final = 2**53
+_NEVER: Final = ("never", ())
+
+
+def number_value(raw: object) -> float | None:
+    """A custom attribute's value as a numeric operator reads it (R-43): a
+    finite float, or None when it is not a number (absent, a bool, nan,
+    inf, an int beyond float range, text that does not parse)."""
+    t = type(raw)
+    if t is str:
+        return parse_number(raw)  # type: ignore[arg-type]
+    if t is int or t is float:
+        try:
+            n = float(raw)  # type: ignore[arg-type]
+        except OverflowError:  # an int beyond float range
+            return None
+        return n if n - n == 0.0 else None  # n - n is nan for nan and inf
+    if raw is None or t is bool:
+        return None
+    return parse_number(str(raw))
+
+
+def _raise_malformed(message: str) -> bool:
+    raise MalformedFlag(message)
+
+
+def _missing_segment(seg_id: str) -> bool:
+    # R-47: never turn a missing segment into a quiet negative.
+    raise MalformedFlag(f"segment {seg_id} is missing or archived")
+
+
+_NAMESPACE: Final[dict[str, Any]] = {
+    "__builtins__": __builtins__,
+    "_str": attr_string,
+    "_parse": parse_number,
+    "_number": number_value,
+    "_raise": _raise_malformed,
+    "_missing": _missing_segment,
+}
+
+
+def _step(cond: Condition, in_segment: bool) -> tuple[str, tuple[Any, ...]]:
+    """One condition as (step, operands): what its part of the shape's source
+    does, and the values that part reads, in order. Decides exactly what
+    :func:`compile_condition` decides."""
+    prop, op, operand, error = cond.property, cond.op, cond.operand, cond.error
+    if prop in (SEGMENT_IN, SEGMENT_NOT_IN):
+        if in_segment:
+            return _NEVER  # R-46: segments never reference other segments
+        if error:
+            return "raise", (error,)
+        if operand is None:
+            return _NEVER
+        ids = tuple(i.lower() for i in operand)
+        return ("in segment" if prop == SEGMENT_IN else "not in segment"), (ids,)
+    if error:
+        return "raise", (error,)
+    if not prop.strip() or operand is None:
+        return _NEVER  # R-35: a blank property is absent; R-40: a null operand never matches
+    read: tuple[str, ...] = ()
+    if prop == "keyId":
+        fetch = "key"
+    elif prop == "name":
+        fetch = "name"
+    else:
+        fetch, read = "attr", (prop,)
+    if op in _NUMERIC:
+        bound = parse_number(operand)
+        if bound is None:
+            return _NEVER  # R-41: an operand that is not a number never matches
+        return f"{op} {fetch}", (*read, bound)
+    if op in _REGEX:
+        try:
+            compiled, cap = compile_regex_capped(operand)
+        except MalformedFlag as exc:
+            return "raise", (str(exc),)
+        too_long = f"regex subject longer than {cap} characters" + (
+            "" if cap == REGEX_MAX_SUBJECT else " (the limit for this pattern: its search cost grows faster)"
+        )
+        return f"{op} {fetch}", (*read, compiled.search, cap, too_long)
+    if op in _INLINE:
+        if op in LIST_OPS:
+            operand = tuple(operand) if len(operand) <= _SHORT_LIST else frozenset(operand)
+        return f"{op} {fetch}", (*read, operand)
+    return _NEVER  # R-41: unknown operators never match
 
 
 def compile_rule(conds: list[Condition], *, in_segment: bool = False) -> Test:
     """All of a rule's conditions as one matcher (R-38: AND, first failure stops).
 
-    A rule runs once per evaluation and each condition used to cost a Python
-    call or two; generating one function per rule with the simple string
-    operators written inline makes a condition cost about a dict lookup and a
-    comparison. Only fixed code is generated: property names and operands are
-    bound as constants in the function's namespace, never pasted into source.
-    Anything not inlined (numbers, regexes, segments, errors) calls its
-    compiled test.
+    Agrees with running each condition's :func:`compile_condition` test in
+    order (tests/test_operators.py checks it on generated rules).
     """
     if not conds:
         return _always
-    namespace: dict[str, Any] = {"_str": attr_string}
-    lines = ["def match(u, s):", "    a = u.attrs"]
-    for i, cond in enumerate(conds):
-        prop, op, operand, error = cond.property, cond.op, cond.operand, cond.error
-        inline = (
-            not error
-            and operand is not None
-            and prop not in (SEGMENT_IN, SEGMENT_NOT_IN)
-            and prop.strip() != ""
-            and op in _INLINE
-        )
-        if not inline:
-            namespace[f"T{i}"] = compile_condition(cond, in_segment=in_segment)
-            lines.append(f"    if not T{i}(u, s): return False")
-            continue
-        namespace[f"V{i}"] = frozenset(operand) if op in LIST_OPS else operand
-        expr = _INLINE[op or ""].format(V=f"V{i}")
-        if prop == "keyId":
-            lines.append("    x = u.key")
-        elif prop == "name":
-            lines.append("    x = u.name")
-        else:
-            namespace[f"P{i}"] = prop
-            lines += [
-                f"    x = a.get(P{i})",
-                "    if type(x) is not str:",
-                "        if x is None: return False",
-                "        x = _str(x)",
-            ]
-        lines.append(f"    if not ({expr}): return False")
-    lines.append("    return True")
-    source = "\n".join(lines)
-    code = _TEMPLATES.get(source)
-    if code is None:
+    shape: list[str] = []
+    operands: list[Any] = []
+    for cond in conds:
+        step, values = _step(cond, in_segment)
+        shape.append(step)
+        operands += values
+        if step == "never" or step == "raise":
+            break  # the conditions after it are never reached
+    key = tuple(shape)
+    template = _TEMPLATES.get(key)
+    if template is None:
         if len(_TEMPLATES) >= _MAX_TEMPLATES:
             _TEMPLATES.clear()
-        module = compile(source, "<rule>", "exec")  # fixed template; operands are bound constants
-        code = _TEMPLATES[source] = next(c for c in module.co_consts if isinstance(c, CodeType))
-    match: Test = FunctionType(code.replace(), namespace, "match")
+        template = _TEMPLATES[key] = _template(key)
+    match: Test = MethodType(template, tuple(operands))
     return match
+
+
+def _template(shape: tuple[str, ...]) -> Callable[..., bool]:
+    """The matcher of one rule shape: ``match(V, u, s)``, V the operands."""
+    lines = ["def match(V, u, s):"]
+    if any(step.endswith(" attr") for step in shape):
+        lines.append("    a = u.attrs")
+    out = lines.append
+    j = 0  # the next operand
+    for step in shape:
+        if step == "never":
+            out("    return False")
+            break
+        if step == "raise":
+            out(f"    return _raise(V[{j}])")
+            break
+        if step.endswith("in segment"):
+            out(f"    for g in V[{j}]:")
+            out("        seg = s(g)")
+            out("        if seg is None: _missing(g)")
+            if step == "in segment":
+                out("        if seg.matches(u): break")
+                out("    else:")
+                out("        return False")
+            else:
+                out("        if seg.matches(u): return False")
+            j += 1
+            continue
+        op, fetch = step.split(" ")
+        if op in _NUMERIC:
+            if fetch == "attr":
+                out(f"    x = a.get(V[{j}])")
+                out(f"    if type(x) is not int or not -{_EXACT_INT} <= x <= {_EXACT_INT}:")
+                out("        x = _number(x)")
+                out("        if x is None: return False")
+                j += 1
+            else:
+                out(f"    x = _parse(u.{fetch})")
+                out("    if x is None: return False")
+            out(f"    if not (x {_NUMERIC[op]} V[{j}]): return False")
+            j += 1
+            continue
+        if fetch == "attr":
+            out(f"    x = a.get(V[{j}])")
+            out("    if type(x) is not str:")
+            out("        if x is None: return False")
+            out("        x = _str(x)")
+            j += 1
+        else:
+            out(f"    x = u.{fetch}")
+        if op in _REGEX:
+            out(f"    if len(x) > V[{j + 1}]: _raise(V[{j + 2}])")
+            out(f"    if V[{j}](x) is {'' if op == 'MatchRegex' else 'not '}None: return False")
+            j += 3
+        else:
+            out(f"    if not ({_INLINE[op].format(V=f'V[{j}]')}): return False")
+            j += 1
+    else:
+        out("    return True")
+    namespace = dict(_NAMESPACE)  # exec adds "match"; the function's globals are the shared namespace
+    exec(compile("\n".join(lines), "<rule>", "exec"), namespace)  # fixed template: operands are never source
+    template: Callable[..., bool] = FunctionType(namespace["match"].__code__, _NAMESPACE, "match")
+    return template
 
 
 def _always(u: User, segment_of: SegmentOf) -> bool:

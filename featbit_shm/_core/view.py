@@ -37,6 +37,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+import msgpack
+
 from .changes import ChangeSet
 from .model import Flag, LayeredSegment, Layers, Segment
 from .schema import FlagEntry, SegmentEntry
@@ -160,7 +162,7 @@ class CompiledView:
             f = known[3]
         else:
             norm = image.read_flag(pos, key)
-            f = None if norm.get("archived") else self._reuse_or_compile(known[3] if known is not None else None, norm)
+            f = None if norm.get("archived") else self._reuse_or_pack(known[3] if known is not None else None, norm)
         cache.flags[key] = (epoch, pos, entry, f)
         return f
 
@@ -172,15 +174,26 @@ class CompiledView:
         known = cache.plain_flags.get(key)
         if known is not None and known[0] is norm:
             return known[1]
-        f = self._reuse_or_compile(known[1] if known is not None else None, norm)
+        if known is not None and known[0] == norm:
+            f = known[1]
+        else:
+            cache.flag_compiles += 1
+            f = Flag(norm)  # keeps ``norm``: the data set holds it anyway
         cache.plain_flags[key] = (norm, f)
         return f
 
-    def _reuse_or_compile(self, old: Flag | None, norm: FlagEntry) -> Flag:
-        if old is not None and (old.norm is norm or old.norm == norm):
+    def _reuse_or_pack(self, old: Flag | None, norm: FlagEntry) -> Flag:
+        """``old`` if it was built from equal content, else a new flag that
+        keeps its content packed, not decoded (see :class:`~.model.Flag`).
+
+        Equal packed bytes mean equal content; the converse need not hold
+        (e.g. the same map in another key order), which costs at most a
+        compile."""
+        source = msgpack.packb(norm, use_bin_type=True)
+        if old is not None and old.source == source:
             return old
         self._cache.flag_compiles += 1
-        return Flag(norm)
+        return Flag(norm, source)
 
     # ------------------------------------------------------------------ segments
 
