@@ -15,7 +15,7 @@ an event is recorded.
 
 from __future__ import annotations
 
-from .model import Decision, ExperimentSpec, Flag, Rollout, dispatch_input
+from .model import Decision, ExperimentSpec, Flag, Rollout
 from .operators import MalformedFlag, SegmentOf
 from .results import ReasonKind
 from .rollout import bucket
@@ -30,15 +30,25 @@ def _malformed(message: str) -> Decision:
 
 def _select(flag: Flag, rollout: Rollout, user: User) -> Decision | None:
     """The prebuilt decision of the first rollout part that takes the user (R-52)."""
-    b = bucket(dispatch_input(rollout.dispatch_key, flag.key, user)) if rollout.needs_bucket else 0.5
-    his = rollout.his
-    for i, lo in enumerate(rollout.los):
-        if lo <= b <= his[i]:
-            decision = rollout.decisions[i]
-            if decision is None:
-                raise MalformedFlag("rollout names a variation that does not exist")
-            return decision
-    return None
+    if rollout.needs_bucket:
+        key = rollout.dispatch_key  # R-48/R-49, as model.dispatch_input
+        b = bucket(flag.key + (user.key if key is None else user.value_of(key) or ""))
+        his = rollout.his
+        i = 0
+        for lo in rollout.los:
+            if lo <= b <= his[i]:
+                break
+            i += 1
+        else:
+            return None
+    else:
+        i = rollout.taker
+        if i < 0:
+            return None
+    decision = rollout.decisions[i]
+    if decision is None:
+        raise MalformedFlag("rollout names a variation that does not exist")
+    return decision
 
 
 def evaluate(flag: Flag, user: User, segment_of: SegmentOf) -> Decision:
@@ -51,8 +61,11 @@ def evaluate(flag: Flag, user: User, segment_of: SegmentOf) -> Decision:
         if targets and user.key in targets:
             target = targets[user.key]
             return target if target is not None else _malformed("target names a variation that does not exist")
-        for rule in flag.rules:
-            if rule.match(user, segment_of):
+        rules = flag.rules
+        if rules:
+            i = flag.walk(user, segment_of)
+            if i >= 0:
+                rule = rules[i]
                 picked = _select(flag, rule, user)
                 # R-37: never fall through to later rules or the fallthrough.
                 return picked if picked is not None else _malformed(f"rule {rule.name!r} has no rollout for this user")

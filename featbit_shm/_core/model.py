@@ -14,7 +14,7 @@ from typing import Any, Final, NamedTuple, Union
 
 import msgpack
 
-from .operators import Test, compile_rule
+from .operators import compile_rules
 from .results import (
     CONVERTERS,
     REASON_FALLTHROUGH,
@@ -118,7 +118,7 @@ class Rollout:
     everyone comes before any part that takes some: then no bucket is hashed.
     """
 
-    __slots__ = ("dispatch_key", "in_expt", "needs_bucket", "los", "his", "decisions")
+    __slots__ = ("dispatch_key", "in_expt", "needs_bucket", "taker", "los", "his", "decisions")
 
     def __init__(
         self,
@@ -168,34 +168,29 @@ class Rollout:
                 expt = ExperimentRange(dispatch_key, upper)
             decisions.append(Decision(kind, var, reason, rule, expt))
         self.needs_bucket = bool(needs)
+        # Without a bucket: the part that takes every user, or -1 for none.
+        self.taker = -1
+        if not needs:
+            self.taker = next((i for i, lo in enumerate(los) if lo <= _NO_BUCKET <= his[i]), -1)
         self.los = tuple(los)
         self.his = tuple(his)
         self.decisions = tuple(decisions)
+
 
     def dispatch_input(self, flag_key: str, user: User) -> str:
         """R-48/R-49: ``flag.key`` + the dispatch attribute ("" when absent)."""
         return dispatch_input(self.dispatch_key, flag_key, user)
 
-    def first_taker(self) -> int:
-        """Index of the part that takes every user when no bucket is needed, or -1."""
-        for i, lo in enumerate(self.los):
-            if lo <= _NO_BUCKET <= self.his[i]:
-                return i
-        return -1
-
-
 class Rule(Rollout):
-    """A flag rule: its conditions' matcher (R-38) and its rollout."""
+    """A flag rule's name and rollout; its conditions are matched by the
+    flag's ``walk`` (R-38)."""
 
-    __slots__ = ("name", "match")
+    __slots__ = ("name",)
 
-    def __init__(
-        self, rule: RuleEntry, match: Test, variation: Callable[[str], Variation | None], expt_all: bool
-    ) -> None:
+    def __init__(self, rule: RuleEntry, variation: Callable[[str], Variation | None], expt_all: bool) -> None:
         kind, reason = ReasonKind.RULE_MATCH, REASON_RULE
         super().__init__(rule.dispatch_key, rule.in_expt, rule.rollout, variation, kind, reason, rule.name, expt_all)
         self.name = rule.name
-        self.match = match  # all conditions of the rule (R-38)
 
 
 class Flag:
@@ -220,6 +215,7 @@ class Flag:
         "expt_all",
         "targets",
         "rules",
+        "walk",
         "fallthrough",
         "static",
         "static_expt",
@@ -271,7 +267,9 @@ class Flag:
             for k in target.keys:
                 targets.setdefault(k, decision)
         self.targets = targets
-        self.rules = tuple(Rule(rule, compile_rule(rule.conditions), variation, expt_all) for rule in norm["rules"])
+        self.rules = tuple(Rule(rule, variation, expt_all) for rule in norm["rules"])
+        # walk(user, segment_of): the index of the first rule whose conditions hold, or -1.
+        self.walk = compile_rules([rule.conditions for rule in norm["rules"]])
         fall = norm["fallthrough"]
         kind, reason = ReasonKind.FALLTHROUGH, REASON_FALLTHROUGH
         self.fallthrough = Rollout(fall.dispatch_key, fall.in_expt, fall.rollout, variation, kind, reason, "", expt_all)
@@ -294,7 +292,7 @@ class Flag:
             self.static_expt = False
             self.static_decision = self.off_decision
         elif not targets and not self.rules and not self.fallthrough.needs_bucket:
-            first = self.fallthrough.first_taker()
+            first = self.fallthrough.taker
             decision = self.fallthrough.decisions[first] if first >= 0 else None
             self.static_decision = decision
             if decision is not None:
@@ -323,7 +321,7 @@ _NONE: Final[frozenset[str]] = frozenset()
 class Segment:
     """An evaluable segment (R-46)."""
 
-    __slots__ = ("id", "version", "included", "excluded", "rules", "norm")
+    __slots__ = ("id", "version", "included", "excluded", "walk", "norm")
 
     def __init__(self, norm: SegmentEntry) -> None:
         self.norm = norm
@@ -331,7 +329,7 @@ class Segment:
         self.version: int = norm["version"]
         self.included: frozenset[str] = frozenset(norm["included"])
         self.excluded: frozenset[str] = frozenset(norm["excluded"])
-        self.rules = tuple(compile_rule(rule, in_segment=True) for rule in norm["rules"])
+        self.walk = compile_rules(norm["rules"], in_segment=True)  # the first matching rule, or -1
 
     def matches(self, user: User) -> bool:
         key = user.key
@@ -339,10 +337,7 @@ class Segment:
             return False
         if key in self.included:
             return True
-        for match in self.rules:
-            if match(user, _no_segments):
-                return True
-        return False
+        return self.walk(user, _no_segments) >= 0
 
 
 class LayeredSegment(Segment):
@@ -366,10 +361,7 @@ class LayeredSegment(Segment):
             return False
         if key in self.included_added or (key in self.included and key not in self.included_removed):
             return True
-        for match in self.rules:
-            if match(user, _no_segments):
-                return True
-        return False
+        return self.walk(user, _no_segments) >= 0
 
 
 def _no_segments(seg_id: str) -> None:

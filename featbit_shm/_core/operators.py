@@ -958,30 +958,35 @@ def _regex(prop: str, pattern: str, negate: bool) -> Test:
 
 # --------------------------------------------------------------------------- whole rules
 
-# A rule's matcher is one generated function per rule *shape* -- which test
-# each condition is and which kind of property it reads -- bound to the rule's
-# operands: ``match(user, segment_of)`` runs ``shape(operands, user,
-# segment_of)``. Operands are read from the tuple, never pasted into source,
-# so the source depends only on the shape and flags share a handful of these
-# functions. Building a rule is a lookup and a tuple (compile() was 90% of
-# building a flag), and what a rule holds is two objects for the garbage
-# collector to walk, the bound method and the operand tuple (a tuple of
-# strings and numbers is not even that: the collector stops tracking it),
-# instead of a function with its own namespace and closures per condition.
-# All functions share one namespace, so the interpreter's specialisation of
-# them holds for every rule. Bounded: cleared when full.
-_TEMPLATES: dict[tuple[str, ...], Callable[..., bool]] = {}
+# All of a flag's rules (or one rule) are matched by one generated function
+# per *shape* -- which test each condition is and which property it reads --
+# bound to the rules' operands: ``walk(user, segment_of)`` runs
+# ``shape(operands, user, segment_of)``. Operands (property names, values,
+# compiled regexes) are read from the tuple, never pasted into source, so the
+# source depends only on the shape and flags share these functions. Building
+# rules is then a lookup and a tuple (compile() was 90% of building a flag),
+# and the garbage collector has two objects to walk, the bound method and the
+# operand tuple (a tuple of strings and numbers not even that: the collector
+# stops tracking it), instead of a function with its namespace and closures
+# per rule and condition. All the functions share one namespace, so the
+# interpreter's specialisation of one holds for every flag that uses it.
+#
+# Inside, a user attribute that several conditions read is looked up once
+# (``p0``, ``p1``...: a slot per distinct property, read where it is first
+# needed on each path), and rules follow each other without a call. Bounded:
+# cleared when full.
+_TEMPLATES: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _MAX_TEMPLATES: Final = 4096
 
-# String operators simple enough to inline: the expression on ``x`` (the
-# attribute's string value) and ``{V}`` (the operand).
+# String operators inlined: the expression on ``x`` (the attribute's string
+# value), ``{V}`` the operand and ``{W}`` a second operand made from it.
 _INLINE: Final = {
     "Equal": "x == {V}",
     "NotEqual": "x != {V}",
     "Contains": "{V} in x",
     "NotContain": "{V} not in x",
-    "StartsWith": "x.startswith({V})",
-    "EndsWith": "x.endswith({V})",
+    "StartsWith": "x[:{W}] == {V}",  # str.startswith parses its arguments: this is cheaper
+    "EndsWith": "x[{W}:] == {V}",
     "IsOneOf": "x in {V}",
     "NotOneOf": "x not in {V}",
     "IsTrue": "x.lower() == 'true'",
@@ -990,13 +995,16 @@ _INLINE: Final = {
 # n < bound and so on: the attribute's number on the left.
 _NUMERIC: Final = {"LessThan": "<", "LessEqualThan": "<=", "BiggerThan": ">", "BiggerEqualThan": ">="}
 _REGEX: Final = frozenset({"MatchRegex", "NotMatchRegex"})
-# A list operand this short is kept as a tuple: ``in`` reads it as fast as a
-# frozenset's, and a tuple of strings is no work for the garbage collector.
+# A list operand this short is kept as a tuple: ``in`` reads it about as fast
+# as a frozenset, and a tuple of strings is no work for the garbage collector.
 _SHORT_LIST: Final = 4
 # Every int of at most this magnitude is exactly a float, so comparing it with
 # the float bound gives what comparing float(n) would.
 _EXACT_INT: Final = 2**53
-_NEVER: Final = ("never", ())
+
+
+class _Unread:
+    """A property slot not read yet on this path."""
 
 
 def number_value(raw: object) -> float | None:
@@ -1017,13 +1025,20 @@ def number_value(raw: object) -> float | None:
     return parse_number(str(raw))
 
 
+def in_any_segment(ids: tuple[str, ...], user: User, segment_of: SegmentOf) -> bool:
+    """Is the user in one of these segments? (R-46, R-47)"""
+    for seg_id in ids:
+        seg = segment_of(seg_id)
+        if seg is None:
+            # R-47: never turn a missing segment into a quiet negative.
+            raise MalformedFlag(f"segment {seg_id} is missing or archived")
+        if seg.matches(user):
+            return True
+    return False
+
+
 def _raise_malformed(message: str) -> bool:
     raise MalformedFlag(message)
-
-
-def _missing_segment(seg_id: str) -> bool:
-    # R-47: never turn a missing segment into a quiet negative.
-    raise MalformedFlag(f"segment {seg_id} is missing or archived")
 
 
 _NAMESPACE: Final[dict[str, Any]] = {
@@ -1032,54 +1047,83 @@ _NAMESPACE: Final[dict[str, Any]] = {
     "_parse": parse_number,
     "_number": number_value,
     "_raise": _raise_malformed,
-    "_missing": _missing_segment,
+    "_in_any": in_any_segment,
+    "_U": _Unread,
 }
 
+# One condition, as its part of a shape: (step, property, operands). The step
+# names the test and how the value is read ("key", "name", or "attr" with the
+# property name given separately); operands are what the test reads, in order.
+_Step = tuple[str, "str | None", tuple[Any, ...]]
+_NEVER: Final[_Step] = ("never", None, ())
 
-def _step(cond: Condition, in_segment: bool) -> tuple[str, tuple[Any, ...]]:
-    """One condition as (step, operands): what its part of the shape's source
-    does, and the values that part reads, in order. Decides exactly what
-    :func:`compile_condition` decides."""
+
+def _step(cond: Condition, in_segment: bool) -> _Step:
+    """One condition as a step. Decides exactly what :func:`compile_condition` decides."""
     prop, op, operand, error = cond.property, cond.op, cond.operand, cond.error
     if prop in (SEGMENT_IN, SEGMENT_NOT_IN):
         if in_segment:
             return _NEVER  # R-46: segments never reference other segments
         if error:
-            return "raise", (error,)
+            return "raise", None, (error,)
         if operand is None:
             return _NEVER
         ids = tuple(i.lower() for i in operand)
-        return ("in segment" if prop == SEGMENT_IN else "not in segment"), (ids,)
+        return ("in segment" if prop == SEGMENT_IN else "not in segment"), None, (ids,)
     if error:
-        return "raise", (error,)
+        return "raise", None, (error,)
     if not prop.strip() or operand is None:
         return _NEVER  # R-35: a blank property is absent; R-40: a null operand never matches
-    read: tuple[str, ...] = ()
-    if prop == "keyId":
-        fetch = "key"
-    elif prop == "name":
-        fetch = "name"
-    else:
-        fetch, read = "attr", (prop,)
+    fetch = "key" if prop == "keyId" else "name" if prop == "name" else "attr"
+    attr = prop if fetch == "attr" else None
     if op in _NUMERIC:
         bound = parse_number(operand)
         if bound is None:
             return _NEVER  # R-41: an operand that is not a number never matches
-        return f"{op} {fetch}", (*read, bound)
+        return f"{op} {fetch}", attr, (bound,)
     if op in _REGEX:
         try:
             compiled, cap = compile_regex_capped(operand)
         except MalformedFlag as exc:
-            return "raise", (str(exc),)
+            return "raise", None, (str(exc),)
         too_long = f"regex subject longer than {cap} characters" + (
             "" if cap == REGEX_MAX_SUBJECT else " (the limit for this pattern: its search cost grows faster)"
         )
-        return f"{op} {fetch}", (*read, compiled.search, cap, too_long)
+        return f"{op} {fetch}", attr, (compiled.search, cap, too_long)
+    if op == "StartsWith" or op == "EndsWith":
+        if op == "EndsWith" and not operand:
+            op = "StartsWith"  # every string ends with "" as it starts with it (x[-0:] would be all of x)
+        return f"{op} {fetch}", attr, (operand, len(operand) if op == "StartsWith" else -len(operand))
     if op in _INLINE:
         if op in LIST_OPS:
             operand = tuple(operand) if len(operand) <= _SHORT_LIST else frozenset(operand)
-        return f"{op} {fetch}", (*read, operand)
+        return f"{op} {fetch}", attr, (operand,)
     return _NEVER  # R-41: unknown operators never match
+
+
+def _build(rules: list[list[Condition]], in_segment: bool, walker: bool) -> Any:
+    """The shared function of these rules' shape, bound to their operands."""
+    props: dict[str, int] = {}  # property -> slot
+    shape: list[tuple[str, ...]] = []
+    operands: list[Any] = []
+    for conds in rules:
+        steps: list[str] = []
+        for cond in conds:
+            step, attr, values = _step(cond, in_segment)
+            if attr is not None:
+                step = f"{step} {props.setdefault(attr, len(props))}"
+            steps.append(step)
+            operands += values
+            if step == "never" or step == "raise":
+                break  # the conditions after it are never reached
+        shape.append(tuple(steps))
+    key = (walker, len(props), *shape)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        template = _TEMPLATES[key] = _template(shape, len(props), walker)
+    return MethodType(template, (*props, *operands))
 
 
 def compile_rule(conds: list[Condition], *, in_segment: bool = False) -> Test:
@@ -1090,86 +1134,119 @@ def compile_rule(conds: list[Condition], *, in_segment: bool = False) -> Test:
     """
     if not conds:
         return _always
-    shape: list[str] = []
-    operands: list[Any] = []
-    for cond in conds:
-        step, values = _step(cond, in_segment)
-        shape.append(step)
-        operands += values
-        if step == "never" or step == "raise":
-            break  # the conditions after it are never reached
-    key = tuple(shape)
-    template = _TEMPLATES.get(key)
-    if template is None:
-        if len(_TEMPLATES) >= _MAX_TEMPLATES:
-            _TEMPLATES.clear()
-        template = _TEMPLATES[key] = _template(key)
-    match: Test = MethodType(template, tuple(operands))
+    match: Test = _build([conds], in_segment, walker=False)
     return match
 
 
-def _template(shape: tuple[str, ...]) -> Callable[..., bool]:
-    """The matcher of one rule shape: ``match(V, u, s)``, V the operands."""
-    lines = ["def match(V, u, s):"]
-    if any(step.endswith(" attr") for step in shape):
-        lines.append("    a = u.attrs")
-    out = lines.append
-    j = 0  # the next operand
-    for step in shape:
-        if step == "never":
-            out("    return False")
-            break
-        if step == "raise":
-            out(f"    return _raise(V[{j}])")
-            break
-        if step.endswith("in segment"):
-            out(f"    for g in V[{j}]:")
-            out("        seg = s(g)")
-            out("        if seg is None: _missing(g)")
-            if step == "in segment":
-                out("        if seg.matches(u): break")
-                out("    else:")
-                out("        return False")
-            else:
-                out("        if seg.matches(u): return False")
-            j += 1
-            continue
-        op, fetch = step.split(" ")
-        if op in _NUMERIC:
-            if fetch == "attr":
-                out(f"    x = a.get(V[{j}])")
-                out(f"    if type(x) is not int or not -{_EXACT_INT} <= x <= {_EXACT_INT}:")
-                out("        x = _number(x)")
-                out("        if x is None: return False")
+Walk = Callable[[User, SegmentOf], int]
+
+
+def compile_rules(rules: list[list[Condition]], *, in_segment: bool = False) -> Walk:
+    """A list of rules as one function: ``walk(user, segment_of)`` is the
+    index of the first rule whose conditions all hold (R-38), or -1. Rules
+    are tried in order; a condition that raises :class:`MalformedFlag`
+    raises from the walk, as it would from the rule's own matcher."""
+    if not rules:
+        return _no_rule
+    walk: Walk = _build(rules, in_segment, walker=True)
+    return walk
+
+
+def _template(shape: list[tuple[str, ...]], n_props: int, walker: bool) -> Callable[..., Any]:
+    """The source of one shape: ``match(V, u, s)``; V holds the property
+    names (slots 0..n_props-1), then every step's operands in order."""
+    body: list[str] = []
+    j = n_props  # the next operand
+    fetched: set[int] = set()  # slots read on every path to here
+    maybe: set[int] = set()  # slots read on some path to here
+    unread: set[int] = set()  # slots that need the "not read yet" mark
+    for r, steps in enumerate(shape):
+        if walker:
+            body.append(f"    while True:  # rule {r}")
+            ind, fail, win = "        ", "break", f"return {r}"
+        else:
+            ind, fail, win = "    ", "return False", "return True"
+        lines: list[str] = []
+        out = lines.append
+        rule_fetched = set(fetched)
+        first_slot = None
+        for i, step in enumerate(steps):
+            if step == "never":
+                out(fail)
+                break
+            if step == "raise":
+                out(f"_raise(V[{j}])")
                 j += 1
+                break
+            if step.endswith("in segment"):
+                out(f"if {'not ' if step == 'in segment' else ''}_in_any(V[{j}], u, s): {fail}")
+                j += 1
+                continue
+            op, fetch, *slot_text = step.split(" ")
+            if slot_text:
+                k = int(slot_text[0])
+                if i == 0:
+                    first_slot = k
+                if k not in rule_fetched:
+                    if k in maybe:
+                        out(f"if p{k} is _U:")
+                        out(f"    p{k} = a.get(V[{k}])")
+                        unread.add(k)
+                    else:
+                        out(f"p{k} = a.get(V[{k}])")
+                    rule_fetched.add(k)
+                    maybe.add(k)
+                value = f"p{k}"
             else:
-                out(f"    x = _parse(u.{fetch})")
-                out("    if x is None: return False")
-            out(f"    if not (x {_NUMERIC[op]} V[{j}]): return False")
-            j += 1
-            continue
-        if fetch == "attr":
-            out(f"    x = a.get(V[{j}])")
-            out("    if type(x) is not str:")
-            out("        if x is None: return False")
-            out("        x = _str(x)")
-            j += 1
+                value = f"u.{fetch}"
+            if op in _NUMERIC:
+                if slot_text:
+                    out(f"x = {value}")
+                    out(f"if type(x) is not int or not -{_EXACT_INT} <= x <= {_EXACT_INT}:")
+                    out("    x = _number(x)")
+                    out(f"    if x is None: {fail}")
+                else:
+                    out(f"x = _parse({value})")
+                    out(f"if x is None: {fail}")
+                out(f"if not (x {_NUMERIC[op]} V[{j}]): {fail}")
+                j += 1
+                continue
+            out(f"x = {value}")
+            if slot_text:
+                out("if type(x) is not str:")
+                out(f"    if x is None: {fail}")
+                out("    x = _str(x)")
+            if op in _REGEX:
+                out(f"if len(x) > V[{j + 1}]: _raise(V[{j + 2}])")
+                out(f"if V[{j}](x) is {'' if op == 'MatchRegex' else 'not '}None: {fail}")
+                j += 3
+            elif op == "StartsWith" or op == "EndsWith":
+                out(f"if not ({_INLINE[op].format(V=f'V[{j}]', W=f'V[{j + 1}]')}): {fail}")
+                j += 2
+            else:
+                out(f"if not ({_INLINE[op].format(V=f'V[{j}]')}): {fail}")
+                j += 1
         else:
-            out(f"    x = u.{fetch}")
-        if op in _REGEX:
-            out(f"    if len(x) > V[{j + 1}]: _raise(V[{j + 2}])")
-            out(f"    if V[{j}](x) is {'' if op == 'MatchRegex' else 'not '}None: return False")
-            j += 3
-        else:
-            out(f"    if not ({_INLINE[op].format(V=f'V[{j}]')}): return False")
-            j += 1
-    else:
-        out("    return True")
-    namespace = dict(_NAMESPACE)  # exec adds "match"; the function's globals are the shared namespace
-    exec(compile("\n".join(lines), "<rule>", "exec"), namespace)  # fixed template: operands are never source
-    template: Callable[..., bool] = FunctionType(namespace["match"].__code__, _NAMESPACE, "match")
+            out(win)
+        body += [ind + line for line in lines]
+        if first_slot is not None:
+            fetched.add(first_slot)  # a rule's first condition always runs
+    if walker:
+        body.append("    return -1")
+    head = ["def match(V, u, s):"]
+    if n_props:
+        head.append("    a = u.attrs")
+    if unread:
+        head.append("    " + " = ".join(f"p{k}" for k in sorted(unread)) + " = _U")
+    namespace = dict(_NAMESPACE)  # exec adds "match"; the function runs with the shared namespace
+    exec(compile("\n".join(head + body), "<rules>", "exec"), namespace)  # fixed template: operands are never source
+    template: Callable[..., Any] = FunctionType(namespace["match"].__code__, _NAMESPACE, "match")
     return template
 
 
 def _always(u: User, segment_of: SegmentOf) -> bool:
     return True
+
+
+def _no_rule(u: User, segment_of: SegmentOf) -> int:
+    return -1
