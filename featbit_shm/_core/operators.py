@@ -978,19 +978,19 @@ def _regex(prop: str, pattern: str, negate: bool) -> Test:
 _TEMPLATES: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _MAX_TEMPLATES: Final = 4096
 
-# String operators inlined: the expression on ``x`` (the attribute's string
+# String operators inlined: the expression on ``{x}`` (the attribute's string
 # value), ``{V}`` the operand and ``{W}`` a second operand made from it.
 _INLINE: Final = {
-    "Equal": "x == {V}",
-    "NotEqual": "x != {V}",
-    "Contains": "{V} in x",
-    "NotContain": "{V} not in x",
-    "StartsWith": "x[:{W}] == {V}",  # str.startswith parses its arguments: this is cheaper
-    "EndsWith": "x[{W}:] == {V}",
-    "IsOneOf": "x in {V}",
-    "NotOneOf": "x not in {V}",
-    "IsTrue": "x.lower() == 'true'",
-    "IsFalse": "x.lower() == 'false'",
+    "Equal": "{x} == {V}",
+    "NotEqual": "{x} != {V}",
+    "Contains": "{V} in {x}",
+    "NotContain": "{V} not in {x}",
+    "StartsWith": "{x}[:{W}] == {V}",  # str.startswith parses its arguments: this is cheaper
+    "EndsWith": "{x}[{W}:] == {V}",
+    "IsOneOf": "{x} in {V}",
+    "NotOneOf": "{x} not in {V}",
+    "IsTrue": "{x}.lower() == 'true'",
+    "IsFalse": "{x}.lower() == 'false'",
 }
 # n < bound and so on: the attribute's number on the left.
 _NUMERIC: Final = {"LessThan": "<", "LessEqualThan": "<=", "BiggerThan": ">", "BiggerEqualThan": ">="}
@@ -1154,12 +1154,24 @@ def compile_rules(rules: list[list[Condition]], *, in_segment: bool = False) -> 
 
 def _template(shape: list[tuple[str, ...]], n_props: int, walker: bool) -> Callable[..., Any]:
     """The source of one shape: ``match(V, u, s)``; V holds the property
-    names (slots 0..n_props-1), then every step's operands in order."""
+    names (slots 0..n_props-1), then every step's operands in order.
+
+    Slot k's value has three forms, each computed where first needed on a
+    path and then kept in a local: ``pk`` as the user gave it, ``sk`` as the
+    string operators read it and ``nk`` as the numeric ones do (None:
+    absent, or not a number). Where a form may or may not have been computed
+    on the way, it starts as ``_U`` and is computed if still that.
+    """
     body: list[str] = []
     j = n_props  # the next operand
-    fetched: set[int] = set()  # slots read on every path to here
-    maybe: set[int] = set()  # slots read on some path to here
-    unread: set[int] = set()  # slots that need the "not read yet" mark
+    done: set[str] = set()  # forms computed on every path to here
+    maybe: set[str] = set()  # forms computed on some path to here
+    unread: set[str] = set()  # forms that need the "not computed yet" mark
+    compute = {
+        "p": "a.get(V[{k}])",
+        "s": "p{k} if type(p{k}) is str else _str(p{k})",
+        "n": f"p{{k}} if type(p{{k}}) is int and -{_EXACT_INT} <= p{{k}} <= {_EXACT_INT} else _number(p{{k}})",
+    }
     for r, steps in enumerate(shape):
         if walker:
             body.append(f"    while True:  # rule {r}")
@@ -1168,8 +1180,37 @@ def _template(shape: list[tuple[str, ...]], n_props: int, walker: bool) -> Calla
             ind, fail, win = "    ", "return False", "return True"
         lines: list[str] = []
         out = lines.append
-        rule_fetched = set(fetched)
-        first_slot = None
+        rule_done = set(done)
+        first_step: set[str] = set()
+
+        def need(form: str, k: int) -> str:
+            name, raw = f"{form}{k}", f"p{k}"
+            if name in rule_done:  # noqa: B023 - used before the loop moves on
+                return name
+            value = compute[form].format(k=k)
+            if form != "p" and name in maybe and raw not in rule_done:  # noqa: B023
+                # Read the value only if this form is still to be computed.
+                out(f"if {name} is _U:")  # noqa: B023
+                if raw in maybe:
+                    out(f"    if {raw} is _U: {raw} = {compute['p'].format(k=k)}")  # noqa: B023
+                    unread.add(raw)
+                else:
+                    out(f"    {raw} = {compute['p'].format(k=k)}")  # noqa: B023
+                    maybe.add(raw)
+                out(f"    {name} = {value}")  # noqa: B023
+                unread.add(name)
+            else:
+                if form != "p":
+                    need("p", k)
+                if name in maybe:
+                    out(f"if {name} is _U: {name} = {value}")  # noqa: B023
+                    unread.add(name)
+                else:
+                    out(f"{name} = {value}")  # noqa: B023
+            rule_done.add(name)  # noqa: B023
+            maybe.add(name)
+            return name
+
         for i, step in enumerate(steps):
             if step == "never":
                 out(fail)
@@ -1182,62 +1223,45 @@ def _template(shape: list[tuple[str, ...]], n_props: int, walker: bool) -> Calla
                 out(f"if {'not ' if step == 'in segment' else ''}_in_any(V[{j}], u, s): {fail}")
                 j += 1
                 continue
-            op, fetch, *slot_text = step.split(" ")
-            if slot_text:
-                k = int(slot_text[0])
-                if i == 0:
-                    first_slot = k
-                if k not in rule_fetched:
-                    if k in maybe:
-                        out(f"if p{k} is _U:")
-                        out(f"    p{k} = a.get(V[{k}])")
-                        unread.add(k)
-                    else:
-                        out(f"p{k} = a.get(V[{k}])")
-                    rule_fetched.add(k)
-                    maybe.add(k)
-                value = f"p{k}"
-            else:
-                value = f"u.{fetch}"
+            op, fetch, *slot = step.split(" ")
+            before = set(rule_done)
             if op in _NUMERIC:
-                if slot_text:
-                    out(f"x = {value}")
-                    out(f"if type(x) is not int or not -{_EXACT_INT} <= x <= {_EXACT_INT}:")
-                    out("    x = _number(x)")
-                    out(f"    if x is None: {fail}")
+                if slot:
+                    n = need("n", int(slot[0]))
+                    out(f"if {n} is None or not ({n} {_NUMERIC[op]} V[{j}]): {fail}")
                 else:
-                    out(f"x = _parse({value})")
-                    out(f"if x is None: {fail}")
-                out(f"if not (x {_NUMERIC[op]} V[{j}]): {fail}")
+                    out(f"x = _parse(u.{fetch})")
+                    out(f"if x is None or not (x {_NUMERIC[op]} V[{j}]): {fail}")
                 j += 1
-                continue
-            out(f"x = {value}")
-            if slot_text:
-                out("if type(x) is not str:")
-                out(f"    if x is None: {fail}")
-                out("    x = _str(x)")
-            if op in _REGEX:
-                out(f"if len(x) > V[{j + 1}]: _raise(V[{j + 2}])")
-                out(f"if V[{j}](x) is {'' if op == 'MatchRegex' else 'not '}None: {fail}")
-                j += 3
-            elif op == "StartsWith" or op == "EndsWith":
-                out(f"if not ({_INLINE[op].format(V=f'V[{j}]', W=f'V[{j + 1}]')}): {fail}")
-                j += 2
             else:
-                out(f"if not ({_INLINE[op].format(V=f'V[{j}]')}): {fail}")
-                j += 1
+                if slot:
+                    x = need("s", int(slot[0]))
+                    out(f"if {x} is None: {fail}")
+                else:
+                    x = f"u.{fetch}"
+                if op in _REGEX:
+                    out(f"if len({x}) > V[{j + 1}]: _raise(V[{j + 2}])")
+                    out(f"if V[{j}]({x}) is {'' if op == 'MatchRegex' else 'not '}None: {fail}")
+                    j += 3
+                elif op == "StartsWith" or op == "EndsWith":
+                    out(f"if not ({_INLINE[op].format(x=x, V=f'V[{j}]', W=f'V[{j + 1}]')}): {fail}")
+                    j += 2
+                else:
+                    out(f"if not ({_INLINE[op].format(x=x, V=f'V[{j}]')}): {fail}")
+                    j += 1
+            if i == 0:
+                first_step = rule_done - before
         else:
             out(win)
         body += [ind + line for line in lines]
-        if first_slot is not None:
-            fetched.add(first_slot)  # a rule's first condition always runs
+        done |= first_step  # a rule's first condition always runs
     if walker:
         body.append("    return -1")
     head = ["def match(V, u, s):"]
     if n_props:
         head.append("    a = u.attrs")
     if unread:
-        head.append("    " + " = ".join(f"p{k}" for k in sorted(unread)) + " = _U")
+        head.append("    " + " = ".join(sorted(unread)) + " = _U")
     namespace = dict(_NAMESPACE)  # exec adds "match"; the function runs with the shared namespace
     exec(compile("\n".join(head + body), "<rules>", "exec"), namespace)  # fixed template: operands are never source
     template: Callable[..., Any] = FunctionType(namespace["match"].__code__, _NAMESPACE, "match")
