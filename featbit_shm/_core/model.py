@@ -2,9 +2,17 @@
 
 Building happens once per stored entity (in the process that evaluates;
 :mod:`.view` keeps what was built while the entity's bytes stay the same),
-so everything that can be precomputed is: the target map, compiled condition
-tests, rollout modes, experiment bounds and each variation's value converted
-by the flag's ``variationType``. Objects are read-only after construction.
+so everything that can be precomputed is: the target map, the walk over the
+rules' conditions, rollout bounds, experiment bounds and each variation's
+value converted by the flag's ``variationType``. Objects are read-only after
+construction.
+
+A worker may hold 100k of these for its lifetime, and every full garbage
+collection walks each object that can hold references. So a compiled flag
+holds few (about 15 for a flag with a target, a rule and a split): no
+decoded copy of what it was built from (``source`` keeps it packed), no
+object per rollout part (parallel tuples of numbers), and a rule walk that
+is a shared function bound to a tuple of operands.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ What is reused, and how the view knows it may be:
   check is one 40-byte compare at that place of the new root (a probe of the
   table when it moved). A patch of another flag therefore costs a worker
   that compare per key it uses, whatever the sizes of the entities. When
-  the bytes moved (a rebuild) the blob is decoded and compared with what the
-  object was built from, and the object is still reused if they are equal.
+  the bytes moved (a rebuild) the blob is decoded, packed again and compared
+  with the packed form the flag keeps (:attr:`~.model.Flag.source`, bytes
+  the garbage collector never walks, unlike a decoded copy), and the object
+  is still reused if they are equal.
 * Key sets of large segments by their digest: a segment whose one key
   changed is rebuilt from the key set the worker holds already plus the new
   delta, in time that grows with the delta, not the segment.
