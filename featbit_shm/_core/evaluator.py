@@ -45,7 +45,7 @@ def _select(flag: Flag, rollout: Rollout, user: User) -> Decision | None:
         i = rollout.taker
         if i < 0:
             return None
-    decision = rollout.decisions[i]
+    decision = flag.decisions[rollout.first + i]
     if decision is None:
         raise MalformedFlag("rollout names a variation that does not exist")
     return decision
@@ -59,7 +59,7 @@ def evaluate(flag: Flag, user: User, segment_of: SegmentOf) -> Decision:
             return off if off is not None else _malformed("disabledVariationId does not exist")
         targets = flag.targets
         if targets and user.key in targets:
-            target = targets[user.key]
+            target = flag.decisions[targets[user.key]]
             return target if target is not None else _malformed("target names a variation that does not exist")
         rules = flag.rules
         if rules:

@@ -118,15 +118,16 @@ _NO_BUCKET: Final = 0.5  # what a rollout that needs no bucket compares: any b i
 class Rollout:
     """A rule's or the fallthrough's rollout with its dispatch settings.
 
-    Its parts are held as three parallel tuples (no object per part, which
+    Its parts are held as two tuples of numbers (no object per part, which
     the garbage collector would walk for as long as the flag lives): part i
     takes the users whose bucket b has ``los[i] <= b <= his[i]`` (R-52, see
-    ``_EVERYONE``) and gives ``decisions[i]``, None for a variation id that
-    does not exist (R-37). ``needs_bucket`` is False when a part that takes
-    everyone comes before any part that takes some: then no bucket is hashed.
+    ``_EVERYONE``) and gives the flag's ``decisions[first + i]``, None for a
+    variation id that does not exist (R-37). ``needs_bucket`` is False when a
+    part that takes everyone comes before any part that takes some: then no
+    bucket is hashed, and ``taker`` is the part every user gets (-1: none).
     """
 
-    __slots__ = ("dispatch_key", "in_expt", "needs_bucket", "taker", "los", "his", "decisions")
+    __slots__ = ("dispatch_key", "in_expt", "needs_bucket", "taker", "first", "los", "his")
 
     def __init__(
         self,
@@ -138,12 +139,13 @@ class Rollout:
         reason: str,
         rule: str,
         expt_all: bool,
+        decisions: list[Decision | None],
     ) -> None:
         self.dispatch_key = dispatch_key
         self.in_expt = in_expt
+        self.first = len(decisions)  # this rollout's decisions follow, one per part
         los: list[float] = []
         his: list[float] = []
-        decisions: list[Decision | None] = []
         needs: bool | None = None
         for p in parts:
             lo, hi = p.lo, p.hi
@@ -176,18 +178,16 @@ class Rollout:
                 expt = ExperimentRange(dispatch_key, upper)
             decisions.append(Decision(kind, var, reason, rule, expt))
         self.needs_bucket = bool(needs)
-        # Without a bucket: the part that takes every user, or -1 for none.
         self.taker = -1
         if not needs:
             self.taker = next((i for i, lo in enumerate(los) if lo <= _NO_BUCKET <= his[i]), -1)
         self.los = tuple(los)
         self.his = tuple(his)
-        self.decisions = tuple(decisions)
-
 
     def dispatch_input(self, flag_key: str, user: User) -> str:
         """R-48/R-49: ``flag.key`` + the dispatch attribute ("" when absent)."""
         return dispatch_input(self.dispatch_key, flag_key, user)
+
 
 class Rule(Rollout):
     """A flag rule's name and rollout; its conditions are matched by the
@@ -195,9 +195,17 @@ class Rule(Rollout):
 
     __slots__ = ("name",)
 
-    def __init__(self, rule: RuleEntry, variation: Callable[[str], Variation | None], expt_all: bool) -> None:
-        kind, reason = ReasonKind.RULE_MATCH, REASON_RULE
-        super().__init__(rule.dispatch_key, rule.in_expt, rule.rollout, variation, kind, reason, rule.name, expt_all)
+    def __init__(
+        self,
+        rule: RuleEntry,
+        variation: Callable[[str], Variation | None],
+        expt_all: bool,
+        decisions: list[Decision | None],
+    ) -> None:
+        kind, reason, name = ReasonKind.RULE_MATCH, REASON_RULE, rule.name
+        super().__init__(
+            rule.dispatch_key, rule.in_expt, rule.rollout, variation, kind, reason, name, expt_all, decisions
+        )
         self.name = rule.name
 
 
@@ -222,6 +230,7 @@ class Flag:
         "off_id",
         "expt_all",
         "targets",
+        "decisions",
         "rules",
         "walk",
         "fallthrough",
@@ -266,21 +275,32 @@ class Flag:
         self.off_decision = (
             None if off is None or self.enabled else Decision(ReasonKind.OFF, off, REASON_OFF, "", False)
         )
+        # Every prebuilt decision of targets and rollouts, in one tuple
+        # (``decisions``); targets and rollouts refer to theirs by index.
+        # None stands for a dangling variation id: "malformed flag" (R-37).
+        decisions: list[Decision | None] = []
         # Targets in stored order; the first target listing a key wins (R-36).
-        # A dangling variation id maps to None: "malformed flag" (R-37).
-        targets: dict[str, Decision | None] = {}
+        # Key -> index in ``decisions``: a dict of strings and ints, which the
+        # garbage collector does not track.
+        targets: dict[str, int] = {}
         for target in norm["targets"]:
             var = variation(target.variation_id)
-            decision = None if var is None else Decision(ReasonKind.TARGET_MATCH, var, REASON_TARGET, "", expt_all)
+            index = len(decisions)
+            decisions.append(
+                None if var is None else Decision(ReasonKind.TARGET_MATCH, var, REASON_TARGET, "", expt_all)
+            )
             for k in target.keys:
-                targets.setdefault(k, decision)
+                targets.setdefault(k, index)
         self.targets = targets
-        self.rules = tuple(Rule(rule, variation, expt_all) for rule in norm["rules"])
+        self.rules = tuple(Rule(rule, variation, expt_all, decisions) for rule in norm["rules"])
         # walk(user, segment_of): the index of the first rule whose conditions hold, or -1.
         self.walk = compile_rules([rule.conditions for rule in norm["rules"]])
         fall = norm["fallthrough"]
         kind, reason = ReasonKind.FALLTHROUGH, REASON_FALLTHROUGH
-        self.fallthrough = Rollout(fall.dispatch_key, fall.in_expt, fall.rollout, variation, kind, reason, "", expt_all)
+        self.fallthrough = Rollout(
+            fall.dispatch_key, fall.in_expt, fall.rollout, variation, kind, reason, "", expt_all, decisions
+        )
+        self.decisions = tuple(decisions)
         # The variation every user gets when the result cannot depend on the
         # user (flag off, or no targets, no rules and a whole-range
         # fallthrough), so evaluation can skip the decision steps.
@@ -300,8 +320,8 @@ class Flag:
             self.static_expt = False
             self.static_decision = self.off_decision
         elif not targets and not self.rules and not self.fallthrough.needs_bucket:
-            first = self.fallthrough.taker
-            decision = self.fallthrough.decisions[first] if first >= 0 else None
+            taker = self.fallthrough.taker
+            decision = self.decisions[self.fallthrough.first + taker] if taker >= 0 else None
             self.static_decision = decision
             if decision is not None:
                 self.static = decision.variation
