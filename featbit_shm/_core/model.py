@@ -9,10 +9,11 @@ construction.
 
 A worker may hold 100k of these for its lifetime, and every full garbage
 collection walks each object that can hold references. So a compiled flag
-holds few (about 15 for a flag with a target, a rule and a split): no
-decoded copy of what it was built from (``source`` keeps it packed), no
-object per rollout part (parallel tuples of numbers), and a rule walk that
-is a shared function bound to a tuple of operands.
+holds few (12 for a flag with a target, a rule and a split): no decoded
+copy of what it was built from (``source`` keeps it packed), no object per
+rollout part (tuples of numbers), one tuple of all its prebuilt decisions
+that targets and rollouts index, and a rule walk that is a shared function
+bound to a tuple of operands.
 """
 
 from __future__ import annotations
