@@ -975,8 +975,17 @@ def _regex(prop: str, pattern: str, negate: bool) -> Test:
 # (``p0``, ``p1``...: a slot per distinct property, read where it is first
 # needed on each path), and rules follow each other without a call. Bounded:
 # cleared when full.
+#
+# Shapes of whole flags vary more than shapes of rules, and compiling one
+# costs about as much as building a hundred flags, so a flag whose shape is
+# not compiled yet walks its rules' own matchers in a loop (rule shapes are
+# few); the flag's shape is compiled the second time it is seen. A flag set
+# of many distinct shapes thus compiles what it would with one matcher per
+# rule, and a set of few shapes gets the single walk.
 _TEMPLATES: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _MAX_TEMPLATES: Final = 4096
+_SEEN: dict[tuple[Any, ...], int] = {}  # flag shapes seen once, not compiled yet
+_MAX_SEEN: Final = 16384
 
 # String operators inlined: the expression on ``{x}`` (the attribute's string
 # value), ``{V}`` the operand and ``{W}`` a second operand made from it.
@@ -1120,10 +1129,26 @@ def _build(rules: list[list[Condition]], in_segment: bool, walker: bool) -> Any:
     key = (walker, len(props), *shape)
     template = _TEMPLATES.get(key)
     if template is None:
+        if walker and len(rules) > 1 and key not in _SEEN:
+            if len(_SEEN) >= _MAX_SEEN:
+                _SEEN.clear()
+            _SEEN[key] = 1
+            return MethodType(_walk_each, tuple(_build([conds], in_segment, walker=False) for conds in rules))
+        _SEEN.pop(key, None)
         if len(_TEMPLATES) >= _MAX_TEMPLATES:
             _TEMPLATES.clear()
         template = _TEMPLATES[key] = _template(shape, len(props), walker)
     return MethodType(template, (*props, *operands))
+
+
+def _walk_each(matchers: tuple[Test, ...], u: User, s: SegmentOf) -> int:
+    """A walk over rules' own matchers: what a flag of a shape not compiled yet uses."""
+    i = 0
+    for match in matchers:
+        if match(u, s):
+            return i
+        i += 1
+    return -1
 
 
 def compile_rule(conds: list[Condition], *, in_segment: bool = False) -> Test:
