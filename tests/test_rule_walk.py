@@ -150,3 +150,25 @@ def test_a_flag_keeps_its_normalised_form_packed_and_gives_it_back() -> None:
     packed = Flag(norm, msgpack.packb(norm, use_bin_type=True))
     assert packed.norm == norm and packed.norm is not norm
     assert Flag(norm).norm is norm  # built from a data set's entity: kept as given
+
+
+def test_past_the_compile_budget_a_new_flag_shape_walks_its_rule_matchers_until_seen_again() -> None:
+    from featbit_shm._core import operators
+
+    ops = ["Equal", "NotEqual", "Contains", "StartsWith", "EndsWith", "IsTrue", "IsFalse", "LessThan", "BiggerThan"]
+    for a in ops:  # spend the budget on distinct shapes (what a varied flag set does)
+        for b_ in ops:
+            for c in ops[:4]:
+                compile_rules(
+                    [[Condition("p", a, "1", None)], [Condition("q", b_, "1", None)], [Condition("p", c, "1", None)]]
+                )
+    assert operators._flag_shapes_compiled[0] >= operators._FLAG_SHAPE_BUDGET
+    rules = [
+        [Condition("z1", "Equal", "a", None)],
+        [Condition("z2", "LessThan", "5", None), Condition("z1", "EndsWith", "b", None)],
+    ]
+    first, second = compile_rules(rules), compile_rules(rules)
+    assert first.__func__ is operators._walk_each and second.__func__ is not operators._walk_each  # type: ignore[attr-defined]
+    for attrs in ({"z1": "a"}, {"z1": "ab", "z2": 4}, {"z1": "ab", "z2": "9"}, {}):
+        user = make_user({"key": "k", **attrs})
+        assert first(user, segment_of) == second(user, segment_of) == reference(rules, user)

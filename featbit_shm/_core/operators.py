@@ -977,13 +977,17 @@ def _regex(prop: str, pattern: str, negate: bool) -> Test:
 # cleared when full.
 #
 # Shapes of whole flags vary more than shapes of rules, and compiling one
-# costs about as much as building a hundred flags, so a flag whose shape is
-# not compiled yet walks its rules' own matchers in a loop (rule shapes are
-# few); the flag's shape is compiled the second time it is seen. A flag set
-# of many distinct shapes thus compiles what it would with one matcher per
-# rule, and a set of few shapes gets the single walk.
+# costs about as much as building a hundred flags. So the first
+# _FLAG_SHAPE_BUDGET flag shapes of a process are compiled when met; after
+# that a flag whose shape is not compiled yet walks its rules' own matchers
+# in a loop (rule shapes are few) and its shape is compiled the second time
+# it is seen. A flag set of many distinct shapes thus pays at most the budget
+# in compiles beyond what one matcher per rule costs, and a set of few shapes
+# gets the single walk for every flag.
 _TEMPLATES: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _MAX_TEMPLATES: Final = 4096
+_FLAG_SHAPE_BUDGET: Final = 256
+_flag_shapes_compiled = [0]
 _SEEN: dict[tuple[Any, ...], int] = {}  # flag shapes seen once, not compiled yet
 _MAX_SEEN: Final = 16384
 
@@ -1129,12 +1133,14 @@ def _build(rules: list[list[Condition]], in_segment: bool, walker: bool) -> Any:
     key = (walker, len(props), *shape)
     template = _TEMPLATES.get(key)
     if template is None:
-        if walker and len(rules) > 1 and key not in _SEEN:
-            if len(_SEEN) >= _MAX_SEEN:
-                _SEEN.clear()
-            _SEEN[key] = 1
-            return MethodType(_walk_each, tuple(_build([conds], in_segment, walker=False) for conds in rules))
-        _SEEN.pop(key, None)
+        if walker and len(rules) > 1:
+            if _flag_shapes_compiled[0] >= _FLAG_SHAPE_BUDGET and key not in _SEEN:
+                if len(_SEEN) >= _MAX_SEEN:
+                    _SEEN.clear()
+                _SEEN[key] = 1
+                return MethodType(_walk_each, tuple(_build([conds], in_segment, walker=False) for conds in rules))
+            _SEEN.pop(key, None)
+            _flag_shapes_compiled[0] += 1
         if len(_TEMPLATES) >= _MAX_TEMPLATES:
             _TEMPLATES.clear()
         template = _TEMPLATES[key] = _template(shape, len(props), walker)
