@@ -167,16 +167,19 @@ class Rollout:
             # R-54: sendToExperiment is constant unless the part's experiment
             # range splits users; then it is decided per user (R-55). A range
             # from 0 to about 1 takes everyone (R-52's shortcut).
-            upper = experiment_upper(p.lo, p.hi, p.expt_rollout)
             expt: ExperimentSpec
             if expt_all:
                 expt = True
-            elif not in_expt or upper is None:
+            elif not in_expt:
                 expt = False
-            elif whole_range(0.0, upper):
-                expt = True
             else:
-                expt = ExperimentRange(dispatch_key, upper)
+                upper = experiment_upper(p.lo, p.hi, p.expt_rollout)
+                if upper is None:
+                    expt = False
+                elif whole_range(0.0, upper):
+                    expt = True
+                else:
+                    expt = ExperimentRange(dispatch_key, upper)
             decisions.append(Decision(kind, var, reason, rule, expt))
         self.needs_bucket = bool(needs)
         self.taker = -1
