@@ -83,6 +83,7 @@ import sys
 import tempfile
 import time
 import uuid
+from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -917,106 +918,55 @@ SDKS = ("featbit_shm", "fb-python-sdk", "launchdarkly")
 
 
 def per_call(
-    max_calls: int, seconds: float, tmp: Path, get_all_counts: tuple[int, ...] = GET_ALL_COUNTS
+    max_calls: int, seconds: float, tmp: Path, get_all_counts: tuple[int, ...] = GET_ALL_COUNTS, passes: int = 4
 ) -> dict[str, Any]:
     """Every per-call case for the three SDKs, each bounded to max_calls single
-    calls and about `seconds`; returns {case: {sdk: summary}} and the empty call."""
+    calls and about `seconds`; returns {case: {sdk: summary}} and the empty call.
+
+    The cases are measured in `passes` interleaved passes (every case and SDK
+    a slice of its calls in each pass, the empty call too), so a shift in the
+    load of a shared box spreads over all of them instead of landing on one
+    case and skewing the ratios between cases."""
     narrow, wide = eval_users(False), eval_users(True)
-    contexts = {False: None, True: None}
-    results: dict[str, dict[str, Any]] = {}
+    contexts: dict[bool, list[Any]] = {}
 
-    def run(
-        case: str,
-        peers: Peers,
-        make: Callable[[str, Any], Callable[[Any], Any]],
-        users_wide: bool,
-        calls: int,
-        budget: float,
-    ) -> None:
-        row: dict[str, Any] = {}
-        for sdk in SDKS:
-            client = {"featbit_shm": peers.ours, "fb-python-sdk": peers.fb, "launchdarkly": peers.ld}[sdk]
-            if client is None:
-                continue
-            if sdk == "launchdarkly":
-                if contexts[users_wide] is None:
-                    contexts[users_wide] = ld_contexts(wide if users_wide else narrow)  # type: ignore[assignment]
-                users: list[Any] = contexts[users_wide]  # type: ignore[assignment]
-            else:
-                users = wide if users_wide else narrow
-            call = make(sdk, client)
-            time_single(call, users, max(3, calls // 20), budget / 10)  # warm-up: compiled, cached
-            row[sdk] = single_summary(time_single(call, users, calls, budget))
-        results[case] = row
+    def users_for(sdk: str, users_wide: bool) -> list[Any]:
+        if sdk != "launchdarkly":
+            return wide if users_wide else narrow
+        if users_wide not in contexts:
+            contexts[users_wide] = ld_contexts(wide if users_wide else narrow)
+        return contexts[users_wide]
 
-    def variation(key: str, default: Any = False) -> Callable[[str, Any], Callable[[Any], Any]]:
-        return lambda sdk, c: lambda u: c.variation(key, u, default)
+    def variation(key: str) -> Callable[[str, Any], Callable[[Any], Any]]:
+        return lambda sdk, c: lambda u: c.variation(key, u, False)
 
     def detail(key: str) -> Callable[[str, Any], Callable[[Any], Any]]:
         return lambda sdk, c: lambda u: c.variation_detail(key, u, False)
 
     def get_all(sdk: str, c: Any) -> Callable[[Any], Any]:
-        return (
-            (lambda u: c.all_flags_state(u))
-            if sdk == "launchdarkly"
-            else (lambda u: c.get_all_latest_flag_variations(u))
-        )
+        if sdk == "launchdarkly":
+            return lambda u: c.all_flags_state(u)
+        return lambda u: c.get_all_latest_flag_variations(u)
 
-    empty = single_summary(time_single(lambda u: None, narrow, max_calls, seconds))
-    flags, segments = eval_data()
-    peers = Peers(flags, segments, tmp)
+    # (case, peers, how to call, users of 100 attributes, calls, seconds)
+    Case = tuple[str, "Peers", Callable[[str, Any], Callable[[Any], Any]], bool, int, float]
+    every: list[Peers] = []
     try:
+        flags, segments = eval_data()
+        peers = Peers(flags, segments, tmp)
+        every.append(peers)
         check_agreement(peers, narrow + wide)
-        run(
-            "(a) bool flag, no rules, 5 attributes: variation",
-            peers,
-            variation("bench-simple"),
-            False,
-            max_calls,
-            seconds,
-        )
-        run(
-            "(a) bool flag, no rules, 100 attributes: variation",
-            peers,
-            variation("bench-simple"),
-            True,
-            max_calls,
-            seconds,
-        )
-        run(
-            "(a) bool flag, no rules, 5 attributes: variation_detail",
-            peers,
-            detail("bench-simple"),
-            False,
-            max_calls,
-            seconds,
-        )
-        run(
-            "(b) 5 rules x 3 conds + segment + rollout, 5 attributes: variation",
-            peers,
-            variation("bench-complex"),
-            False,
-            max_calls,
-            seconds,
-        )
-        run(
-            "(b) 5 rules x 3 conds + segment + rollout, 100 attributes: variation",
-            peers,
-            variation("bench-complex"),
-            True,
-            max_calls,
-            seconds,
-        )
-        run(
-            "(b) 5 rules x 3 conds + segment + rollout, 5 attributes: variation_detail",
-            peers,
-            detail("bench-complex"),
-            False,
-            max_calls,
-            seconds,
-        )
-        for n in RULE_COUNTS:
-            run(
+        a, bb = "(a) bool flag, no rules", "(b) 5 rules x 3 conds + segment + rollout"
+        cases: list[Case] = [
+            (f"{a}, 5 attributes: variation", peers, variation("bench-simple"), False, max_calls, seconds),
+            (f"{a}, 100 attributes: variation", peers, variation("bench-simple"), True, max_calls, seconds),
+            (f"{a}, 5 attributes: variation_detail", peers, detail("bench-simple"), False, max_calls, seconds),
+            (f"{bb}, 5 attributes: variation", peers, variation("bench-complex"), False, max_calls, seconds),
+            (f"{bb}, 100 attributes: variation", peers, variation("bench-complex"), True, max_calls, seconds),
+            (f"{bb}, 5 attributes: variation_detail", peers, detail("bench-complex"), False, max_calls, seconds),
+        ]
+        cases += [
+            (
                 f"rules {n} (user matches the last), 5 attributes: variation",
                 peers,
                 variation(f"rules-{n}"),
@@ -1024,22 +974,48 @@ def per_call(
                 max_calls,
                 seconds,
             )
-    finally:
-        peers.close()
-    for n in get_all_counts:
-        peers = Peers(bulk_flags(n), [], tmp)
-        try:
-            run(
-                f"get_all over {n:,} flags (LaunchDarkly: all_flags_state)",
-                peers,
-                get_all,
-                False,
-                max(50, max_calls // n * 10),
-                seconds * 1.5,
+            for n in RULE_COUNTS
+        ]
+        for n in get_all_counts:
+            bulk = Peers(bulk_flags(n), [], tmp)
+            every.append(bulk)
+            calls = max(50, max_calls // n * 10)
+            cases.append(
+                (
+                    f"get_all over {n:,} flags (LaunchDarkly: all_flags_state)",
+                    bulk,
+                    get_all,
+                    False,
+                    calls,
+                    seconds * 1.5,
+                )
             )
-        finally:
+
+        bound: dict[str, dict[str, tuple[Callable[[Any], Any], list[Any]]]] = {}
+        for case, owner, make, users_wide, _, budget in cases:
+            bound[case] = {}
+            for sdk, client in (("featbit_shm", owner.ours), ("fb-python-sdk", owner.fb), ("launchdarkly", owner.ld)):
+                if client is not None:
+                    call, users = make(sdk, client), users_for(sdk, users_wide)
+                    time_single(call, users, 20, budget / 10)  # warm-up: compiled, cached
+                    bound[case][sdk] = (call, users)
+        samples: dict[str, dict[str, array[int]]] = {case: {sdk: array("q") for sdk in bound[case]} for case in bound}
+        empty: array[int] = array("q")
+        for _ in range(passes):
+            empty.extend(time_single(lambda u: None, narrow, max_calls // passes, seconds / passes))
+            for case, _, _, _, calls, budget in cases:
+                for sdk, (call, users) in bound[case].items():
+                    samples[case][sdk].extend(time_single(call, users, max(1, calls // passes), budget / passes))
+    finally:
+        for peers in every:
             peers.close()
-    return {"empty_call": empty, "cases": results, "get_all_counts": list(get_all_counts)}
+    results = {case: {sdk: single_summary(list(ns)) for sdk, ns in row.items()} for case, row in samples.items()}
+    return {
+        "empty_call": single_summary(list(empty)),
+        "cases": results,
+        "get_all_counts": list(get_all_counts),
+        "passes": passes,
+    }
 
 
 def check_agreement(peers: Peers, users: list[dict[str, Any]]) -> None:
@@ -1261,7 +1237,8 @@ def render(results: dict[str, Any]) -> tuple[str, dict[str, bool | None]]:
         "Each SDK in this process, offline, events off: `featbit_shm.FBClient(Config(offline=True))` and fb-python-sdk's offline "
         "client, both from `initialize_from_external_json` of the same data-sync JSON; LaunchDarkly's `launchdarkly-server-sdk` "
         "as below. Every figure is ONE call: perf_counter_ns before and after `call(user)` (a lambda around the SDK call), "
-        "users cycling over 64, GC on; p50 / p99 / p99.9 over n single calls (bounded in count and time; a warm-up first). "
+        "users cycling over 64, GC on; p50 / p99 / p99.9 over n single calls (bounded in count and time; a warm-up first; "
+        f"measured in {calls['passes']} interleaved passes over every case and SDK, so a change in the box's load spreads over all). "
         f"The clock's own cost is measured as the empty call `(lambda u: None)(user)`: p50 {us(empty['p50_ns'])}, "
         f"p99 {us(empty['p99_ns'])}, p99.9 {us(empty['p999_ns'])} (n {empty['n']:,}). The figures below INCLUDE it; "
         "'net' columns subtract its p50, and the targets are judged on net p50 (stated on each line)."
