@@ -77,7 +77,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def publish_costs(n_flags: int, patches: int) -> dict[str, Any]:
     text = json.dumps(b.data_sync([wire_flag(i) for i in range(n_flags)], []))
-    dataset, _ = DataSet().apply(parse_data_sync(json.loads(text)["data"]))
+    dataset, _ = DataSet(packed=True).apply(parse_data_sync(json.loads(text)["data"]))  # as the sync process holds it
     del text
     names = StoreNames.for_env("", f"bench-publish-{uuid.uuid4().hex[:8]}")
     publish_ms: list[float] = []

@@ -142,7 +142,7 @@ def full_dataset(flags: list[dict[str, Any]], segments: list[dict[str, Any]]) ->
     """A data set as the sync process holds it: a full data-sync message, as
     wire JSON text, parsed and applied to an empty data set."""
     text = json.dumps(b.data_sync(flags, segments))
-    return DataSet().apply(parse_data_sync(json.loads(text)["data"]))[0]
+    return DataSet(packed=True).apply(parse_data_sync(json.loads(text)["data"]))[0]
 
 
 def dataset_with_segment(n_flags: int, n_keys: int) -> DataSet:
@@ -585,7 +585,7 @@ def status(field):
 start = status("VmRSS")
 with open(sys.argv[2]) as fh:
     text = fh.read()
-dataset, _ = DataSet().apply(parse_data_sync(json.loads(text)["data"]))
+dataset, _ = DataSet(packed=True).apply(parse_data_sync(json.loads(text)["data"]))  # as the sync process holds it
 with open(sys.argv[3]) as fh:
     patch = fh.read()
 del text

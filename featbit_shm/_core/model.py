@@ -216,8 +216,9 @@ class Rule(Rollout):
 class Flag:
     """An evaluable flag.
 
-    What it was built from is kept packed (``source``: the normalised form as
-    msgpack, bytes the garbage collector never walks), not decoded: a compiled
+    What it was built from is kept packed (``source``: the flag's msgpack
+    bytes as the snapshot stores them, which ``schema.flag_entry`` reads
+    back; bytes the garbage collector never walks), not decoded: a compiled
     flag is reused while that is equal (:mod:`.view`), and ``norm`` decodes
     it again for whoever wants to look. A flag built without ``source`` keeps
     the normalised form it was given (its owner, a data set, holds it anyway).

@@ -495,6 +495,15 @@ class SnapshotImage:
         found: FlagEntry = self._read(pos, key, flag_entry)
         return found
 
+    def read_flag_packed(self, pos: int, key: str) -> tuple[FlagEntry, bytes]:
+        """:meth:`read_flag` and the flag's stored msgpack bytes, which
+        :func:`.schema.flag_entry` of their ``msgpack.unpackb`` reads back as
+        the same flag: what a compiled flag keeps instead of the decoded form."""
+        _h, crc, chunk_id, off, length, klen, bits, version = self._entry(pos)
+        blob = self._blob(chunk_id, off, length, klen, crc, key)
+        found: FlagEntry = self._decode(blob, klen, bits, version, key, flag_entry)
+        return found, bytes(blob[klen:])
+
     def read_segment(self, pos: int, seg_id: str) -> tuple[SegmentEntry, KeySetRefs]:
         """The segment whose entry is at ``pos``, as stored (out-of-line lists
         empty, its ``keysets`` field kept), and its validated key-set references."""

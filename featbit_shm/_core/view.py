@@ -16,10 +16,10 @@ What is reused, and how the view knows it may be:
   check is one 40-byte compare at that place of the new root (a probe of the
   table when it moved). A patch of another flag therefore costs a worker
   that compare per key it uses, whatever the sizes of the entities. When
-  the bytes moved (a rebuild) the blob is decoded, packed again and compared
-  with the packed form the flag keeps (:attr:`~.model.Flag.source`, bytes
-  the garbage collector never walks, unlike a decoded copy), and the object
-  is still reused if they are equal.
+  the bytes moved (a rebuild) the blob's stored bytes are compared with the
+  ones the flag keeps (:attr:`~.model.Flag.source`, bytes the garbage
+  collector never walks, unlike a decoded copy), and the object is still
+  reused if they are equal.
 * Key sets of large segments by their digest: a segment whose one key
   changed is rebuilt from the key set the worker holds already plus the new
   delta, in time that grows with the delta, not the segment.
@@ -38,8 +38,6 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
-
-import msgpack
 
 from .changes import ChangeSet
 from .model import Flag, LayeredSegment, Layers, Segment
@@ -163,8 +161,8 @@ class CompiledView:
         if known is not None and known[0] == epoch and known[2] == entry:
             f = known[3]
         else:
-            norm = image.read_flag(pos, key)
-            f = None if norm.get("archived") else self._reuse_or_pack(known[3] if known is not None else None, norm)
+            norm, source = image.read_flag_packed(pos, key)
+            f = None if norm.get("archived") else self._reuse_or_compile(known[3] if known is not None else None, norm, source)
         cache.flags[key] = (epoch, pos, entry, f)
         return f
 
@@ -184,14 +182,12 @@ class CompiledView:
         cache.plain_flags[key] = (norm, f)
         return f
 
-    def _reuse_or_pack(self, old: Flag | None, norm: FlagEntry) -> Flag:
-        """``old`` if it was built from equal content, else a new flag that
-        keeps its content packed, not decoded (see :class:`~.model.Flag`).
+    def _reuse_or_compile(self, old: Flag | None, norm: FlagEntry, source: bytes) -> Flag:
+        """``old`` if it was built from the same stored bytes, else a new
+        flag that keeps them, not the decoded form (see :class:`~.model.Flag`).
 
-        Equal packed bytes mean equal content; the converse need not hold
-        (e.g. the same map in another key order), which costs at most a
-        compile."""
-        source = msgpack.packb(norm, use_bin_type=True)
+        Equal bytes mean equal content; the converse need not hold (e.g. the
+        same map in another key order), which costs at most a compile."""
         if old is not None and old.source == source:
             return old
         self._cache.flag_compiles += 1
