@@ -214,3 +214,19 @@ def test_warm_start_round_trips_a_packed_data_set(tmp_path: Path) -> None:
     assert loaded is not None and loaded.packed
     assert loaded.version == ds.version and loaded.flags == ds.flags and loaded.segments == ds.segments
     assert loaded.stored_flags == ds.stored_flags  # the very bytes
+
+
+def test_a_packed_segment_hands_its_parsed_form_to_the_writer_once_then_keeps_only_bytes() -> None:
+    # Decoding a 2,000-key segment again for its key-set delta was half of a
+    # one-key change's publish; the writer now takes the form it was packed from.
+    keys = [f"member-{i:05d}" for i in range(2000)]
+    ds, _ = apply(DataSet(packed=True), [flag("uses", T0, segment="s")], [b.segment("s", included=keys, updated_at=T0)], "full")
+    builds = Builds()
+    builds.build(ds)
+    ds, changes = apply(ds, [], [b.segment("s", included=[*keys, "newcomer"], updated_at=T0 + 1)])
+    stored = ds.stored_segments["s"]
+    assert isinstance(stored, Packed) and stored._plain is not None
+    image = builds.build(ds, changes)
+    assert stored._plain is None  # taken: only the bytes stay
+    same_content(image, ds)
+    assert "newcomer" in stored.take_plain()["included"]  # afterwards: decoded from the bytes

@@ -868,7 +868,7 @@ class SnapshotBuilder:
         raw = key.encode("utf-8")
         if len(raw) > 0xFFFF:
             raise SnapshotError(f"key {key[:40]!r}... is longer than 65535 bytes")
-        plain = entity.unpack() if isinstance(entity, Packed) else entity
+        plain = entity.take_plain() if isinstance(entity, Packed) else entity
         stored = plain if which == FLAGS else self._stored_segment(key, plain, full)
         blob = raw + msgpack.packb(stored, use_bin_type=True)
         self._blobs[(which, key)] = (entity, blob, len(raw))
