@@ -172,3 +172,22 @@ def test_past_the_compile_budget_a_new_flag_shape_walks_its_rule_matchers_until_
     for attrs in ({"z1": "a"}, {"z1": "ab", "z2": 4}, {"z1": "ab", "z2": "9"}, {}):
         user = make_user({"key": "k", **attrs})
         assert first(user, segment_of) == second(user, segment_of) == reference(rules, user)
+
+
+def test_no_flag_data_becomes_source_of_the_generated_walk(tmp_path: Any) -> None:
+    # The walk is generated Python; operators, property names and operands
+    # come from FeatBit (or whoever can write its data). None of them may
+    # reach the source: an unknown operator is a false condition, a property
+    # name is only ever a dictionary key.
+    marker = tmp_path / "ran"
+    payload = f"import pathlib; pathlib.Path({str(marker)!r}).touch()"
+    hostile_ops = [f"Equal): pass\n{payload} #", f"Equal u.__class__\n{payload}", "Equal key 0", "IsOneOf attr 0"]
+    hostile_props = [f"a)\n{payload}\n#", "V[0]", "__class__", "u.attrs"]
+    user = make_user({"key": "k", "country": "us", **{p: "us" for p in hostile_props}})
+    for op in hostile_ops:
+        flag = Flag(normalize_flag(b.flag("f", rules=[b.rule([b.cond("country", op, "us"), b.cond("keyId", op, "x")], b.serve(0))])))
+        assert flag.walk(user, lambda _s: None) == -1  # an unknown operator never matches
+    for prop in hostile_props:
+        flag = Flag(normalize_flag(b.flag("g", rules=[b.rule([b.cond(prop, "Equal", "us")], b.serve(0))])))
+        assert flag.walk(user, lambda _s: None) == 0  # read as an attribute name, nothing else
+    assert not marker.exists()
