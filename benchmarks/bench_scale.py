@@ -332,6 +332,45 @@ sys.stdin.readline()  # stay idle until the run ends: an exiting worker's teardo
 """
 
 
+class Pollers:
+    """Worker processes that each poll the store and print ``"<round> <monotonic
+    time>"`` when they first see a round's change (the scripts below): started
+    and waited for together, timed per round, killed together."""
+
+    def __init__(self, script: str, args: list[str], workers: int) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        try:
+            for _ in range(workers):
+                self.procs.append(
+                    subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                )
+            for p in self.procs:
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        except BaseException:
+            self.close()  # none left behind
+            raise
+
+    def saw(self, r: int, t0: float) -> list[float]:
+        """ms from ``t0`` to each worker's first sight of round ``r``."""
+        seen: list[float] = []
+        for p in self.procs:
+            assert p.stdout is not None
+            ready, _, _ = select.select([p.stdout], [], [], 30)
+            assert ready, "a worker did not see the change within 30 s"
+            got_r, when = p.stdout.readline().split()
+            assert int(got_r) == r
+            seen.append((float(when) - t0) * 1000)
+        return seen
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait(10)
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
 def propagation(n_keys: int, rounds: int, workers: int = 8) -> dict[str, Any]:
     names = new_names()
     ds = dataset_with_segment(1000, n_keys)
@@ -340,21 +379,10 @@ def propagation(n_keys: int, rounds: int, workers: int = 8) -> dict[str, Any]:
     slowest_ms: list[float] = []
     publish_ms: list[float] = []
     apply_ms: list[float] = []
-    procs: list[subprocess.Popen[str]] = []
     with SnapshotWriter(names, grace=0.5, keep=3) as writer:
         writer.publish(ds)
+        pollers = Pollers(PROPAGATION_WORKER, [names.tag, str(rounds)], workers)
         try:
-            for _ in range(workers):
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-c", PROPAGATION_WORKER, names.tag, str(rounds)],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        text=True,
-                    )
-                )
-            for p in procs:
-                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
             time.sleep(0.2)
             for r in range(rounds):
                 keys = [*keys, f"added-{r}"]
@@ -364,23 +392,11 @@ def propagation(n_keys: int, rounds: int, workers: int = 8) -> dict[str, Any]:
                 t0 = time.monotonic()
                 writer.publish(ds, changes)
                 publish_ms.append((time.monotonic() - t0) * 1000)
-                seen: list[float] = []
-                for p in procs:
-                    assert p.stdout is not None
-                    ready, _, _ = select.select([p.stdout], [], [], 30)
-                    assert ready, "a worker did not see the change within 30 s"
-                    got_r, when = p.stdout.readline().split()
-                    assert int(got_r) == r
-                    seen.append((float(when) - t0) * 1000)
+                seen = pollers.saw(r, t0)
                 per_worker_ms.extend(seen)
                 slowest_ms.append(max(seen))
         finally:
-            for p in procs:
-                p.kill()
-                p.wait(10)
-                for pipe in (p.stdin, p.stdout):
-                    if pipe is not None:
-                        pipe.close()
+            pollers.close()
     return {
         "keys": n_keys,
         "workers": workers,
@@ -522,21 +538,10 @@ def flag_propagation(n_flags: int, rounds: int, workers: int = 8) -> dict[str, A
     per_worker_ms: list[float] = []
     slowest_ms: list[float] = []
     publish_ms: list[float] = []
-    procs: list[subprocess.Popen[str]] = []
     with SnapshotWriter(names, grace=0.5, keep=3) as writer:
         writer.publish(ds)
+        pollers = Pollers(FLAG_PROPAGATION_WORKER, [names.tag, str(rounds)], workers)
         try:
-            for _ in range(workers):
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-c", FLAG_PROPAGATION_WORKER, names.tag, str(rounds)],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        text=True,
-                    )
-                )
-            for p in procs:
-                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
             time.sleep(0.2)
             for r in range(1, rounds + 1):
                 ds, changes = patched(ds, [probe_flag(r)])
@@ -544,23 +549,11 @@ def flag_propagation(n_flags: int, rounds: int, workers: int = 8) -> dict[str, A
                 t0 = time.monotonic()
                 writer.publish(ds, changes)
                 publish_ms.append((time.monotonic() - t0) * 1000)
-                seen: list[float] = []
-                for p in procs:
-                    assert p.stdout is not None
-                    ready, _, _ = select.select([p.stdout], [], [], 30)
-                    assert ready, "a worker did not see the patch within 30 s"
-                    got_r, when = p.stdout.readline().split()
-                    assert int(got_r) == r
-                    seen.append((float(when) - t0) * 1000)
+                seen = pollers.saw(r, t0)
                 per_worker_ms.extend(seen)
                 slowest_ms.append(max(seen))
         finally:
-            for p in procs:
-                p.kill()
-                p.wait(10)
-                for pipe in (p.stdin, p.stdout):
-                    if pipe is not None:
-                        pipe.close()
+            pollers.close()
     return {
         "flags": n_flags,
         "workers": workers,
