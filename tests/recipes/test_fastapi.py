@@ -29,33 +29,26 @@ commands exactly as the tests run them.
 from __future__ import annotations
 
 import importlib.util
-import itertools
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from featbit_shm.shm.locks import remove_lock_files
 from featbit_shm.shm.names import StoreNames
-from featbit_shm.shm.objects import remove_objects
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
 from ..app_servers import free_port
 from ..sync_helpers import eventually, processes_of
 from .common import fenced_blocks, parent_of
+from .test_flask_gunicorn import RecipeServer
 
 pytestmark = pytest.mark.recipes
 
@@ -112,32 +105,15 @@ def program(recipe: str) -> str:
     return path
 
 
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as fh:
-                    raw = fh.read()
-            except OSError:
-                continue
-            if int(raw[raw.rindex(b")") + 2 :].split()[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
-class Recipe:
+class Recipe(RecipeServer):
     """One server started from a copy of the page's app, with the page's command and environment."""
 
     def __init__(self, tmp_path: Path, recipe: str, server: FeatBitStandIn) -> None:
         self.recipe = recipe
-        self.server = server
         self.folder = tmp_path / "app"
         shutil.copytree(APP, self.folder)
-        self.logs = tmp_path
-        self.namespace = f"fastapi-{recipe}-{uuid.uuid4().hex[:8]}"
-        self.names = StoreNames.for_env(server.secret, self.namespace)
-        self.port = free_port()
+        namespace = f"fastapi-{recipe}-{uuid.uuid4().hex[:8]}"
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FEATBIT_", "GUNICORN_", "UVICORN_"))}
         env.update(
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `. .venv/bin/activate`
@@ -148,63 +124,21 @@ class Recipe:
             # The test's own: a store of this test, the sync process's log, no
             # warm-start file in the home directory, and (plain uvicorn) a
             # 5 s idle timeout instead of 30 s, so the run stays short.
-            FEATBIT_NAMESPACE=self.namespace,
+            FEATBIT_NAMESPACE=namespace,
             FEATBIT_SHM_LOG_FILE=str(tmp_path / "sync.log"),
             FEATBIT_LOG_LEVEL="INFO",
             FEATBIT_SHM_WARM_START="0",
             FEATBIT_SHM_IDLE_TIMEOUT="5",
         )
-        self.env = env
-        line = COMMANDS[recipe]
-        argv = [program(recipe), *line.split()[1:]]
-        argv = [str(self.port) if a == "8000" else a.replace(":8000", f":{self.port}") for a in argv]
-        self.output = open(tmp_path / "server.log", "wb")  # closed in cleanup()
-        self.pool = ThreadPoolExecutor(2 * WORKERS)  # shut down in cleanup()
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, env=env, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT
-        )
-        self._users = itertools.count(1)
-        self.answers: list[dict[str, Any]] = []
-
-    # ------------------------------------------------------------------ requests
-
-    def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def ask(self) -> dict[str, Any]:
-        """GET /?user=... (the page's check), for a user of its own."""
-        status, answer = self.get(f"/?user={self.namespace}-{next(self._users)}")
-        assert status == 200, answer
-        self.answers.append(answer)
-        return answer
-
-    def burst(self) -> list[dict[str, Any]]:
-        """Requests on parallel connections, so several workers accept."""
-        return list(self.pool.map(lambda _: self.ask(), range(2 * WORKERS)))
-
-    def first_flag(self, timeout: float = 60.0) -> float:
-        """Seconds from starting the server to the first flag served (not ClientNotReady)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}\n{self.logs_tail()}"
-            try:
-                if self.ask()["kind"] != "ClientNotReady":
-                    return time.monotonic() - self.started
-            except OSError:
-                pass
-            time.sleep(0.01)
-        raise AssertionError(f"no flag served within {timeout} s\n{self.logs_tail()}")
+        argv = [program(recipe), *COMMANDS[recipe].split()[1:]]
+        argv = [str(port) if a == "8000" else a.replace(":8000", f":{port}") for a in argv]
+        super().__init__(argv, cwd=self.folder, env=env, logs=tmp_path, server=server, namespace=namespace, port=port, markers=())
 
     def workers(self) -> set[int]:
         """The server's worker processes: the master's children but the sync
         processes (gunicorn's) and multiprocessing's resource tracker (uvicorn's)."""
         found = set()
-        for pid in children_of(self.proc.pid) - set(processes_of(self.namespace)):
+        for pid in super().workers():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
                     if b"resource_tracker" not in fh.read():
@@ -213,88 +147,10 @@ class Recipe:
                 continue
         return found
 
-    def every_worker(
-        self, predicate: Callable[[dict[str, Any]], bool], since: float | None = None, timeout: float = 30.0
-    ) -> dict[int, float]:
-        """Seconds after ``since`` (default: now) at which each worker first
-        gave an answer that ``predicate`` accepts; bounded in count and time."""
-        began = time.monotonic() if since is None else since
-        workers = self.workers()
-        found: dict[int, float] = {}
-        for _ in range(200):
-            if (found and set(found) >= workers) or time.monotonic() - began > timeout:
-                break
-            for answer in self.burst():
-                if predicate(answer):
-                    found.setdefault(answer["pid"], time.monotonic() - began)
-        return found
-
-    # ------------------------------------------------------------------ the host
-
-    def status(self) -> dict[str, Any]:
-        """`featbit-shm status --json`, with the server's FEATBIT_* variables."""
-        tool = shutil.which("featbit-shm", path=str(BIN))
-        argv = [tool] if tool else [sys.executable, "-m", "featbit_shm.cli"]
-        done = subprocess.run([*argv, "status", "--json"], env=self.env, capture_output=True, text=True, timeout=60)
-        status: dict[str, Any] = json.loads(done.stdout)
-        status["exit_status"] = done.returncode
-        return status
-
-    def received(self) -> set[str]:
-        """Users whose evaluation of the flag reached the stand-in."""
-        return {
-            e["user"]["keyId"]
-            for e in self.server.events
-            if e.get("variations") and e["variations"][0]["featureFlagKey"] == FLAG
-        }
-
-    def evaluated(self) -> set[str]:
-        return {a["user"] for a in self.answers if a["kind"] != "ClientNotReady"}
-
-    def lock_files(self) -> list[str]:
-        return [path for path in self.names.lock_files if os.path.exists(path)]
-
     def stop_and_check_nothing_is_left(self) -> float:
         """The page's stop, SIGTERM to the master; seconds until nothing of the store is left."""
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(60) == 0, self.logs_tail()
-        stopped = time.monotonic()
-        assert eventually(lambda: processes_of(self.namespace, sync_only=False) == [], timeout=60), (
-            processes_of(self.namespace, sync_only=False),
-            self.logs_tail(),
-        )
-        assert eventually(lambda: self.names.all_objects() == [], timeout=15), (
-            self.names.all_objects(),
-            self.logs_tail(),
-        )
-        assert self.lock_files() == [], self.lock_files()
-        return time.monotonic() - stopped
-
-    def cleanup(self) -> None:
-        """Whatever happened: no process, object or lock file of this store is left."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        for pid in [self.proc.pid, *processes_of(self.namespace, sync_only=False)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        eventually(lambda: not processes_of(self.namespace, sync_only=False), timeout=15)
-        remove_objects(self.names.all_objects(), self.names.access)
-        remove_lock_files(self.lock_files(), self.names.access)
-        self.output.close()
-
-    def logs_tail(self) -> str:
-        tails = []
-        for name in ("server.log", "sync.log"):
-            path = self.logs / name
-            if path.exists():
-                lines = [line for line in path.read_text(errors="replace").splitlines() if '"GET /' not in line]
-                tails.append(f"--- {name}\n" + "\n".join(lines[-40:]))  # without the access log
-        return "\n".join(tails)
+        assert self.stop() == 0, self.logs_tail()
+        return self.check_nothing_is_left()
 
 
 @pytest.mark.parametrize("recipe", ["gunicorn", "uvicorn"])
