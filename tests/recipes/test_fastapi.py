@@ -147,11 +147,6 @@ class Recipe(RecipeServer):
                 continue
         return found
 
-    def stop_and_check_nothing_is_left(self) -> float:
-        """The page's stop, SIGTERM to the master; seconds until nothing of the store is left."""
-        assert self.stop() == 0, self.logs_tail()
-        return self.check_nothing_is_left()
-
 
 @pytest.mark.parametrize("recipe", ["gunicorn", "uvicorn"])
 def test_the_recipe_serves_every_worker_follows_a_patch_delivers_events_and_stops_clean(

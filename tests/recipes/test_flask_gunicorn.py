@@ -184,6 +184,7 @@ class RecipeServer:
         port: int,
         markers: Sequence[str],
         user: Callable[[dict[str, Any]], str] = lambda answer: str(answer["user"]),
+        parallel: int = 2 * WORKERS,
         **popen: Any,
     ) -> None:
         self.server = server
@@ -195,7 +196,8 @@ class RecipeServer:
         self.markers = [*markers, f"FEATBIT_NAMESPACE={namespace}"]
         self._user = user
         self.output = open(logs / "server.log", "wb")  # closed in cleanup()
-        self.pool = ThreadPoolExecutor(2 * WORKERS)  # shut down in cleanup()
+        self.parallel = parallel
+        self.pool = ThreadPoolExecutor(parallel)  # shut down in cleanup()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT, **popen
@@ -221,7 +223,7 @@ class RecipeServer:
 
     def burst(self) -> list[dict[str, Any]]:
         """Requests on parallel connections, so several workers accept."""
-        return list(self.pool.map(lambda _: self.ask(), range(2 * WORKERS)))
+        return list(self.pool.map(lambda _: self.ask(), range(self.parallel)))
 
     def first_flag(self, timeout: float = 60.0) -> float:
         """Seconds from starting the server to the first flag served (not ClientNotReady)."""
@@ -241,17 +243,22 @@ class RecipeServer:
         return children_of(self.proc.pid) - set(processes_of(self.namespace))
 
     def every_worker(
-        self, predicate: Callable[[dict[str, Any]], bool], since: float | None = None, timeout: float = 30.0
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        since: float | None = None,
+        timeout: float = 30.0,
+        ask: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> dict[int, float]:
         """Seconds after ``since`` (default: now) at which each worker first
-        gave an answer that ``predicate`` accepts; bounded in count and time."""
+        gave an answer that ``predicate`` accepts to ``ask()``'s requests (by
+        default :meth:`burst`); bounded in count and time."""
         began = time.monotonic() if since is None else since
         workers = self.workers()
         found: dict[int, float] = {}
         for _ in range(200):
             if (found and set(found) >= workers) or time.monotonic() - began > timeout:
                 break
-            for answer in self.burst():
+            for answer in (ask or self.burst)():
                 if predicate(answer):
                     found.setdefault(answer["pid"], time.monotonic() - began)
         return found
@@ -305,6 +312,11 @@ class RecipeServer:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the server did not stop within {timeout} s\n{self.logs_tail()}") from None
+
+    def stop_and_check_nothing_is_left(self) -> float:
+        """The page's stop, SIGTERM to the master; seconds until nothing of the store is left."""
+        assert self.stop() == 0, self.logs_tail()
+        return self.check_nothing_is_left()
 
     def cleanup(self) -> None:
         """Whatever happened: no process, object or lock file of this store is left."""

@@ -19,32 +19,24 @@ It prints the time from starting gunicorn to the first flag served.
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from featbit_shm.shm.locks import remove_lock_files
-from featbit_shm.shm.names import StoreNames
-from featbit_shm.shm.objects import remove_objects
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
 
 from ..app_servers import free_port
 from ..sync_helpers import eventually, processes_of
 from .common import fenced_blocks, parent_of
+from .test_flask_gunicorn import RecipeServer
 
 pytestmark = pytest.mark.recipes
 
@@ -98,17 +90,14 @@ def native_threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-class Recipe:
+class Recipe(RecipeServer):
     """gunicorn started from a copy of the page's app, with the page's command and environment."""
 
     def __init__(self, tmp_path: Path, gunicorn: str, server: FeatBitStandIn) -> None:
-        self.server = server
         self.folder = tmp_path / "app"
         shutil.copytree(APP, self.folder)
-        self.logs = tmp_path
-        self.namespace = f"gevent-{uuid.uuid4().hex[:10]}"
-        self.names = StoreNames.for_env(server.secret, self.namespace)
-        self.port = free_port()
+        namespace = f"gevent-{uuid.uuid4().hex[:10]}"
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FEATBIT_", "GUNICORN_"))}
         env.update(
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `. .venv/bin/activate`
@@ -118,149 +107,31 @@ class Recipe:
             FEATBIT_EVENT_URL=server.event_url,
             # The test's own: a store of this test, the sync process's log,
             # no warm-start file in the home directory.
-            FEATBIT_NAMESPACE=self.namespace,
+            FEATBIT_NAMESPACE=namespace,
             FEATBIT_SHM_LOG_FILE=str(tmp_path / "sync.log"),
             FEATBIT_LOG_LEVEL="INFO",
             FEATBIT_SHM_WARM_START="0",
         )
-        self.env = env
         argv = [gunicorn, *COMMAND.split()[1:]]
-        argv = [a.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}") for a in argv]
-        self.output = open(tmp_path / "gunicorn.log", "wb")  # closed in cleanup()
-        self.pool = ThreadPoolExecutor(BURST)  # shut down in cleanup()
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, env=env, cwd=self.folder, stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT
+        argv = [a.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for a in argv]
+        super().__init__(
+            argv, cwd=self.folder, env=env, logs=tmp_path, server=server, namespace=namespace, port=port, markers=(), parallel=BURST
         )
-        self._users = itertools.count(1)
-        self.answers: list[dict[str, Any]] = []
-
-    # ------------------------------------------------------------------ requests
-
-    def get(self, path: str) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as resp:
-            answer: dict[str, Any] = json.loads(resp.read())
-        return answer
 
     def ask(self, wait: float = 0.0) -> dict[str, Any]:
         """GET /?user=...&wait=... for a user of its own."""
-        answer = self.get(f"/?user={self.namespace}-{next(self._users)}&wait={wait}")
+        status, answer = self.get(f"/?user={self.namespace}-{next(self._users)}&wait={wait}")
+        assert status == 200, answer
         self.answers.append(answer)
         return answer
 
-    def burst(self, wait: float) -> list[dict[str, Any]]:
+    def burst(self, wait: float = 0.0) -> list[dict[str, Any]]:
         """BURST requests at once, each waiting ``wait`` s in its worker (yielding)."""
         return list(self.pool.map(lambda _: self.ask(wait), range(BURST)))
 
     def changes(self) -> list[dict[str, Any]]:
         """BURST requests at once for /changes (they do not touch the client)."""
-        return list(self.pool.map(lambda _: self.get("/changes"), range(BURST)))
-
-    def first_flag(self, timeout: float = 60.0) -> float:
-        """Seconds from starting gunicorn to the first flag served (not ClientNotReady)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"gunicorn exited with {self.proc.returncode}\n{self.logs_tail()}"
-            try:
-                if self.ask()["kind"] != "ClientNotReady":
-                    return time.monotonic() - self.started
-            except OSError:
-                pass
-            time.sleep(0.01)
-        raise AssertionError(f"no flag served within {timeout} s\n{self.logs_tail()}")
-
-    def workers(self) -> set[int]:
-        """gunicorn's workers: the master's children but its sync process."""
-        sync = set(processes_of(self.namespace))
-        found = set()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) not in sync:
-                try:
-                    if parent_of(int(entry)) == self.proc.pid:
-                        found.add(int(entry))
-                except OSError:
-                    continue
-        return found
-
-    def every_worker(
-        self, ask: Callable[[], list[dict[str, Any]]], predicate: Callable[[dict[str, Any]], bool], since: float,
-        timeout: float = 30.0,
-    ) -> dict[int, float]:  # fmt: skip
-        """Seconds after ``since`` at which each worker first gave an answer
-        that ``predicate`` accepts (to ``ask()``'s bursts); bounded in count and time."""
-        workers = self.workers()
-        found: dict[int, float] = {}
-        for _ in range(100):
-            if (found and set(found) >= workers) or time.monotonic() - since > timeout:
-                break
-            for answer in ask():
-                if predicate(answer):
-                    found.setdefault(answer["pid"], time.monotonic() - since)
-        return found
-
-    # ------------------------------------------------------------------ the host
-
-    def status(self) -> dict[str, Any]:
-        """`featbit-shm status --json`, with the server's FEATBIT_* variables."""
-        tool = shutil.which("featbit-shm", path=str(BIN))
-        argv = [tool] if tool else [sys.executable, "-m", "featbit_shm.cli"]
-        done = subprocess.run([*argv, "status", "--json"], env=self.env, capture_output=True, text=True, timeout=60)
-        status: dict[str, Any] = json.loads(done.stdout)
-        status["exit_status"] = done.returncode
-        return status
-
-    def received(self) -> set[str]:
-        """Users whose evaluation of the flag reached the stand-in."""
-        return {
-            e["user"]["keyId"]
-            for e in self.server.events
-            if e.get("variations") and e["variations"][0]["featureFlagKey"] == FLAG
-        }
-
-    def evaluated(self) -> set[str]:
-        return {a["user"] for a in self.answers if a["kind"] != "ClientNotReady"}
-
-    def lock_files(self) -> list[str]:
-        return [path for path in self.names.lock_files if os.path.exists(path)]
-
-    def stop_and_check_nothing_is_left(self) -> None:
-        """The page's stop: SIGTERM to the master."""
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(60) == 0, self.logs_tail()
-        assert eventually(lambda: processes_of(self.namespace, sync_only=False) == [], timeout=30), (
-            processes_of(self.namespace, sync_only=False),
-            self.logs_tail(),
-        )
-        assert eventually(lambda: self.names.all_objects() == [], timeout=15), (
-            self.names.all_objects(),
-            self.logs_tail(),
-        )
-        assert self.lock_files() == [], self.lock_files()
-
-    def cleanup(self) -> None:
-        """Whatever happened: no process, object or lock file of this store is left."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        for pid in [self.proc.pid, *processes_of(self.namespace, sync_only=False)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        eventually(lambda: not processes_of(self.namespace, sync_only=False), timeout=15)
-        remove_objects(self.names.all_objects(), self.names.access)
-        remove_lock_files(self.lock_files(), self.names.access)
-        self.output.close()
-
-    def logs_tail(self) -> str:
-        tails = []
-        for name in ("gunicorn.log", "sync.log"):
-            path = self.logs / name
-            if path.exists():
-                tails.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:]))
-        return "\n".join(tails)
+        return list(self.pool.map(lambda _: self.get("/changes")[1], range(BURST)))
 
 
 def test_gevent_workers_serve_concurrent_requests_hear_a_patch_in_their_watcher_greenlet_and_stop_clean(
@@ -274,7 +145,7 @@ def test_gevent_workers_serve_concurrent_requests_hear_a_patch_in_their_watcher_
         # Every worker serves the flag while it serves other requests (each
         # waits 0.3 s, yielding): two or more in flight in one worker at once.
         concurrent = r.every_worker(
-            lambda: r.burst(0.3), lambda a: a["theme"] == "new" and a["in_flight"] >= 2, since=time.monotonic()
+            lambda a: a["theme"] == "new" and a["in_flight"] >= 2, since=time.monotonic(), ask=lambda: r.burst(0.3)
         )
         peak = {pid: max(a["in_flight"] for a in r.answers if a["pid"] == pid) for pid in concurrent}
         print(f"gevent: requests in flight at once, per worker: {peak}")
@@ -298,14 +169,14 @@ def test_gevent_workers_serve_concurrent_requests_hear_a_patch_in_their_watcher_
         server.update_flag(theme(patched=True))
         change = {"flag": FLAG, "old": "new", "new": "dark"}
         heard = r.every_worker(
-            r.changes, lambda a: [{k: c[k] for k in change} for c in a["changes"]] == [change], since=pushed, timeout=10
+            lambda a: [{k: c[k] for k in change} for c in a["changes"]] == [change], since=pushed, timeout=10, ask=r.changes
         )
         last = max(heard.values(), default=float("inf"))
         print(f"gevent: the watchers of {len(heard)} workers heard the patch, the last after {last:.3f} s")
         assert set(heard) == r.workers() and last <= 10, (heard, r.logs_tail())
         # ... and every worker's requests serve it, within 10 s.
         following = r.every_worker(
-            lambda: r.burst(0.05), lambda a: a["theme"] == "dark" and a["kind"] == "Off", since=pushed, timeout=10
+            lambda a: a["theme"] == "dark" and a["kind"] == "Off", since=pushed, timeout=10, ask=lambda: r.burst(0.05)
         )
         last = max(following.values(), default=float("inf"))
         print(f"gevent: the patch reached {len(following)} workers, the last after {last:.3f} s")
