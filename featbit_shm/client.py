@@ -446,14 +446,19 @@ class FBClient:
 
         The result is read-only, as fbclient's is.
         """
-        # The fast path, written out as in variation(): a str key, a user the C
-        # check accepts, a decision that chose a variation, its prebuilt detail.
+        # The fast path, written out as in variation(): a str key, a valid user
+        # (checked once: by make_user when the flag reads it, else by the C
+        # check), a decision that chose a variation, its prebuilt detail.
         try:
-            if type(key) is str and user_key(user) is not None:
+            if type(key) is str:
                 view = self._source.current()
                 flag = view.flag(key) if view is not None else None
                 if flag is not None:
-                    decision = flag.static_decision or evaluate(flag, make_user(user), view.segment)  # type: ignore[union-attr]
+                    decision = flag.static_decision
+                    if decision is None:
+                        decision = evaluate(flag, make_user(user), view.segment)  # type: ignore[union-attr]
+                    elif user_key(user) is None:
+                        make_user(user)  # an invalid user raises: the full path says why
                     kept = flag.details.get(id(decision))
                     detail = kept[1] if kept is not None and kept[0] is decision else shared_detail(flag, decision)
                     if detail is not None:  # None: an error, or a JSON value fresh per call (the full path)
@@ -512,11 +517,15 @@ class FBClient:
         """A typed variation's value: the fast path (as in
         :meth:`variation_detail`), else the full path. Never raises."""
         try:
-            if type(key) is str and user_key(user) is not None:
+            if type(key) is str:
                 view = self._source.current()
                 flag = view.flag(key) if view is not None else None
                 if flag is not None:
-                    decision = flag.static_decision or evaluate(flag, make_user(user), view.segment)  # type: ignore[union-attr]
+                    decision = flag.static_decision
+                    if decision is None:
+                        decision = evaluate(flag, make_user(user), view.segment)  # type: ignore[union-attr]
+                    elif user_key(user) is None:
+                        make_user(user)  # an invalid user raises: the full path says why
                     var = decision.variation
                     if var is not None:
                         value = convert(var.value)
