@@ -103,7 +103,7 @@ def test_a_host_restarted_while_featbit_is_unreachable_serves_last_known_flags(s
         assert eventually(lambda: env.leader_ready(reader), timeout=20)
         server.update_flag(banner("patched", 2_000))
         assert eventually(lambda: value_of(env) == "patched", timeout=10)
-        warm_file = state / f"{env.names.tag}.json"
+        warm_file = state / f"{env.names.environment}.json"  # named by the environment: it outlives a release
         assert eventually(lambda: warm_file.exists() and b"patched" in warm_file.read_bytes(), timeout=40)
         assert oct(warm_file.stat().st_mode & 0o777) == "0o600" and oct(state.stat().st_mode & 0o777) == "0o700"
         assert server.secret.encode() not in warm_file.read_bytes()

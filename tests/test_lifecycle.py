@@ -612,3 +612,59 @@ def test_a_stalled_dns_lookup_never_stops_the_heartbeat_nor_a_clean_stop(namespa
             proc.kill()
             proc.wait(10)
         remove_objects(names.all_objects(), names.access)
+
+
+# --------------------------------------------------------------------------- two releases on one host
+
+# A sync process of another featbit_shm release: this one with another
+# snapshot layout and so another store format (both patched before the sync
+# process starts), and no standby, whose `python -m featbit_shm.sync` would
+# be this release.
+OTHER_RELEASE = (
+    "import runpy, featbit_shm._core.snapshot as s, featbit_shm.shm.names as n; "
+    "s.LAYOUT = 3; n.STORE_FORMAT = n.STORE_FORMAT.replace('snapshot 4,', 'snapshot 3,'); "
+    "runpy.run_module('featbit_shm.sync', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.mark.subprocess
+def test_two_releases_with_different_formats_on_one_host_each_follow_featbit(server: FeatBitStandIn, namespace: str) -> None:
+    # A blue/green deploy on one host: the old release's sync process still
+    # serves the namespace when the new release's workers start. They shared
+    # its store names and its leader lock, could read none of its snapshots,
+    # and waited as "not ready" for ever, saying nothing (promise 1).
+    from featbit_shm import Config, FBClient
+    from featbit_shm.sync import SyncSettings
+    from featbit_shm.sync.launcher import sync_environment
+
+    settings = SyncSettings(
+        env_secret=server.secret, streaming_url=server.streaming_url, event_url=server.event_url, namespace=namespace, standby=False
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", OTHER_RELEASE],
+        env=sync_environment(settings, os.getpid()),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        start_new_session=True,
+    )
+    client = None
+    try:
+        assert eventually(lambda: server.open_connections == 1, timeout=30)  # the other release is connected and serving
+        # This release's client starts a sync process, as its hooks would.
+        config = Config(server.secret, server.event_url, server.streaming_url, namespace=namespace, start_sync=True)
+        client = FBClient(config, start_wait=30)
+        assert client.initialize, client.update_status_provider.current_state
+        user = {"key": "a", "country": "us"}
+        assert not client.variation_detail("welcome-banner", user, None).error
+        assert eventually(lambda: server.open_connections == 2, timeout=30)  # each release its own sync process
+        banner_off(server)
+        assert eventually(lambda: client.variation_detail("welcome-banner", user, None).kind == "Off", timeout=15)
+        assert client.update_status_provider.current_state.state_type.name == "OK"
+        assert other.poll() is None  # the other release's store and sync process are left alone
+    finally:
+        if client is not None:
+            client.stop()
+        other.terminate()
+        other.wait(30)

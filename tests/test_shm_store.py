@@ -426,3 +426,43 @@ def test_state_since_moves_when_a_publish_changes_the_state(names: StoreNames) -
         now[0] = 200.0
         writer.publish(dataset(b.flag("a")))
         assert (writer.control.state, writer.control.state_since) == (SyncState.OK, 200.0)
+
+
+def test_a_snapshot_of_another_layout_is_reported_not_waited_on_silently(names: StoreNames, caplog: pytest.LogCaptureFixture) -> None:
+    # Store names carry every format (names.py), so this takes a hash
+    # collision or a foreign writer; still, a reader says why it serves
+    # nothing rather than looking like a slow start (promise 1).
+    import logging
+    import struct
+
+    with SnapshotWriter(names) as writer:
+        gen = writer.publish(dataset(b.flag("a")))
+        with open(f"/dev/shm{names.root(gen)}", "r+b") as fh:
+            fh.seek(8)
+            fh.write(struct.pack("<I", 3))
+        reader = SnapshotReader(names)
+        with caplog.at_level(logging.ERROR, logger="featbit_shm"):
+            assert reader.current() is None
+        assert reader.map_error is not None and "layout 3" in reader.map_error, reader.map_error
+        assert "layout 3" in caplog.text
+
+
+def test_store_names_carry_the_formats_and_the_environment_tag_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two releases whose formats differ get two stores and two leader locks
+    # (tests/test_lifecycle.py runs them); what outlives a release (the
+    # warm-start file) is named by the environment alone.
+    import hashlib
+
+    from featbit_shm._core import snapshot
+    from featbit_shm.shm import control, formats, ring
+    from featbit_shm.shm import names as names_module
+
+    assert (formats.SNAPSHOT_LAYOUT, formats.CONTROL_LAYOUT, formats.RING_LAYOUT) == (snapshot.LAYOUT, control.LAYOUT, ring.LAYOUT)
+    this = StoreNames.for_env("secret", "ns")
+    monkeypatch.setattr(names_module, "STORE_FORMAT", formats.STORE_FORMAT.replace(f"ring {ring.LAYOUT}", "ring 99"))
+    other = StoreNames.for_env("secret", "ns")
+    assert this.tag != other.tag and this.base != other.base and this.lock_path != other.lock_path
+    assert this.environment == other.environment != StoreNames.for_env("secret", "ns2").environment
+    # The environment tag is the store tag of releases before formats were
+    # named, so their warm-start files are found after an upgrade.
+    assert this.environment == hashlib.sha256(b"featbit-shm/1\0secret\0ns").hexdigest()[:20]

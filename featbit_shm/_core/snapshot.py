@@ -154,6 +154,10 @@ class SnapshotError(ValueError):
     """The bytes are not a valid snapshot image (or not the one expected)."""
 
 
+class SnapshotLayoutError(SnapshotError):
+    """A valid image of another layout: written by another featbit_shm release."""
+
+
 def key_hash(key: bytes) -> int:
     return zlib.crc32(key)
 
@@ -285,7 +289,7 @@ class SnapshotImage:
             raise SnapshotError("bad snapshot magic")
         if layout != LAYOUT or header_size != HEADER_SIZE:
             # An image of another layout (an older or newer featbit_shm) is refused, never guessed at.
-            raise SnapshotError(f"snapshot layout {layout} is not {LAYOUT}")
+            raise SnapshotLayoutError(f"snapshot layout {layout} is not {LAYOUT}")
         if size < TABLES:
             raise SnapshotError("root is shorter than its header")
         _m, _l, _h, gen, version, fslots, sslots, nf, ns, af, as_, nchunks, kslots, nk = _HEADER.unpack_from(view, 0)

@@ -54,9 +54,9 @@ from collections.abc import Callable
 from typing import Final
 
 from .._runtime.processes import pid_alive
+from .formats import CONTROL_LAYOUT as LAYOUT
 
 MAGIC: Final = b"FBSHMCTL"
-LAYOUT: Final = 1
 SIZE: Final = 4096
 
 _HEAD: Final = struct.Struct("<8sII")

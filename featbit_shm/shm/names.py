@@ -9,6 +9,12 @@ names that must be found again -- the control block and the registry -- have
 fallback slots (``.ctl``, ``.ctl.1``, ...): when another account squats one,
 the store's writer takes the next, and readers take the first one they trust
 (:mod:`.trust`).
+
+The tag also carries the store's formats (:mod:`.formats`): two releases of
+featbit_shm whose shared-memory formats differ get two stores, two leader
+locks and two sync processes, never one each can only half read. The
+environment's own hash (:attr:`StoreNames.environment`, the same in every
+release) names what outlives a release: the warm-start file.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from .formats import STORE_FORMAT
 from .locks import runtime_directory
 from .trust import StoreAccess
 
@@ -29,13 +36,15 @@ SLOTS = 8  # names tried for the control block and for the registry
 class StoreNames:
     """Every name one store uses. Build it with :meth:`for_env`."""
 
-    tag: str  # the hash; safe to log
+    tag: str  # the hash of the environment and the formats; safe to log
     access: StoreAccess = field(default_factory=StoreAccess)
+    environment: str = ""  # the hash of the environment alone (for_env sets it); safe to log
 
     @classmethod
     def for_env(cls, env_secret: str, namespace: str = "default", access: StoreAccess | None = None) -> StoreNames:
-        digest = hashlib.sha256(b"featbit-shm/1\0" + env_secret.encode() + b"\0" + namespace.encode()).hexdigest()
-        return cls(digest[:20], access if access is not None else StoreAccess.from_env())
+        environment = hashlib.sha256(b"featbit-shm/1\0" + env_secret.encode() + b"\0" + namespace.encode()).hexdigest()
+        store = hashlib.sha256(f"{environment}\0{STORE_FORMAT}".encode()).hexdigest()
+        return cls(store[:20], access if access is not None else StoreAccess.from_env(), environment[:20])
 
     @property
     def base(self) -> str:

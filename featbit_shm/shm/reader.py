@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from .._core.errors import SharedMemoryError
-from .._core.snapshot import SnapshotError, SnapshotImage
+from .._core.snapshot import SnapshotError, SnapshotImage, SnapshotLayoutError
 from .._core.view import CompiledView
 from .._runtime.notices import warn_limited
 from .control import W_GENERATION, ControlBlock, ControlError, SyncState
@@ -232,6 +232,17 @@ class SnapshotReader:
                 for chunk_id in image.chunks:
                     known = self._chunks.get(chunk_id)
                     chunks[chunk_id] = known if known is not None else map_readonly(self.names.chunk(chunk_id), SNAPSHOT, self.names.access)
+            except SnapshotLayoutError as exc:
+                # Store names carry the formats (shm.formats), so this is a
+                # foreign writer or a hash collision -- never a slow start.
+                self._cannot_map(f"cannot read snapshot {pointer.name}: {exc}, written by another featbit_shm release")
+                warn_limited(
+                    f"layout {self.names.tag}",
+                    f"featbit_shm: pid {os.getpid()} cannot read snapshot {pointer.name}: {exc} (another featbit_shm "
+                    f"release wrote it); it keeps serving generation {self._seen}, which may be stale",
+                    level=logging.ERROR,
+                )
+                return False
             except (FileNotFoundError, SnapshotError):
                 continue  # unlinked or replaced under us: read the pointer again
             except (OSError, SharedMemoryError) as exc:  # Untrusted: another account's object under a retired name

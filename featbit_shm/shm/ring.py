@@ -88,6 +88,7 @@ from .._core.errors import ConfigError, SharedMemoryError
 from .._runtime.environment import env_bool
 from .._runtime.notices import warn_limited
 from .._runtime.processes import pid_namespace
+from .formats import RING_LAYOUT as LAYOUT
 from .names import StoreNames
 from .objects import create_object, open_object, unlink_object
 from .trust import RING
@@ -98,7 +99,6 @@ except ImportError:  # no compiler at install time: the pure-Python path
     _FastWriter = None
 
 MAGIC: Final = b"FBSHMRNG"
-LAYOUT: Final = 2
 HEADER: Final = 4096  # one page: the data starts page-aligned (see "Memory follows the backlog")
 PAGE: Final = mmap.PAGESIZE
 RESERVE: Final = 64 * 1024  # bytes the producer commits at a time

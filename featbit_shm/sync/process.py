@@ -306,7 +306,9 @@ class SyncProcess:
         directory = None if s.offline else state_directory(s.state_dir, s.warm_start)
         if directory is None:
             return
-        self._warm = WarmStart(directory, self.names.tag, s.namespace)
+        # Named by the environment, not the store: the file outlives a release
+        # whose formats change (shm.formats).
+        self._warm = WarmStart(directory, self.names.environment or self.names.tag, s.namespace)
         if not self._adopted:
             self._warm_data = self._warm.load()
 

@@ -10,8 +10,8 @@ serve last-known values, and the status says they are not fresh. The first
 data from FeatBit replaces it whole (the cursor stays 0 until then: a full
 sync, so the server's version always wins).
 
-The file (``<state dir>/<store tag>.json``) holds flags and segments as
-the sync process holds them (normalised from FeatBit's wire form), the store tag, the namespace, the data version and a
+The file (``<state dir>/<environment tag>.json``, ``StoreNames.environment``: the same in every release) holds flags and segments as
+the sync process holds them (normalised from FeatBit's wire form), the environment tag, the namespace, the data version and a
 SHA-256 of the payload -- never the secret (the tag is a hash of it). It is
 written atomically (a temporary file, fsync, rename) with mode 0600 in a
 directory of this account's (0700; created when missing), at most every
