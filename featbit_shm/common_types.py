@@ -12,7 +12,7 @@ import json
 from collections.abc import KeysView, Mapping
 from typing import Any
 
-from ._core.model import Decision, Flag
+from ._core.model import Decision, Flag, settle
 from ._core.results import ERROR_FLAG_NOT_FOUND, WRONG_TYPE, ReasonKind
 
 FLAG_KEY_UNKNOWN = "flag key unknown"
@@ -123,7 +123,11 @@ def shared_detail(flag: Flag, decision: Decision) -> EvalDetail | None:
     fields = (decision.reason, var.typed, flag.key, flag.name, var.id, kind, "", split)
     for field, value in zip(("reason", "variation", "key_name", "name", "variation_id", "kind", "error", "split"), fields):
         object.__setattr__(detail, field, value)
-    flag.details[id(decision)] = (decision, detail)
+    details = flag.details
+    details[id(decision)] = (decision, detail)
+    # The entry (and the dict, which CPython tracks again as it gains a
+    # tracked value) live with the flag: out of the collector's view too.
+    settle(details, (_SharedDetail,))
     return detail
 
 

@@ -63,7 +63,7 @@ def evaluate(flag: Flag, user: User, segment_of: SegmentOf) -> Decision:
             return target if target is not None else _malformed("target names a variation that does not exist")
         rules = flag.rules
         if rules:
-            i = flag.walk(user, segment_of)
+            i = flag.walk_fn(flag.walk_ops, user, segment_of)
             if i >= 0:
                 rule = rules[i]
                 picked = _select(flag, rule, user)

@@ -76,6 +76,8 @@ REGEX_MIN_SUBJECT: Final = 64  # a pattern whose subject cap would be shorter is
 
 SegmentOf = Callable[[str], Any]  # segment id -> Segment or None
 Test = Callable[[User, SegmentOf], bool]
+# A rule walk in two parts: fn(operands, user, segment_of) (compile_walk).
+WalkParts = tuple[Callable[..., int], tuple[Any, ...]]
 
 class MalformedFlag(Exception):
     """The flag's data cannot be evaluated; evaluation returns the default."""
@@ -1114,8 +1116,9 @@ def _step(cond: Condition, in_segment: bool) -> _Step:
     return _NEVER  # R-41: unknown operators never match
 
 
-def _build(rules: list[list[Condition]], in_segment: bool, walker: bool) -> Any:
-    """The shared function of these rules' shape, bound to their operands."""
+def _build(rules: list[list[Condition]], in_segment: bool, walker: bool) -> WalkParts:
+    """The shared function of these rules' shape and their operands: the
+    walk is ``fn(operands, user, segment_of)``."""
     props: dict[str, int] = {}  # property -> slot
     shape: list[tuple[str, ...]] = []
     operands: list[Any] = []
@@ -1138,20 +1141,20 @@ def _build(rules: list[list[Condition]], in_segment: bool, walker: bool) -> Any:
                 if len(_SEEN) >= _MAX_SEEN:
                     _SEEN.clear()
                 _SEEN[key] = 1
-                return MethodType(_walk_each, tuple(_build([conds], in_segment, walker=False) for conds in rules))
+                return _walk_each, tuple(_build([conds], in_segment, walker=False) for conds in rules)
             _SEEN.pop(key, None)
             _flag_shapes_compiled[0] += 1
         if len(_TEMPLATES) >= _MAX_TEMPLATES:
             _TEMPLATES.clear()
         template = _TEMPLATES[key] = _template(shape, len(props), walker)
-    return MethodType(template, (*props, *operands))
+    return template, (*props, *operands)
 
 
-def _walk_each(matchers: tuple[Test, ...], u: User, s: SegmentOf) -> int:
+def _walk_each(matchers: tuple[WalkParts, ...], u: User, s: SegmentOf) -> int:
     """A walk over rules' own matchers: what a flag of a shape not compiled yet uses."""
     i = 0
-    for match in matchers:
-        if match(u, s):
+    for match, operands in matchers:
+        if match(operands, u, s):
             return i
         i += 1
     return -1
@@ -1165,7 +1168,7 @@ def compile_rule(conds: list[Condition], *, in_segment: bool = False) -> Test:
     """
     if not conds:
         return _always
-    match: Test = _build([conds], in_segment, walker=False)
+    match: Test = MethodType(*_build([conds], in_segment, walker=False))
     return match
 
 
@@ -1179,8 +1182,19 @@ def compile_rules(rules: list[list[Condition]], *, in_segment: bool = False) -> 
     raises from the walk, as it would from the rule's own matcher."""
     if not rules:
         return _no_rule
-    walk: Walk = _build(rules, in_segment, walker=True)
+    walk: Walk = MethodType(*_build(rules, in_segment, walker=True))
     return walk
+
+
+def compile_walk(rules: list[list[Condition]], *, in_segment: bool = False) -> WalkParts:
+    """:func:`compile_rules` in its two parts, the shape's shared function
+    and the rules' operands: ``fn(operands, user, segment_of)``. What a
+    compiled flag keeps: a bound method is an object the garbage collector
+    must track (and may never be untracked), a tuple of operands is not
+    (see model.settle)."""
+    if not rules:
+        return _NO_RULES
+    return _build(rules, in_segment, walker=True)
 
 
 def _template(shape: list[tuple[str, ...]], n_props: int, walker: bool) -> Callable[..., Any]:
@@ -1305,3 +1319,10 @@ def _always(u: User, segment_of: SegmentOf) -> bool:
 
 def _no_rule(u: User, segment_of: SegmentOf) -> int:
     return -1
+
+
+def _no_rule_walk(operands: tuple[()], u: User, segment_of: SegmentOf) -> int:
+    return -1
+
+
+_NO_RULES: Final[WalkParts] = (_no_rule_walk, ())

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from .changes import ChangeSet
-from .model import Flag, LayeredSegment, Layers, Segment
+from .model import Flag, LayeredSegment, Layers, Segment, settle
 from .schema import FlagEntry, SegmentEntry
 from .snapshot import KeySetRefs, SnapshotImage
 
@@ -163,7 +163,10 @@ class CompiledView:
         else:
             norm, source = image.read_flag_packed(pos, key)
             f = None if norm.get("archived") else self._reuse_or_compile(known[3] if known is not None else None, norm, source)
-        cache.flags[key] = (epoch, pos, entry, f)
+        # The entry and a new compiled flag: nothing the cycle collector
+        # needs to walk (model.settle); a reused flag is settled already.
+        settle(known := (epoch, pos, entry, f))
+        cache.flags[key] = known
         return f
 
     def _lookup_flag(self, key: str) -> Flag | None:
@@ -179,7 +182,8 @@ class CompiledView:
         else:
             cache.flag_compiles += 1
             f = Flag(norm)  # keeps ``norm``: the data set holds it anyway
-        cache.plain_flags[key] = (norm, f)
+        settle(entry := (norm, f))
+        cache.plain_flags[key] = entry
         return f
 
     def _reuse_or_compile(self, old: Flag | None, norm: FlagEntry, source: bytes) -> Flag:
@@ -228,7 +232,8 @@ class CompiledView:
                 # The stored form is small even for a huge segment (its long
                 # lists are key-set references), so comparing it is cheap.
                 seg = old if old is not None and old.norm == norm else self._compile_segment(image, norm, refs)
-        cache.segments[seg_id] = (epoch, pos, entry, seg)
+        settle(known := (epoch, pos, entry, seg))
+        cache.segments[seg_id] = known
         return seg
 
     def _compile_segment(self, image: SnapshotImage, norm: SegmentEntry, refs: KeySetRefs) -> Segment:
@@ -257,7 +262,8 @@ class CompiledView:
         else:
             cache.segment_compiles += 1
             seg = Segment(norm)
-        cache.plain_segments[seg_id] = (norm, seg)
+        settle(entry := (norm, seg))
+        cache.plain_segments[seg_id] = entry
         return seg
 
     # ------------------------------------------------------------------ the rest
