@@ -567,7 +567,7 @@ def flag_propagation(n_flags: int, rounds: int, workers: int = 8) -> dict[str, A
 SYNC_MEMORY = r"""
 import gc, json, sys
 from featbit_shm._core.dataset import DataSet
-from featbit_shm._core.wire import parse_data_sync
+from featbit_shm._core.protocol import parse_frame
 from featbit_shm.shm.names import StoreNames
 from featbit_shm.shm.writer import SnapshotWriter
 
@@ -578,14 +578,14 @@ def status(field):
 start = status("VmRSS")
 with open(sys.argv[2]) as fh:
     text = fh.read()
-dataset, _ = DataSet(packed=True).apply(parse_data_sync(json.loads(text)["data"]))  # as the sync process holds it
+dataset, _ = DataSet(packed=True).apply(parse_frame(text))  # as the sync process reads and holds a full sync
 with open(sys.argv[3]) as fh:
     patch = fh.read()
 del text
 gc.collect()
 with SnapshotWriter(StoreNames(sys.argv[1]), grace=0.2, keep=2) as writer:
     writer.publish(dataset)
-    dataset, changes = dataset.apply(parse_data_sync(json.loads(patch)["data"]))
+    dataset, changes = dataset.apply(parse_frame(patch))
     writer.publish(dataset, changes)
     gc.collect()
     print(json.dumps({"rss_kib": status("VmRSS"), "peak_kib": status("VmHWM"), "rss_start_kib": start}), flush=True)

@@ -12,9 +12,9 @@ and listed in :attr:`LoadResult.skipped` while their siblings load (R-15).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from . import jsonstream
 from .dataset import DataSet
 from .errors import DataError
 from .wire import DataSyncMessage, Skipped, WireError, parse_envelope
@@ -29,7 +29,7 @@ class LoadResult:
 def load_document(text: str | bytes, *, require_full: bool = True, origin: str = "document") -> LoadResult:
     """Parse a data-sync document into a new data set (a full replacement)."""
     try:
-        document = json.loads(text)
+        document = jsonstream.loads(text)  # entity lists packed as they are read
     except (ValueError, RecursionError) as exc:
         raise DataError(f"{origin}: not valid JSON: {exc}") from None
     try:

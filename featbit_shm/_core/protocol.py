@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final, Union
 from urllib.parse import quote
 
+from . import jsonstream
 from .wire import DataSyncMessage, WireError, parse_data_sync
 
 USER_AGENT: Final = "fb-python-server-sdk"  # R-4: [PY]'s value; the server does not read it
@@ -136,7 +137,7 @@ Frame = Union[DataSyncMessage, Pong, Ignored]
 def parse_frame(text: str | bytes) -> Frame:
     """Classify one received message. Never raises (G-5: bad JSON is ignored)."""
     try:
-        envelope = json.loads(text)
+        envelope = jsonstream.loads(text)  # a full sync's entity lists packed as they are read
     except (ValueError, RecursionError):
         return Ignored("invalid JSON")
     if not isinstance(envelope, dict):

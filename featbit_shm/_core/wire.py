@@ -405,39 +405,64 @@ def _identity(raw: object, name: str, index: int) -> str:
     return f"#{index}"
 
 
+class Entities:
+    """One entity list of a data-sync message, packed (:class:`Packed`) as
+    it is read, with the entities skipped as malformed (R-15).
+
+    :func:`parse_data_sync` makes one of each list it is given; the
+    streaming document reader (:mod:`.jsonstream`) makes them while it
+    parses, and puts them where the lists were, so that no list is ever
+    held parsed whole.
+    """
+
+    __slots__ = ("is_segment", "packed", "skipped")
+
+    def __init__(self, is_segment: bool, raw: Iterator[object] | Sequence[object] = ()) -> None:
+        self.is_segment = is_segment
+        self.packed: list[Packed] = []
+        self.skipped: list[Skipped] = []
+        for raw_entity in raw:
+            self.add(raw_entity)
+
+    def add(self, raw: object) -> None:
+        """Normalise and pack the next entity of the list, or note why it is skipped."""
+        try:
+            if self.is_segment:
+                self.packed.append(Packed.of(normalize_segment(raw), True))
+            else:
+                self.packed.append(Packed.of(normalize_flag(raw), False))
+        except WireError as exc:
+            index = len(self.packed) + len(self.skipped)
+            if self.is_segment:
+                self.skipped.append(Skipped("segment", _identity(raw, "id", index), str(exc)))
+            else:
+                self.skipped.append(Skipped("flag", _identity(raw, "key", index), str(exc)))
+
+
 def parse_data_sync(data: object) -> DataSyncMessage:
     """The ``data`` object of a data-sync message -> :class:`DataSyncMessage`.
 
     Raises :class:`WireError` only when the envelope itself is unusable (R-11);
     malformed entities are reported in ``skipped`` and left out (R-15).
-    Entities come out :class:`Packed` (module docstring).
+    Entities come out :class:`Packed` (module docstring). An entity list may
+    be given already packed, as :class:`Entities` (from :mod:`.jsonstream`).
     """
     body = _dict(data, "data")
     event_type = body.get("eventType")
     if event_type not in ("full", "patch"):
         raise WireError(f"unsupported eventType {event_type!r}")
-    raw_flags = body.get("featureFlags", [])
-    raw_segments = body.get("segments", [])
-    if raw_flags is None:
-        raw_flags = []
-    if raw_segments is None:
-        raw_segments = []
-    if not isinstance(raw_flags, list) or not isinstance(raw_segments, list):
-        raise WireError("featureFlags and segments must be lists")
-    skipped: list[Skipped] = []
-    flags: list[AnyFlag] = []
-    for i, raw in enumerate(raw_flags):
-        try:
-            flags.append(Packed.of(normalize_flag(raw), False))
-        except WireError as exc:
-            skipped.append(Skipped("flag", _identity(raw, "key", i), str(exc)))
-    segments: list[AnySegment] = []
-    for i, raw in enumerate(raw_segments):
-        try:
-            segments.append(Packed.of(normalize_segment(raw), True))
-        except WireError as exc:
-            skipped.append(Skipped("segment", _identity(raw, "id", i), str(exc)))
-    return DataSyncMessage(event_type, flags, segments, skipped)
+    lists = []
+    for name, is_segment in (("featureFlags", False), ("segments", True)):
+        raw = body.get(name, [])
+        if raw is None:
+            raw = []
+        if isinstance(raw, list):
+            raw = Entities(is_segment, raw)
+        elif not isinstance(raw, Entities) or raw.is_segment is not is_segment:
+            raise WireError("featureFlags and segments must be lists")
+        lists.append(raw)
+    flags, segments = lists
+    return DataSyncMessage(event_type, flags.packed, segments.packed, flags.skipped + segments.skipped)
 
 
 def parse_envelope(document: object) -> DataSyncMessage:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http.client
-import json
 import logging
 import os
 import random
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import websocket
 from websocket._url import get_proxy_info
 
+from .._core import jsonstream
 from .._core.document import load_document
 from .._core.errors import DataError
 from .._core.protocol import (
@@ -516,7 +516,7 @@ def _polled_messages(body: bytes) -> list[DataSyncMessage]:
     """The messages of one polling answer: none for an empty body."""
     if not body.strip():
         return []
-    document = json.loads(body)
+    document = jsonstream.loads(body)  # a full sync's entity lists packed as they are read
     if isinstance(document, dict) and "messageType" in document:
         return [parse_envelope(document)]
     return [parse_data_sync(document)]
