@@ -598,16 +598,23 @@ class FBClient:
             u = make_user(user)
         except InvalidUser as exc:
             return AllFlagStates(False, f"invalid user: {exc}", {})
-        details: dict[str, EvalDetail] = {}
-        try:
-            keys = view.flag_keys()
-        except Exception as exc:  # noqa: BLE001 - a damaged snapshot index
-            return AllFlagStates(False, f"{REASON_ERROR}: {exc}", {})
-        flag_of, segment_of = view.flag, view.segment
-        for key in keys:
+        plan: tuple[dict[str, EvalDetail | None], tuple[str, ...]] | None = view.memo.get("all-flags")
+        if plan is None:
+            try:
+                plan = view.memo["all-flags"] = _all_flags_plan(view)
+            except Exception as exc:  # noqa: BLE001 - a damaged snapshot index
+                return AllFlagStates(False, f"{REASON_ERROR}: {exc}", {})
+        template, per_user = plan
+        # Flags whose result cannot depend on the user are in the template
+        # already, in key order; the others are evaluated into their places.
+        details = template.copy()
+        segment_of = view.segment
+        flag_of = view.flag
+        for key in per_user:
             try:
                 flag = flag_of(key)
                 if flag is None:
+                    del details[key]
                     continue
                 decision = flag.static_decision or evaluate(flag, u, segment_of)
                 kept = flag.details.get(id(decision))
@@ -626,7 +633,7 @@ class FBClient:
                     details[key] = EvalDetail(reason, value, key, flag.name, var.id, kind, "", kind is _FALLTHROUGH and flag.fallthrough.needs_bucket)
             except Exception as exc:  # noqa: BLE001 - one bad flag never fails the rest
                 details[key] = EvalDetail(f"{REASON_ERROR}: {exc}", None, key, FLAG_NAME_UNKNOWN, "", _ERROR, ERROR_EXCEPTION)
-        return AllFlagStates(True, "OK", details)
+        return AllFlagStates._taking(details)  # type: ignore[arg-type]  # every placeholder was filled or deleted
 
     @property
     def generation(self) -> int:
@@ -643,3 +650,32 @@ class FBClient:
             return view is not None and plain is not None and view.flag(plain) is not None
         except Exception:  # noqa: BLE001
             return False
+
+
+def _all_flags_plan(view: Any) -> tuple[dict[str, EvalDetail | None], tuple[str, ...]]:
+    """What every all-flags call of one view shares: each active flag's key
+    in order, with its detail when no user can change it (a prebuilt, shared
+    one: the flag is off, or has no targets, no rules and one variation for
+    everyone), and the keys to evaluate per user, whose places hold None.
+
+    So a call costs what its user-dependent flags cost. Raises only when the
+    view's key list cannot be read; a flag that cannot be read is left to
+    each call, which reports it."""
+    template: dict[str, EvalDetail | None] = {}
+    per_user: list[str] = []
+    for key in view.flag_keys():
+        try:
+            flag = view.flag(key)
+        except Exception:  # noqa: BLE001 - each call says what is wrong with it
+            flag = key
+        if flag is None:
+            continue  # archived
+        decision = getattr(flag, "static_decision", None)
+        detail = None
+        if decision is not None:
+            kept = flag.details.get(id(decision))
+            detail = kept[1] if kept is not None and kept[0] is decision else shared_detail(flag, decision)
+        template[key] = detail
+        if detail is None:
+            per_user.append(key)
+    return template, tuple(per_user)

@@ -168,6 +168,13 @@ class AllFlagStates(BasicFlagState):
         self.reason = "OK" if success else reason
         self._details = dict(details)
 
+    @classmethod
+    def _taking(cls, details: dict[str, EvalDetail]) -> AllFlagStates:
+        """A successful result that takes ``details`` as it is (no copy: the caller made it for this)."""
+        states = cls.__new__(cls)
+        states.success, states.reason, states._details = True, "OK", details
+        return states
+
     def keys(self) -> KeysView[str]:
         return self._details.keys()
 

@@ -643,6 +643,10 @@ def test_the_fast_paths_give_exactly_what_the_full_path_gives(
                     assert same(value, reference.variation), f"{name}_variation({key!r}, {user!r}): {value!r} vs {reference!r}"
             states = client.get_all_latest_flag_variations(user)
             if states.success:
+                # Every active flag, in the snapshot's key order (static ones
+                # come from a per-view template, the rest are evaluated into place).
+                view = client._source.current()
+                assert list(states.keys()) == [k for k in view.flag_keys() if view.flag(k) is not None]
                 for key in states.keys():
                     reference = client._typed(key, user, None, None)
                     if reference.kind is ReasonKind.WRONG_TYPE or reference.error == "MalformedFlag":

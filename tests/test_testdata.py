@@ -79,3 +79,25 @@ def test_the_documented_example_runs_as_written() -> None:
     test = namespace["test_banner_can_be_switched_off"]
     assert callable(test)
     test()
+
+
+def test_all_flags_follow_every_update_of_static_and_per_user_flags() -> None:
+    # get_all keeps, per snapshot view, the details no user can change; a
+    # later view must never answer from an earlier view's (promise 1).
+    td = TestData([b.flag("kill", enabled=True), b.flag("toggle")])
+    client = td.client()
+    user, other = {"key": "u1", "country": "fr"}, {"key": "u2", "country": "us"}
+
+    def values(u: dict[str, str]) -> dict[str, object]:
+        states = client.get_all_latest_flag_variations(u)
+        return {k: states.get_variation(k) for k in states.keys()}
+
+    assert values(user) == {"kill": True, "toggle": True}
+    td.update(b.flag("kill", enabled=False))  # the kill switch: static, and changed
+    assert values(user) == values(other) == {"kill": False, "toggle": True}
+    td.update(b.flag("toggle", rules=[b.rule([b.cond("country", "Equal", "us")], b.serve(1))], fallthrough=b.serve(0)))
+    assert values(user) == {"kill": False, "toggle": True} and values(other) == {"kill": False, "toggle": False}
+    td.update(b.flag("toggle", enabled=False))  # per user again static
+    assert values(user) == values(other) == {"kill": False, "toggle": False}
+    td.delete("kill")
+    assert values(other) == {"toggle": False}

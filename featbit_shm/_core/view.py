@@ -98,7 +98,7 @@ class CompileCache:
 
 
 class CompiledView:
-    __slots__ = ("generation", "version", "origin", "_flag_norm", "_segment_norm", "_keys", "_key_list", "_flags", "_segments", "_image", "_cache", "_epoch")
+    __slots__ = ("generation", "version", "origin", "memo", "_flag_norm", "_segment_norm", "_keys", "_key_list", "_flags", "_segments", "_image", "_cache", "_epoch")
 
     _cache: CompileCache
 
@@ -122,6 +122,9 @@ class CompiledView:
         self._segment_norm = segment_norm
         self._keys = keys
         self._key_list: tuple[str, ...] | None = None
+        # What callers derive from this view once and keep with it (a view
+        # never changes): e.g. the client's plan for all-flags calls.
+        self.memo: dict[str, Any] = {}
         self._flags: dict[str, Flag] = {}
         self._segments: dict[str, Segment | None] = {}
         image = origin if isinstance(origin, SnapshotImage) else None
