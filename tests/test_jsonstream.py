@@ -156,3 +156,31 @@ def test_parse_frame_reads_a_large_full_sync_entity_by_entity() -> None:
 def test_an_entity_list_handed_to_the_wrong_field_is_refused() -> None:
     with pytest.raises(WireError, match="must be lists"):
         parse_data_sync({"eventType": "full", "featureFlags": Entities(True)})
+
+
+def test_an_entity_that_cannot_be_stored_is_skipped_and_the_frame_never_raises() -> None:
+    # Review finding (older than the reader): valid JSON that cannot be
+    # packed -- a lone surrogate (no UTF-8 for it), an integer no float
+    # holds -- failed the whole message, and parse_frame raised.
+    good = b.flag("good", updated_at=T0)
+    split = b.flag("huge-rollout", fallthrough=b.split((0, 0, 0.5, 1), (1, 0.5, 1, 1)), updated_at=T0)
+    cases = [dict(b.flag("bad", updated_at=T0), name="\ud800"), b.flag("k\ud800", updated_at=T0)]
+    for bad in cases:
+        text = json.dumps({"messageType": "data-sync", "data": b.data_sync([good, bad], [])["data"]})
+        for stream_at in (0, jsonstream.STREAM_AT):
+            frame = parse_frame(text) if stream_at else parse_envelope(jsonstream.loads(text, stream_at=0))
+            assert isinstance(frame, DataSyncMessage), frame
+            assert [p.key for p in frame.flags] == ["good"]  # type: ignore[union-attr]
+            (skipped,) = frame.skipped
+            assert "cannot be stored" in skipped.error and skipped.key.encode("utf-8")
+    text = json.dumps({"messageType": "data-sync", "data": b.data_sync([good, split], [])["data"]})
+    text = text.replace("0.5", "1" + "0" * 400, 1)
+    assert outcome(streamed, text) == outcome(json.loads, text)
+    frame = parse_frame(text)
+    assert isinstance(frame, DataSyncMessage) and [p.key for p in frame.flags] == ["good"]  # type: ignore[union-attr]
+    # The type and event type decide before any entity does, streamed or not.
+    assert outcome(streamed, text.replace('"full"', '"bogus"')) == outcome(json.loads, text.replace('"full"', '"bogus"'))
+    pong = json.dumps({"messageType": "pong", "data": json.loads(text)["data"]})
+    assert type(parse_frame(pong)).__name__ == "Pong"
+    with pytest.raises(TypeError):
+        jsonstream.loads(memoryview(text.encode()))  # type: ignore[arg-type]  # as json.loads

@@ -13,10 +13,14 @@ the text, the packed entities and one parsed entity.
 Only documents of the usual shape are read this way: an object, with the
 lists where FeatBit puts them (of a repeated key, the last value wins, as in
 ``json.loads``). Anything else -- a list where an object was expected,
-trailing data, invalid JSON -- is handed to ``json.loads`` whole, so the
-result, or the error, is exactly what ``json.loads`` and
+trailing data, invalid JSON, any error at all -- is handed to ``json.loads``
+whole, so the result, or the error, is what ``json.loads`` and
 :func:`~.wire.parse_data_sync` give (tests/test_jsonstream.py checks this on
-generated documents). Small documents go to ``json.loads`` directly.
+generated and damaged documents). Small documents go to ``json.loads``
+directly. Two costs of that: a large document found invalid near its end is
+parsed twice; and each entity is parsed on its own, so one nested deeper
+than ``json.loads`` can take whole (a Python-version-dependent limit, over a
+thousand levels) may still be read.
 
 Pure: no I/O.
 """
@@ -54,19 +58,22 @@ def loads(text: str | bytes | bytearray, *, stream_at: int = STREAM_AT) -> Any:
     """``json.loads(text)``, with the entity lists of a data-sync document
     packed as they are read (module docstring). Raises what ``json.loads``
     raises (ValueError, RecursionError)."""
-    if not isinstance(text, str):
+    if isinstance(text, (bytes, bytearray)):
         # What json.loads does with bytes (UTF-8, -16 or -32, detected).
         text = text.decode(json.detect_encoding(text), "surrogatepass")
+    elif not isinstance(text, str):
+        return json.loads(text)  # its TypeError
     start = _skip(text, 0)
     if len(text) < stream_at or text[start : start + 1] != "{":
         return json.loads(text)
+    document: dict[str, Any] | None = None
     try:
         document, end = _object(text, start, ())
-        if _skip(text, end) != len(text):
-            raise _Unusual  # trailing data: json.loads says what is wrong
-        return document
-    except (_Unusual, ValueError, RecursionError):
-        pass  # out of the handler first: its traceback would keep the partial parse alive
+        if _skip(text, end) == len(text):
+            return document
+    except Exception:  # noqa: BLE001 - anything at all: json.loads decides, and raises what it raises
+        pass  # (out of the handler first: its traceback would keep the partial parse alive)
+    document = None  # trailing data, or a partial parse: freed before the whole parse
     return json.loads(text)
 
 

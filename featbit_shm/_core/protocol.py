@@ -151,6 +151,8 @@ def parse_frame(text: str | bytes) -> Frame:
         return parse_data_sync(envelope.get("data"))
     except WireError as exc:
         return Ignored(f"invalid data-sync: {exc}")
+    except Exception as exc:  # noqa: BLE001 - never raises: a frame that breaks the parser is ignored, and said
+        return Ignored(f"invalid data-sync: {type(exc).__name__}: {exc}")
 
 
 # --------------------------------------------------------------------------- reconnects (R-17..R-21)

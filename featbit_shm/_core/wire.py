@@ -37,7 +37,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Union
 
 import msgpack
 
@@ -374,8 +374,8 @@ class Packed(Mapping[str, Any]):
 
 
 #: A flag or segment as a message or a data set holds it: normalised, or packed.
-AnyFlag = FlagEntry | Packed
-AnySegment = SegmentEntry | Packed
+AnyFlag = Union[FlagEntry, Packed]  # not ``|``: evaluated at import, and Python 3.9 has no ``X | Y`` of these
+AnySegment = Union[SegmentEntry, Packed]
 
 
 @dataclass(frozen=True)
@@ -401,7 +401,8 @@ def _identity(raw: object, name: str, index: int) -> str:
     if isinstance(raw, Mapping):
         value = raw.get(name)
         if isinstance(value, str) and value:
-            return value
+            # Printable and storable whatever it holds (a lone surrogate is shown escaped).
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return f"#{index}"
 
 
@@ -432,11 +433,19 @@ class Entities:
             else:
                 self.packed.append(Packed.of(normalize_flag(raw), False))
         except WireError as exc:
-            index = len(self.packed) + len(self.skipped)
-            if self.is_segment:
-                self.skipped.append(Skipped("segment", _identity(raw, "id", index), str(exc)))
-            else:
-                self.skipped.append(Skipped("flag", _identity(raw, "key", index), str(exc)))
+            self._skip(raw, str(exc))
+        except (ValueError, OverflowError) as exc:
+            # Valid JSON that cannot be kept: a string with a lone surrogate
+            # (no UTF-8 for it), a number no float holds. R-15: this entity
+            # is skipped, never the whole message.
+            self._skip(raw, f"cannot be stored: {exc}")
+
+    def _skip(self, raw: object, why: str) -> None:
+        index = len(self.packed) + len(self.skipped)
+        if self.is_segment:
+            self.skipped.append(Skipped("segment", _identity(raw, "id", index), why))
+        else:
+            self.skipped.append(Skipped("flag", _identity(raw, "key", index), why))
 
 
 def parse_data_sync(data: object) -> DataSyncMessage:

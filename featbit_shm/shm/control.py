@@ -333,7 +333,7 @@ class ControlBlock:
 
 def _fit(text: str, size: int) -> bytes:
     """UTF-8, cut on a character boundary to fit ``size`` with a NUL, padded."""
-    encoded = text.encode("utf-8")[: size - 1].decode("utf-8", "ignore").encode("utf-8")
+    encoded = text.encode("utf-8", "backslashreplace")[: size - 1].decode("utf-8", "ignore").encode("utf-8")
     return encoded.ljust(size, b"\0")
 
 

@@ -29,6 +29,7 @@ from typing import Final
 from .._core.errors import SharedMemoryError
 from .._core.snapshot import SnapshotError
 from .._runtime.processes import pid_namespace
+from .formats import REGISTRY_LAYOUT
 from .locks import exclusive
 from .names import StoreNames
 from .objects import create_object, map_readonly, open_object, unlink_object
@@ -36,6 +37,7 @@ from .ring import W_HEAD, W_PID, W_PIDNS, W_TAIL, Ring, ring_capacity
 from .trust import REGISTRY, RING, Untrusted
 
 MAGIC: Final = b"FBSHMREG"
+_HEAD: Final = struct.Struct("<8sI")  # magic, layout (formats.REGISTRY_LAYOUT); the rest of HEADER is zero
 SLOTS: Final = 1024  # processes per store that can register (and record events) at once
 HEADER: Final = 64
 _SLOT: Final = struct.Struct("<qQQd")  # pid, ring id, state, claimed at
@@ -70,7 +72,7 @@ def peek(names: StoreNames) -> list[tuple[int, int, int]]:
         except (FileNotFoundError, Untrusted, SnapshotError):
             continue
         try:
-            if bytes(mm[:8]) != MAGIC:
+            if _HEAD.unpack_from(mm) != (MAGIC, REGISTRY_LAYOUT):
                 return []
             rows = (_SLOT.unpack_from(mm, HEADER + i * _SLOT.size) for i in range(SLOTS))
             return [(pid, ring_id, state) for pid, ring_id, state, _at in rows if state != FREE]
@@ -144,9 +146,9 @@ class Registry:
             mm = mmap.mmap(fd, SIZE)
         finally:
             os.close(fd)
-        if fresh or bytes(mm[:8]) != MAGIC:
+        if fresh or _HEAD.unpack_from(mm) != (MAGIC, REGISTRY_LAYOUT):
             mm[:] = bytes(SIZE)
-            mm[:8] = MAGIC
+            _HEAD.pack_into(mm, 0, MAGIC, REGISTRY_LAYOUT)
         self._mm = mm
         return mm
 

@@ -263,7 +263,10 @@ def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
         if reader.state() is SyncState.OFF:
             why = "its sync process stopped (state OFF: rejected by FeatBit, or shut down)"
         elif reader.control is None:
-            why = "no sync process runs for it (start one with the gunicorn hooks or `featbit-shm sync`)"
+            why = (
+                "no sync process runs for it (start one with the gunicorn hooks or `featbit-shm sync`, of this "
+                "featbit_shm release: a sync process of a release with other shared-memory formats serves another store)"
+            )
         else:
             why = "its sync process has not published yet"
         log.warning(
