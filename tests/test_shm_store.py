@@ -458,7 +458,7 @@ def test_store_names_carry_the_formats_and_the_environment_tag_does_not(monkeypa
     from featbit_shm.shm import names as names_module
 
     assert (formats.SNAPSHOT_LAYOUT, formats.CONTROL_LAYOUT, formats.RING_LAYOUT) == (snapshot.LAYOUT, control.LAYOUT, ring.LAYOUT)
-    assert registry.REGISTRY_LAYOUT is formats.REGISTRY_LAYOUT and registry._HEAD.size <= registry.HEADER
+    assert registry.REGISTRY_LAYOUT is formats.REGISTRY_LAYOUT and registry._LAYOUT_AT + 4 <= registry.HEADER
     this = StoreNames.for_env("secret", "ns")
     monkeypatch.setattr(names_module, "STORE_FORMAT", formats.STORE_FORMAT.replace(f"ring {ring.LAYOUT}", "ring 99"))
     other = StoreNames.for_env("secret", "ns")

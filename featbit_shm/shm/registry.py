@@ -37,7 +37,9 @@ from .ring import W_HEAD, W_PID, W_PIDNS, W_TAIL, Ring, ring_capacity
 from .trust import REGISTRY, RING, Untrusted
 
 MAGIC: Final = b"FBSHMREG"
-_HEAD: Final = struct.Struct("<8sI")  # magic, layout (formats.REGISTRY_LAYOUT); the rest of HEADER is zero
+# The header: magic at 0, the last ring id given out (u64) at 8, the layout
+# (u32, formats.REGISTRY_LAYOUT) at 16; the rest of HEADER is zero.
+_LAYOUT_AT: Final = 16
 SLOTS: Final = 1024  # processes per store that can register (and record events) at once
 HEADER: Final = 64
 _SLOT: Final = struct.Struct("<qQQd")  # pid, ring id, state, claimed at
@@ -46,6 +48,10 @@ FREE, CLAIMED, CLIENT, SPARE = 0, 1, 2, 3
 
 
 _STATE_AT: Final = 16  # the state's offset within a slot
+
+
+def _is_registry(mm: mmap.mmap) -> bool:
+    return bytes(mm[:8]) == MAGIC and struct.unpack_from("<I", mm, _LAYOUT_AT)[0] == REGISTRY_LAYOUT
 
 
 def _slots_in_state(mm: mmap.mmap, state: int) -> list[int]:
@@ -72,7 +78,7 @@ def peek(names: StoreNames) -> list[tuple[int, int, int]]:
         except (FileNotFoundError, Untrusted, SnapshotError):
             continue
         try:
-            if _HEAD.unpack_from(mm) != (MAGIC, REGISTRY_LAYOUT):
+            if not _is_registry(mm):
                 return []
             rows = (_SLOT.unpack_from(mm, HEADER + i * _SLOT.size) for i in range(SLOTS))
             return [(pid, ring_id, state) for pid, ring_id, state, _at in rows if state != FREE]
@@ -146,9 +152,10 @@ class Registry:
             mm = mmap.mmap(fd, SIZE)
         finally:
             os.close(fd)
-        if fresh or _HEAD.unpack_from(mm) != (MAGIC, REGISTRY_LAYOUT):
+        if fresh or not _is_registry(mm):
             mm[:] = bytes(SIZE)
-            _HEAD.pack_into(mm, 0, MAGIC, REGISTRY_LAYOUT)
+            mm[:8] = MAGIC
+            struct.pack_into("<I", mm, _LAYOUT_AT, REGISTRY_LAYOUT)
         self._mm = mm
         return mm
 
