@@ -667,10 +667,12 @@ def _all_flags_plan(view: Any) -> tuple[dict[str, EvalDetail | None], tuple[str,
         try:
             flag = view.flag(key)
         except Exception:  # noqa: BLE001 - each call says what is wrong with it
-            flag = key
+            template[key] = None
+            per_user.append(key)
+            continue
         if flag is None:
             continue  # archived
-        decision = getattr(flag, "static_decision", None)
+        decision = flag.static_decision
         detail = None
         if decision is not None:
             kept = flag.details.get(id(decision))

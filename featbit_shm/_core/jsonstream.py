@@ -103,13 +103,9 @@ def _object(s: str, i: int, path: tuple[str, ...]) -> tuple[dict[str, Any], int]
             out[key], i = _object(s, i, inner)
         else:
             out[key], i = _DECODER.raw_decode(s, i)
-        i = _skip(s, i)
-        c = s[i : i + 1]
-        if c == "}":
-            return out, i + 1
-        if c != ",":
-            raise _Unusual
-        i = _skip(s, i + 1)
+        i, closed = _after_item(s, i, "}")
+        if closed:
+            return out, i
 
 
 def _entities(s: str, i: int, is_segment: bool) -> tuple[Entities, int]:
@@ -122,10 +118,18 @@ def _entities(s: str, i: int, is_segment: bool) -> tuple[Entities, int]:
         raw, i = _DECODER.raw_decode(s, i)
         entities.add(raw)
         del raw
-        i = _skip(s, i)
-        c = s[i : i + 1]
-        if c == "]":
-            return entities, i + 1
-        if c != ",":
-            raise _Unusual
-        i = _skip(s, i + 1)
+        i, closed = _after_item(s, i, "]")
+        if closed:
+            return entities, i
+
+
+def _after_item(s: str, i: int, close: str) -> tuple[int, bool]:
+    """After a member or an element: the index past ``close`` and True, or
+    that of the next item and False."""
+    i = _skip(s, i)
+    c = s[i : i + 1]
+    if c == close:
+        return i + 1, True
+    if c != ",":
+        raise _Unusual
+    return _skip(s, i + 1), False

@@ -1180,9 +1180,7 @@ def compile_rules(rules: list[list[Condition]], *, in_segment: bool = False) -> 
     index of the first rule whose conditions all hold (R-38), or -1. Rules
     are tried in order; a condition that raises :class:`MalformedFlag`
     raises from the walk, as it would from the rule's own matcher."""
-    if not rules:
-        return _no_rule
-    walk: Walk = MethodType(*_build(rules, in_segment, walker=True))
+    walk: Walk = MethodType(*compile_walk(rules, in_segment=in_segment))
     return walk
 
 
@@ -1315,10 +1313,6 @@ def _template(shape: list[tuple[str, ...]], n_props: int, walker: bool) -> Calla
 
 def _always(u: User, segment_of: SegmentOf) -> bool:
     return True
-
-
-def _no_rule(u: User, segment_of: SegmentOf) -> int:
-    return -1
 
 
 def _no_rule_walk(operands: tuple[()], u: User, segment_of: SegmentOf) -> int:

@@ -428,24 +428,19 @@ class Entities:
     def add(self, raw: object) -> None:
         """Normalise and pack the next entity of the list, or note why it is skipped."""
         try:
-            if self.is_segment:
-                self.packed.append(Packed.of(normalize_segment(raw), True))
-            else:
-                self.packed.append(Packed.of(normalize_flag(raw), False))
+            normal = normalize_segment(raw) if self.is_segment else normalize_flag(raw)
+            self.packed.append(Packed.of(normal, self.is_segment))
+            return
         except WireError as exc:
-            self._skip(raw, str(exc))
+            why = str(exc)
         except (ValueError, OverflowError) as exc:
             # Valid JSON that cannot be kept: a string with a lone surrogate
             # (no UTF-8 for it), a number no float holds. R-15: this entity
             # is skipped, never the whole message.
-            self._skip(raw, f"cannot be stored: {exc}")
-
-    def _skip(self, raw: object, why: str) -> None:
+            why = f"cannot be stored: {exc}"
         index = len(self.packed) + len(self.skipped)
-        if self.is_segment:
-            self.skipped.append(Skipped("segment", _identity(raw, "id", index), why))
-        else:
-            self.skipped.append(Skipped("flag", _identity(raw, "key", index), why))
+        kind, name = ("segment", "id") if self.is_segment else ("flag", "key")
+        self.skipped.append(Skipped(kind, _identity(raw, name, index), why))
 
 
 def parse_data_sync(data: object) -> DataSyncMessage:
