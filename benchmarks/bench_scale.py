@@ -339,6 +339,9 @@ class Pollers:
 
     def __init__(self, script: str, args: list[str], workers: int) -> None:
         self.procs: list[subprocess.Popen[str]] = []
+        self.publish_ms: list[float] = []
+        self.per_worker_ms: list[float] = []
+        self.slowest_ms: list[float] = []
         try:
             for _ in range(workers):
                 self.procs.append(
@@ -349,6 +352,24 @@ class Pollers:
         except BaseException:
             self.close()  # none left behind
             raise
+
+    def publish(self, writer: SnapshotWriter, ds: DataSet, changes: Changes, r: int) -> None:
+        """Publish round ``r`` and time it: publish() itself, then from its
+        start to each worker's first sight of the change."""
+        time.sleep(0.01)  # let the patch's garbage settle; workers idle-poll meanwhile
+        t0 = time.monotonic()
+        writer.publish(ds, changes)
+        self.publish_ms.append((time.monotonic() - t0) * 1000)
+        seen = self.saw(r, t0)
+        self.per_worker_ms.extend(seen)
+        self.slowest_ms.append(max(seen))
+
+    def summaries(self) -> dict[str, dict[str, float]]:
+        return {
+            "per_worker_ms": summary(self.per_worker_ms),
+            "all_workers_ms": summary(self.slowest_ms),
+            "publish_ms": summary(self.publish_ms),
+        }
 
     def saw(self, r: int, t0: float) -> list[float]:
         """ms from ``t0`` to each worker's first sight of round ``r``."""
@@ -375,9 +396,6 @@ def propagation(n_keys: int, rounds: int, workers: int = 8) -> dict[str, Any]:
     names = new_names()
     ds = dataset_with_segment(1000, n_keys)
     keys = segment_keys(n_keys)
-    per_worker_ms: list[float] = []
-    slowest_ms: list[float] = []
-    publish_ms: list[float] = []
     apply_ms: list[float] = []
     with SnapshotWriter(names, grace=0.5, keep=3) as writer:
         writer.publish(ds)
@@ -388,22 +406,14 @@ def propagation(n_keys: int, rounds: int, workers: int = 8) -> dict[str, Any]:
                 keys = [*keys, f"added-{r}"]
                 ds, changes, parse_ms = segment_patch(ds, keys, T0 + 1 + r)
                 apply_ms.append(parse_ms)
-                time.sleep(0.01)  # let the parse's garbage settle; workers idle-poll meanwhile
-                t0 = time.monotonic()
-                writer.publish(ds, changes)
-                publish_ms.append((time.monotonic() - t0) * 1000)
-                seen = pollers.saw(r, t0)
-                per_worker_ms.extend(seen)
-                slowest_ms.append(max(seen))
+                pollers.publish(writer, ds, changes, r)
         finally:
             pollers.close()
     return {
         "keys": n_keys,
         "workers": workers,
         "rounds": rounds,
-        "per_worker_ms": summary(per_worker_ms),
-        "all_workers_ms": summary(slowest_ms),
-        "publish_ms": summary(publish_ms),
+        **pollers.summaries(),
         "sync_parse_merge_ms": summary(apply_ms),
     }
 
@@ -535,9 +545,6 @@ def flag_propagation(n_flags: int, rounds: int, workers: int = 8) -> dict[str, A
     the start of publish() to each worker's first answer from the new flag."""
     names = new_names()
     ds = full_dataset([*(plain_flag(i) for i in range(n_flags)), probe_flag(0)], [])
-    per_worker_ms: list[float] = []
-    slowest_ms: list[float] = []
-    publish_ms: list[float] = []
     with SnapshotWriter(names, grace=0.5, keep=3) as writer:
         writer.publish(ds)
         pollers = Pollers(FLAG_PROPAGATION_WORKER, [names.tag, str(rounds)], workers)
@@ -545,23 +552,10 @@ def flag_propagation(n_flags: int, rounds: int, workers: int = 8) -> dict[str, A
             time.sleep(0.2)
             for r in range(1, rounds + 1):
                 ds, changes = patched(ds, [probe_flag(r)])
-                time.sleep(0.01)
-                t0 = time.monotonic()
-                writer.publish(ds, changes)
-                publish_ms.append((time.monotonic() - t0) * 1000)
-                seen = pollers.saw(r, t0)
-                per_worker_ms.extend(seen)
-                slowest_ms.append(max(seen))
+                pollers.publish(writer, ds, changes, r)
         finally:
             pollers.close()
-    return {
-        "flags": n_flags,
-        "workers": workers,
-        "rounds": rounds,
-        "per_worker_ms": summary(per_worker_ms),
-        "all_workers_ms": summary(slowest_ms),
-        "publish_ms": summary(publish_ms),
-    }
+    return {"flags": n_flags, "workers": workers, "rounds": rounds, **pollers.summaries()}
 
 
 SYNC_MEMORY = r"""
