@@ -435,8 +435,8 @@ class FeatBitProvider(AbstractProvider):
         if self._active and old is not client:
             client.flag_tracker.add_flag_changed_listener(self._relay)
 
-    def _touch(self) -> FBClient:
-        """The client to use now, after a look at the sync state when one is due."""
+    def _client_now(self) -> FBClient:
+        """The client to use now (a lazily bound one is looked up and bound)."""
         client = self._client
         if client is None:
             try:
@@ -447,12 +447,19 @@ class FeatBitProvider(AbstractProvider):
                 raise _Failure(ErrorCode.GENERAL, message) from None
             if client is not self._bound:
                 self._bind(client)
+        return client
+
+    def _look(self, client: FBClient) -> None:
+        """Compare the sync state with what the registry was told, when a look is due.
+
+        Called after an evaluation, never before: data may arrive between the
+        two, and the status must not lag behind a value just served.
+        """
         now = self._clock()
         if now >= self._next_check:
             self._next_check = now + self._interval
             status, code, why = status_for(client.initialize, client.update_status_provider.current_state)
             self._transition((status, code), why)
-        return client
 
     def _transition(self, key: StatusKey, message: str) -> None:
         """Emit the event for a new provider state (one thread at a time; others skip)."""
@@ -486,9 +493,11 @@ class FeatBitProvider(AbstractProvider):
         detail_of: Detail,
     ) -> FlagResolutionDetails[T]:
         try:
-            client = self._touch()
-            user = user_from_context(context)
-            detail = detail_of(client, flag_key, user, default)
+            client = self._client_now()
+            try:
+                detail = detail_of(client, flag_key, user_from_context(context), default)
+            finally:
+                self._look(client)
             kind = detail.kind
             if kind is _FALLTHROUGH:
                 reason = Reason.DEFAULT
@@ -555,8 +564,9 @@ class FeatBitProvider(AbstractProvider):
                 raise _Failure(ErrorCode.GENERAL, "the event name must be a non-empty string")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise _Failure(ErrorCode.GENERAL, f"the value must be a finite number, not {value!r}")
-            client = self._touch()
+            client = self._client_now()
             client.track_metric(user_from_context(evaluation_context), tracking_event_name, float(value))
+            self._look(client)
         except _Failure as failure:
             warn_limited(
                 f"openfeature-track-{failure.code}",

@@ -485,6 +485,41 @@ def test_not_ready_until_the_sync_process_publishes_then_ready(env: SyncFixture)
     assert eventually(lambda: heard.of(ProviderEvent.PROVIDER_READY))
 
 
+def test_data_arriving_during_an_evaluation_is_ready_in_that_same_call(
+    env: SyncFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status is looked at after the evaluation, so it never lags behind a value just served.
+
+    Reproduces a CI failure: the look ran first, saw no data, and the
+    evaluation that followed found the first snapshot; the value was the
+    flag's while the status still said ERROR until the next call.
+    """
+    client = online_client(env, start_wait=0)
+    env.spawn(standby=False)
+    assert eventually(lambda: client.initialize)
+    arrived = threading.Event()  # data "arrives" when the evaluation runs
+    real_ready = FBClient.initialize
+    real_detail = FBClient.bool_variation_detail
+
+    def evaluate(self: FBClient, *args: Any) -> Any:
+        arrived.set()
+        return real_detail(self, *args)
+
+    monkeypatch.setattr(FBClient, "initialize", property(lambda self: arrived.is_set() and real_ready.fget(self)))
+    monkeypatch.setattr(FBClient, "bool_variation_detail", evaluate)
+    provider = FeatBitProvider(client, init_timeout=0, status_interval=0)
+    if hasattr(api, "set_provider_and_wait"):
+        with pytest.raises(ProviderNotReadyError):
+            register(provider)
+    else:
+        register(provider)
+    flags = api.get_client()
+    assert flags.get_provider_status() is ProviderStatus.ERROR
+    details = flags.get_boolean_details("fallthrough", False, ctx())
+    assert details.value is True
+    assert flags.get_provider_status() is ProviderStatus.READY
+
+
 def test_initialize_waits_for_data(env: SyncFixture) -> None:
     """set_provider_and_wait blocks (up to init_timeout) until the client has data."""
     client = online_client(env, start_wait=0)
