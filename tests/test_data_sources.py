@@ -20,6 +20,7 @@ from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.wire import parse_data_sync
 from featbit_shm.cli import read_status
 from featbit_shm.shm.control import SyncState
+from featbit_shm.sync import warmstart
 from featbit_shm.sync.warmstart import WarmStart
 from featbit_shm.testing import builders as b
 from featbit_shm.testing.server import FeatBitStandIn
@@ -151,6 +152,28 @@ def test_a_foreign_damaged_or_other_stores_warm_file_is_ignored(tmp_path: Path, 
     link.symlink_to(path)
     assert WarmStart(str(tmp_path), "tag-c", "default").load() is None  # a link is never followed
     assert "ignored" in caplog.text
+
+
+def test_a_release_of_another_warm_file_format_keeps_its_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two releases side by side whose warm-start formats differ must not
+    overwrite each other's file (each would ignore the other's and lose its own)."""
+    os.chmod(tmp_path, 0o700)
+    dataset, _ = DataSet().apply(parse_data_sync(b.data_sync([banner("kept", 5)])["data"]))
+    this = WarmStart(str(tmp_path), "tag", "default")
+    assert this.save(dataset, 0.0)
+    monkeypatch.setattr(warmstart, "FORMAT", warmstart.FORMAT + 1)
+    later = WarmStart(str(tmp_path), "tag", "default")
+    assert later.path != this.path
+    assert later.load() is None  # absent: the other format's file is not even opened
+    newer, _ = DataSet().apply(parse_data_sync(b.data_sync([banner("newer", 6)])["data"]))
+    assert later.save(newer, 0.0)
+    theirs = later.load()
+    assert theirs is not None and theirs.version == newer.version
+    monkeypatch.setattr(warmstart, "FORMAT", warmstart.FORMAT - 1)
+    kept = this.load()  # this release's file survived the other's save
+    assert kept is not None and kept.version == dataset.version
 
 
 # --------------------------------------------------------------------------- payload shapes

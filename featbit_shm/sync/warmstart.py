@@ -10,7 +10,8 @@ serve last-known values, and the status says they are not fresh. The first
 data from FeatBit replaces it whole (the cursor stays 0 until then: a full
 sync, so the server's version always wins).
 
-The file (``<state dir>/<environment tag>.json``, ``StoreNames.environment``: the same in every release) holds flags and segments as
+The file (``<state dir>/<environment tag>.json``, ``StoreNames.environment``: the same in every release that writes
+this ``FORMAT``; a later format adds ``.v<FORMAT>`` to the name, see ``file_name``) holds flags and segments as
 the sync process holds them (normalised from FeatBit's wire form), the environment tag, the namespace, the data version and a
 SHA-256 of the payload -- never the secret (the tag is a hash of it). It is
 written atomically (a temporary file, fsync, rename) with mode 0600 in a
@@ -80,12 +81,24 @@ def _can_write(directory: str) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def file_name(tag: str, file_format: int | None = None) -> str:
+    """The warm-start file of an environment, in one file format.
+
+    Releases that write the same format share the file (it outlives an
+    upgrade); releases of different formats, side by side on one host
+    (docs/recipes/kubernetes.md), keep one each instead of overwriting the
+    other's with a file it must ignore. Format 1 keeps its first name.
+    """
+    file_format = FORMAT if file_format is None else file_format
+    return f"{tag}.json" if file_format == 1 else f"{tag}.v{file_format}.json"
+
+
 class WarmStart:
     """The warm-start file of one store."""
 
     def __init__(self, directory: str, tag: str, namespace: str) -> None:
         self.directory = directory
-        self.path = os.path.join(directory, f"{tag}.json")
+        self.path = os.path.join(directory, file_name(tag))
         self._tag = tag
         self._namespace = namespace
         self._saved_version: int | None = None
