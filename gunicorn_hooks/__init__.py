@@ -211,10 +211,9 @@ def _leave_orphaned_store(server: Any) -> None:
     owner = env_int("FEATBIT_SHM_OWNER_PID")
     if not owner or pid_alive(owner):
         return  # the master is there: its on_exit removes the store
-    from featbit_shm.shm.locks import FileLock, remove_lock_files
     from featbit_shm.shm.names import StoreNames
-    from featbit_shm.shm.objects import remove_objects
     from featbit_shm.shm.registry import Registry
+    from featbit_shm.sync.teardown import release_store
 
     settings = _settings()
     names = StoreNames.for_env(settings.store_secret, settings.namespace)
@@ -225,16 +224,11 @@ def _leave_orphaned_store(server: Any) -> None:
         registry.close()
     if others:
         return  # the last one out removes it
-    leader = FileLock(names.lock_path, names.access)
-    if not leader.acquire(ORPHAN_WAIT_S, poll=0.1):
-        _log(server, "warning", "featbit_shm: a sync process still runs for store %s; leaving it the store", names.tag)
-        return
-    try:
-        remove_objects(names.all_objects(), names.access)
-        remove_lock_files(names.lock_files, names.access)
-    finally:
-        leader.release()
-    _log(server, "info", "featbit_shm: the master is gone; its last worker removed store %s", names.tag)
+    kept = release_store(names, wait=ORPHAN_WAIT_S)
+    if kept is not None:
+        _log(server, "warning", "featbit_shm: store %s left as it is: %s", names.tag, kept)
+    else:
+        _log(server, "info", "featbit_shm: the master is gone; its last worker removed store %s", names.tag)
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -251,30 +245,22 @@ def on_exit(server: Any) -> None:
     """Stop the sync process and remove the store's shared-memory objects."""
     global _sync
     try:
-        from featbit_shm._runtime.processes import pid_alive
-        from featbit_shm.shm.locks import remove_lock_files
-        from featbit_shm.shm.objects import remove_objects
-        from featbit_shm.shm.registry import Registry
+        from featbit_shm.shm.names import StoreNames
         from featbit_shm.sync import stop_sync_process
+        from featbit_shm.sync.teardown import release_store
 
         if _sync is not None:
             stop_sync_process(_sync, timeout=10)
         _sync = None
         if not _configured_here():
             return  # the workers' sync process belongs to this master: it exits with it and removes the store
-        from featbit_shm.shm.names import StoreNames
-
         settings = _settings()
         names = StoreNames.for_env(settings.store_secret, settings.namespace)
-        # The last owner out removes the store; another server's live workers
-        # (two servers on one store) keep theirs, and start a sync process.
-        registry = Registry(names)
-        others = registry.live_pids(pid_alive) - {os.getpid()} if registry.attach(create=False) else set()
-        registry.close()
-        if others:
-            _log(server, "info", "featbit_shm: %d process(es) of another server still use the store; it stays", len(others))
-            return
-        remove_objects(names.all_objects(), names.access)
-        remove_lock_files(names.lock_files, names.access)
+        # The last owner out removes the store; it stays while another
+        # server's live workers use it (they start a sync process) or a
+        # sync process this master did not start (a supervisor's) leads it.
+        kept = release_store(names)
+        if kept is not None:
+            _log(server, "info", "featbit_shm: store %s stays: %s", names.tag, kept)
     except Exception as exc:  # noqa: BLE001
         _log(server, "error", "featbit_shm: on_exit: %s", exc)

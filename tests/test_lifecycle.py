@@ -192,6 +192,79 @@ def test_two_servers_on_one_store_stop_either_and_the_other_keeps_following(serv
 
 
 @pytest.mark.subprocess
+def test_a_hooks_server_stopping_leaves_the_store_to_a_sync_process_it_did_not_start(
+    server: FeatBitStandIn, namespace: str
+) -> None:
+    """A host whose sync process runs under a supervisor (systemd, a sidecar)
+    and a gunicorn server with the hooks on the same store: the hooks' on_exit
+    once removed every object and lock file of the store when no client was
+    registered at that moment, from under the supervised leader (Celery's
+    worker_shutdown checked for a live leader; gunicorn's did not)."""
+    from featbit_shm.shm.reader import find_control
+    from featbit_shm.sync import SyncSettings, spawn_sync_process
+
+    names = StoreNames.for_env(server.secret, namespace)
+    settings = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url=server.event_url, namespace=namespace)
+    supervised = spawn_sync_process(settings, owner_pid=os.getpid())
+    reader = SnapshotReader(names, retry_interval=0.02)
+    try:
+        assert eventually(lambda: reader.current() is not None, timeout=30)
+        env = {
+            **os.environ,
+            "FEATBIT_ENV_SECRET": server.secret,
+            "FEATBIT_STREAMING_URL": server.streaming_url,
+            "FEATBIT_EVENT_URL": server.event_url,
+            "FEATBIT_NAMESPACE": namespace,
+        }
+        hook = subprocess.run(
+            [sys.executable, "-c", "import gunicorn_hooks; gunicorn_hooks.on_exit(None)"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert hook.returncode == 0, hook.stderr
+        assert os.path.exists(names.lock_path), hook.stderr  # the supervised leader's lock file stays
+        assert find_control(names)[0] is not None, hook.stderr  # and so does its store
+        generation = reader.generation
+        banner_off(server)
+        fresh = SnapshotReader(names, retry_interval=0.02)  # a worker that starts now
+        assert eventually(lambda: (v := fresh.current()) is not None and v.generation > generation, timeout=30)
+        assert supervised.poll() is None
+    finally:
+        supervised.terminate()
+        assert supervised.wait(30) == 0
+    assert eventually(lambda: processes_of(namespace) == [], timeout=15)
+
+
+def test_release_store_removes_a_store_only_when_nobody_leads_or_uses_it() -> None:
+    """The one teardown rule of the gunicorn hooks and the Celery integration."""
+    from featbit_shm.shm.locks import FileLock, remove_lock_files
+    from featbit_shm.sync.teardown import release_store
+
+    names = StoreNames.for_env("release-secret", f"life-{uuid.uuid4().hex[:10]}")
+    registry = Registry(names)
+    try:
+        assert registry.attach(create=True)
+        registry.register_client()  # this process uses the store
+        kept = release_store(names, wait=0.1, me=1)
+        assert kept is not None and "1 live process" in kept
+        assert names.all_objects() != []
+        leader = FileLock(names.lock_path, names.access)
+        assert leader.acquire()  # a sync process between two states: no live leader in a control block, but the lock
+        try:
+            assert release_store(names, wait=0.1) == "a sync process holds its leader lock"
+        finally:
+            leader.release()
+        assert names.all_objects() != [] and os.path.exists(names.lock_path)
+        assert registry.leave(pid_alive) == set()
+        assert release_store(names, wait=0.1) is None
+        assert names.all_objects() == []
+        assert not any(os.path.exists(path) for path in names.lock_files)
+    finally:
+        registry.close()
+        remove_objects(names.all_objects(), names.access)
+        remove_lock_files(names.lock_files, names.access)
+
+
+@pytest.mark.subprocess
 def test_a_publish_error_never_ends_the_sync_process_and_is_retried(tmp_path: Path) -> None:
     # Any exception while publishing (a full /dev/shm, a permission error)
     # killed the leader and then its standby. Now: logged, counted, retried.

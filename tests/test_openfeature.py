@@ -113,6 +113,16 @@ def register(provider: FeatBitProvider) -> None:
         api.set_provider(provider)
 
 
+def register_not_ready(provider: FeatBitProvider) -> None:
+    """Register a provider whose client has no data yet: 0.10+ raises from
+    ``set_provider_and_wait``, 0.9 reports PROVIDER_ERROR."""
+    if hasattr(api, "set_provider_and_wait"):
+        with pytest.raises(ProviderNotReadyError):
+            register(provider)
+    else:
+        register(provider)
+
+
 def online_client(env: SyncFixture, start_wait: float = 15) -> FBClient:
     server = env.server
     return FBClient(Config(server.secret, server.event_url, server.streaming_url, namespace=env.namespace), start_wait=start_wait)
@@ -470,11 +480,7 @@ def test_not_ready_until_the_sync_process_publishes_then_ready(env: SyncFixture)
     """R-25: ClientNotReady is PROVIDER_NOT_READY; the first touch after data arrives emits READY."""
     client = online_client(env, start_wait=0)
     provider = FeatBitProvider(client, init_timeout=0, status_interval=0)
-    if hasattr(api, "set_provider_and_wait"):
-        with pytest.raises(ProviderNotReadyError):
-            register(provider)
-    else:
-        register(provider)
+    register_not_ready(provider)
     flags = api.get_client()
     assert flags.get_provider_status() is ProviderStatus.ERROR
     assert_error(flags.get_boolean_details("fallthrough", False, ctx()), False, ErrorCode.PROVIDER_NOT_READY)
@@ -508,11 +514,7 @@ def test_data_arriving_during_an_evaluation_is_ready_in_that_same_call(
     monkeypatch.setattr(FBClient, "initialize", property(lambda self: arrived.is_set() and real_ready.fget(self)))
     monkeypatch.setattr(FBClient, "bool_variation_detail", evaluate)
     provider = FeatBitProvider(client, init_timeout=0, status_interval=0)
-    if hasattr(api, "set_provider_and_wait"):
-        with pytest.raises(ProviderNotReadyError):
-            register(provider)
-    else:
-        register(provider)
+    register_not_ready(provider)
     flags = api.get_client()
     assert flags.get_provider_status() is ProviderStatus.ERROR
     details = flags.get_boolean_details("fallthrough", False, ctx())

@@ -55,7 +55,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 from featbit_shm._runtime.environment import env_raw
@@ -240,30 +239,11 @@ def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
 
 def _remove_store(names: StoreNames) -> None:
     """Remove the store's objects and lock files, as its last user -- unless
-    a live sync process still serves it (one a child started when healing
-    the host exits with this process and removes the store itself; another
-    server's is theirs) or another server's processes still use it."""
-    from featbit_shm._runtime.processes import pid_alive
-    from featbit_shm.shm.locks import remove_lock_files
-    from featbit_shm.shm.objects import remove_objects
-    from featbit_shm.shm.reader import find_control
-    from featbit_shm.shm.registry import Registry
+    a sync process still leads it (one a child started when healing the host
+    exits with this process and removes the store itself; another server's
+    is theirs) or another server's processes still use it."""
+    from featbit_shm.sync.teardown import release_store
 
-    block, _refused = find_control(names)
-    if block is not None and block.leader_alive(time.time()):
-        log.info(
-            "featbit_shm: sync process %d still serves store %s; it removes the store when done",
-            block.leader_pid,
-            names.tag,
-        )
-        return
-    registry = Registry(names)
-    try:
-        others = registry.live_pids(pid_alive) - {os.getpid()} if registry.attach(create=False) else set()
-    finally:
-        registry.close()
-    if others:
-        log.info("featbit_shm: %d process(es) of another server still use store %s; it stays", len(others), names.tag)
-        return
-    remove_objects(names.all_objects(), names.access)
-    remove_lock_files(names.lock_files, names.access)
+    kept = release_store(names)
+    if kept is not None:
+        log.info("featbit_shm: store %s stays: %s", names.tag, kept)
