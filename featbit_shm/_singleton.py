@@ -15,6 +15,7 @@ from ._core.errors import ConfigError
 from ._runtime.environment import env_bool, env_str
 from .client import FBClient
 from .config import Config
+from .sync import SyncSettings
 
 _lock = threading.RLock()
 _config: Config | None = None
@@ -38,6 +39,17 @@ def configured() -> Config | None:
     """The Config given to :func:`set_config` in this process, if any (the
     server integrations start the sync process with it)."""
     return _config
+
+
+def sync_settings() -> SyncSettings:
+    """The settings a server integration (the gunicorn hooks, Celery's
+    ``worker_init``) starts the host's sync process with: the Config given
+    to :func:`set_config` over the FEATBIT_* variables, the one
+    configuration plane the workers' clients use too."""
+    config = _config
+    if config is None:
+        return SyncSettings.from_env()
+    return SyncSettings.from_env({**os.environ, **config.to_env()})
 
 
 def get() -> FBClient:

@@ -126,12 +126,8 @@ def _settings() -> Any:
     variables. Without preload the master never sees the app's Config: the
     workers then start a sync process with it (featbit_shm.worker.host)."""
     from featbit_shm import _singleton
-    from featbit_shm.sync import SyncSettings
 
-    config = _singleton.configured()
-    if config is None:
-        return SyncSettings.from_env()
-    return SyncSettings.from_env({**os.environ, **config.to_env()})
+    return _singleton.sync_settings()
 
 
 def _configured_here() -> bool:

@@ -157,12 +157,8 @@ def _settings() -> SyncSettings:
     over the FEATBIT_* variables (one configuration plane, as the pool
     children's clients use)."""
     from featbit_shm import _singleton
-    from featbit_shm.sync import SyncSettings
 
-    config = _singleton.configured()
-    if config is None:
-        return SyncSettings.from_env()
-    return SyncSettings.from_env({**os.environ, **config.to_env()})
+    return _singleton.sync_settings()
 
 
 def _names(settings: SyncSettings) -> StoreNames:
