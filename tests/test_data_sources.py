@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,15 @@ from pathlib import Path
 import pytest
 
 from featbit_shm._core.dataset import DataSet
-from featbit_shm._core.wire import parse_data_sync
+from featbit_shm._core.protocol import Backoff
+from featbit_shm._core.wire import DataSyncMessage, parse_data_sync
 from featbit_shm.cli import read_status
 from featbit_shm.shm.control import SyncState
 from featbit_shm.sync import warmstart
+from featbit_shm.sync.sources import AutoSource, PollingSource, StreamSource
 from featbit_shm.sync.warmstart import WarmStart
 from featbit_shm.testing import builders as b
-from featbit_shm.testing.server import FeatBitStandIn
+from featbit_shm.testing.server import DEFAULT_SECRET, FeatBitStandIn
 
 from .sync_helpers import SyncFixture, eventually, processes_of, sync_env
 
@@ -90,6 +94,74 @@ def test_auto_falls_back_to_polling_when_websockets_are_blocked_and_returns_when
         assert eventually(lambda: value_of(env) == "v3", timeout=10)
         time.sleep(2.5)
         assert server.polls == polls  # streaming again: polling stopped
+
+
+class AutoRun:
+    """An ``auto`` data source run in a thread of the test (no sync process),
+    with fast websocket retries and a probe interval no test waits for."""
+
+    def __init__(self, stream_base: str, polling_base: str) -> None:
+        cursor = lambda: 0  # noqa: E731 - every answer a full: what arrives is counted, not applied
+        self.received = 0
+        self.stream = StreamSource(DEFAULT_SECRET, stream_base, cursor, backoff=Backoff(first=0.05, cap=0.2))
+        self.polling = PollingSource(DEFAULT_SECRET, polling_base, cursor, interval=0.2)
+        self.auto = AutoSource(self.stream, self.polling, probe_interval=600.0)
+        self.sessions = 0
+        session = self.stream._session
+
+        def counted(*args: object) -> None:
+            self.sessions += 1
+            session(*args)  # type: ignore[arg-type]
+
+        self.stream._session = counted  # type: ignore[method-assign]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.auto.run, args=(self._data, lambda state: None, lambda: None, self.stop))
+
+    def _data(self, messages: list[DataSyncMessage]) -> None:
+        self.received += len(messages)
+
+    def __enter__(self) -> AutoRun:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:  # bound, then closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_auto_streams_again_as_soon_as_featbit_is_back_after_an_outage() -> None:
+    """A FeatBit restart of more than a few seconds refuses three websockets
+    in a row, which the auto mode took for a proxy: it then polled until
+    its next probe (a minute by default) while FeatBit was back."""
+    port = _closed_port()
+    with AutoRun(f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port}") as run:
+        assert eventually(lambda: run.auto.mode == "polling" and run.polling.failures >= 1, timeout=30)
+        with FeatBitStandIn(port=port, flags=[banner("v1", 1_000)]) as server:
+            assert eventually(lambda: run.auto.mode == "streaming" and server.open_connections == 1, timeout=30)
+            assert run.received > 0
+
+
+def test_auto_tries_a_refusing_proxy_only_at_its_probe_interval() -> None:
+    with FeatBitStandIn(flags=[banner("v1", 1_000)]) as server:
+        server.refuse_websockets = True  # a proxy: it answers, with 403
+        with AutoRun(server.streaming_url, server.streaming_url) as run:
+            assert eventually(lambda: run.polling.polls >= 8, timeout=30)
+        assert run.auto.mode == "polling" and run.sessions == 3 and server.websockets_refused == 3
+
+
+def test_auto_with_a_dead_websocket_endpoint_and_working_polling_does_not_probe_on_every_poll() -> None:
+    with FeatBitStandIn(flags=[banner("v1", 1_000)]) as server:
+        with AutoRun(f"ws://127.0.0.1:{_closed_port()}", server.streaming_url) as run:
+            assert eventually(lambda: run.polling.polls >= 8, timeout=30)
+        assert run.auto.mode == "polling" and run.received > 0
+        assert run.sessions == 4  # three to fall back, one when the first poll showed FeatBit up
 
 
 # --------------------------------------------------------------------------- warm start

@@ -258,6 +258,10 @@ class StreamSource:
         self.synced_sessions = 0  # connections that delivered data
         self._retry_after: float | None = None  # a handshake's Retry-After (429, 503), seconds
         self.skew_s: float | None = None  # host clock minus the server's Date, at the last handshake
+        # The last attempt reached no server at all (no name, refused, no
+        # answer): FeatBit is down or unreachable, not a proxy refusing
+        # websockets. The auto mode uses it to return soon (AutoSource).
+        self.unreachable = False
 
     def run(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event, *, give_up_after: int | None = None) -> bool:
         """Connect, sync, reconnect, until ``stop``. With ``give_up_after``,
@@ -305,6 +309,7 @@ class StreamSource:
         ws.settimeout(self._connect_timeout)
         unresolved = _resolve_within(url, OPERATION_DEADLINE_S, stop)
         if unresolved is not None:
+            self.unreachable = True
             log.warning("featbit_shm: cannot connect to %s: %s", redact(url), unresolved)
             return
         dog = _Watchdog(ws, stop)
@@ -313,12 +318,15 @@ class StreamSource:
                 ws.connect(url, header=[f"User-Agent: {USER_AGENT}"])  # type: ignore[no-untyped-call]
         except (OSError, websocket.WebSocketException) as exc:
             dog.close()
+            # An HTTP answer other than 101 (a proxy, a rate limit) is a server that answered.
+            self.unreachable = isinstance(exc, OSError) and not isinstance(exc, websocket.WebSocketException)
             if isinstance(exc, websocket.WebSocketBadStatusException) and exc.resp_headers:
                 # FeatBit's per-environment rate limit (429, 503): wait what it asks.
                 self._retry_after = retry_after(exc.resp_headers.get("retry-after"), time.time())
             log.warning("featbit_shm: cannot connect to %s: %s", redact(url), "stopped" if stop.is_set() else exc)
             return
         self.connects += 1
+        self.unreachable = False
         self.skew_s = _skew(ws)
         if self._on_open is not None:
             self._on_open()
@@ -476,11 +484,26 @@ class PollingSource:
             wait = retry_after(exc.headers.get("Retry-After"), time.time()) if exc.headers else None
             return exc.code, b"", wait
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            log.warning("featbit_shm: polling %s failed: %s", self._base, exc)
+            log.warning("featbit_shm: polling %s failed: %s", request.full_url.split("?", 1)[0], exc)
             return None, b"", None
 
-    def run(self, on_data: OnData, on_state: OnState, tick: Tick, stop: threading.Event, *, until: float | None = None) -> None:
-        """Poll until ``stop`` (or the monotonic time ``until``)."""
+    def run(
+        self,
+        on_data: OnData,
+        on_state: OnState,
+        tick: Tick,
+        stop: threading.Event,
+        *,
+        until: float | None = None,
+        end_on_recovery: bool = False,
+        failing: bool = False,
+    ) -> None:
+        """Poll until ``stop`` (or the monotonic time ``until``).
+
+        With ``end_on_recovery``, also return right after a valid answer
+        that follows a failure (``failing``: the run starts after one):
+        FeatBit is back after an outage, and the auto mode tries its
+        websocket at once instead of polling until its next probe."""
         while not stop.is_set() and (until is None or time.monotonic() < until):
             status, body, wait = self.poll()
             self.polls += 1
@@ -489,6 +512,7 @@ class PollingSource:
                     messages = _polled_messages(body)
                 except (ValueError, DataError) as exc:
                     self.failures += 1
+                    failing = True
                     log.warning("featbit_shm: FeatBit's polling answer is not a data-sync document (%s); the cursor stays", exc)
                     on_state(SyncState.INTERRUPTED)
                     delay = self._backoff.next_delay()
@@ -496,14 +520,19 @@ class PollingSource:
                     on_data(messages)  # an empty list: nothing changed, still a valid answer (ready, OK)
                     self._backoff.reset()
                     delay = self.interval
+                    if failing and end_on_recovery:
+                        return
+                    failing = False
             elif status in (401, 403):
                 self.failures += 1
+                failing = True
                 on_state(SyncState.OFF)
                 log.error("featbit_shm: FeatBit refused this client's polling (HTTP %s: a wrong or rotated env secret); "
                           "retrying every %.0f s", status, self._rejected_retry or self.interval)
                 delay = self._rejected_retry or self.interval
             else:
                 self.failures += 1
+                failing = True
                 on_state(SyncState.INTERRUPTED)
                 delay = max(wait or 0.0, self._backoff.next_delay())
                 if status is not None:
@@ -525,7 +554,15 @@ def _polled_messages(body: bytes) -> list[DataSyncMessage]:
 class AutoSource:
     """``FEATBIT_DATA_SYNC=auto``: the websocket while it works; after
     ``fallback_after`` connections in a row that brought no data, polling,
-    with a websocket attempt every ``probe_interval`` seconds to return."""
+    with a websocket attempt every ``probe_interval`` seconds to return.
+
+    An outage looks the same at first: a FeatBit restart of more than a few
+    seconds refuses three websockets in a row. So a websocket is also tried
+    as soon as a poll succeeds after failing, or after websocket attempts
+    that reached no server: a proxy that refuses websockets is tried once
+    more, and a FeatBit that is back is streamed from again within a poll
+    interval, not a probe interval.
+    """
 
     def __init__(self, stream: StreamSource, polling: PollingSource, *, fallback_after: int = 3, probe_interval: float = 60.0) -> None:
         self.stream = stream
@@ -548,12 +585,21 @@ class AutoSource:
             give_up = self.fallback_after if self.mode == "streaming" else 1
             if self.stream.run(streamed, on_state, tick, stop, give_up_after=give_up):
                 return  # stopped (or a final 4003)
+            # Falling back because no server answered: FeatBit is down, so a
+            # poll that succeeds means it is back (not after a probe: a
+            # websocket endpoint that stays down would then be tried on
+            # every poll).
+            outage = self.mode == "streaming" and self.stream.unreachable
             if self.mode == "streaming":
                 self.switches += 1
                 log.warning("featbit_shm: websocket attempt(s) in a row brought no data; polling FeatBit every %.0f s "
-                            "(a websocket is tried again every %.0f s)", self.polling.interval, self.probe_interval)
+                            "(a websocket is tried again every %.0f s, and as soon as FeatBit answers after an outage)",
+                            self.polling.interval, self.probe_interval)
             self.mode = "polling"
-            self.polling.run(on_data, on_state, tick, stop, until=time.monotonic() + self.probe_interval)
+            self.polling.run(
+                on_data, on_state, tick, stop,
+                until=time.monotonic() + self.probe_interval, end_on_recovery=True, failing=outage,
+            )
 
 
 class FileSource:
