@@ -204,7 +204,7 @@ class StreamSource:
     that dropped the flow while the socket still looks open, where TCP itself
     may not notice for many minutes -- and the connection is replaced; the
     new one's cursor fetches whatever was missed. A dead connection is thus
-    noticed within ``ping_interval + pong_timeout`` (20 s by default).
+    noticed within ``ping_interval + pong_timeout`` (10 s by default).
 
     The barrier: a push may reach a new connection before the reply to its
     data-sync request, and both are ``data-sync`` patches that nothing tells
