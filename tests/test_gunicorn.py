@@ -129,17 +129,22 @@ def test_sync_process_sigkill_new_leader_and_no_failed_request(server: FeatBitSt
         g.cleanup()
 
 
-def test_master_sigkill_sync_process_exits(server: FeatBitStandIn) -> None:
-    g = Gunicorn(server)
+def test_master_sigkill_sync_process_exits(server: FeatBitStandIn, tmp_path: Path) -> None:
+    sync_log = tmp_path / "sync.log"
+    g = Gunicorn(server, extra_env={"FEATBIT_LOG_LEVEL": "INFO", "FEATBIT_SHM_LOG_FILE": str(sync_log)})
     try:
         assert eventually(lambda: len(processes_of(g.namespace)) == 2)
         g.proc.kill()
         g.proc.wait(10)
         gone = time.monotonic()
-        assert eventually(lambda: processes_of(g.namespace) == [], timeout=20)
+        assert eventually(lambda: processes_of(g.namespace) == [], timeout=40)
         log.warning("master SIGKILL -> sync processes gone in %.2f s", time.monotonic() - gone)
         # Workers are orphaned by the SIGKILLed master; gunicorn workers exit on their own
-        # when they notice their parent changed.
+        # when they notice their parent changed. Meanwhile the leader serves
+        # them, and starts no standby of the dead owner (one used to be
+        # started, and exited at once, every few seconds).
+        text = sync_log.read_text()
+        assert "is gone" in text and "no standby sync process" not in text, text
     finally:
         g.cleanup()
 

@@ -106,6 +106,7 @@ class SyncProcess:
         self._publish_retry_delay = 1.0
         self._last_error = LastErrorHandler(self)
         self._orphan_noted = False
+        self._owner_gone = False  # the owner died: serve what is left, start no standby
         self._warm: WarmStart | None = None  # the warm-start file of this store (None: off here)
         self._warm_data: DataSet | None = None  # read at start, published if FeatBit stays silent
         self._serving_warm = False  # the published data came from the file: the cursor stays 0
@@ -450,6 +451,7 @@ class SyncProcess:
             return
         self._owner_checked = now
         orphaned = owner is not None and owner > 0 and not pid_alive(owner)
+        self._owner_gone = orphaned
         if orphaned and self.writer is None:
             log.info("featbit_shm: owner process %d is gone; stopping", owner)
             self.stop.set()  # a standby: the leader serves what is left
@@ -551,6 +553,8 @@ class SyncProcess:
         (the interval doubles, up to 30 s)."""
         if not self._spawn_standby or self._election is None or now < self._standby_next_check:
             return
+        if self._owner_gone:
+            return  # a standby would be of the same dead owner: it exits at once (and again, and again)
         proc = self._standby_proc
         self._standby_next_check = now + STANDBY_CHECK_S
         if proc is not None and proc.poll() is None:  # poll() also reaps a dead one
