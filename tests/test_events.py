@@ -575,6 +575,40 @@ def test_a_pump_killed_before_sending_leaves_its_events_for_the_next(names: Stor
     second.close()
 
 
+@pytest.mark.subprocess
+def test_a_successor_counts_every_event_after_a_dead_workers_ring_was_reclaimed(names: StoreNames) -> None:
+    """A helper's run: a worker SIGKILLed, then the leader SIGKILLed mid-burst;
+    every event was delivered, but status said recorded 589-595 against sent
+    601. The successor took the previous leader's recorded total minus the
+    live rings as they were *now*, so what the live rings recorded after the
+    last publish was subtracted from the reclaimed rings' share."""
+    control = ControlBlock(bytearray(SIZE))
+    control.initialize()
+    child = os.fork()
+    if child == 0:  # a worker that records, then dies
+        try:
+            record_evals(names, 7, prefix="dead")
+        finally:
+            os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    live = record_evals(names, 5, prefix="live")  # this process: its ring stays
+    first = EventPump(names, Recorder(), control, sleep=lambda s: None)
+    assert first.drain(5)
+    assert first.sent == 12 and control.counter("events_recorded") == 12
+    assert len(Registry(names).slots()) == 1  # the dead worker's ring was drained and removed
+    for i in range(4):  # recorded after the first pump's last publish
+        assert live.record_eval({"key": f"later{i}"}, "f", "v", "val", False)
+    # (the first pump is SIGKILLed here: it publishes nothing more)
+    second = EventPump(names, Recorder(), control, sleep=lambda s: None)
+    assert second.drain(5)
+    totals = second.totals()
+    assert totals["sent"] == 16 and totals["queued"] == 0
+    assert totals["recorded"] == 16  # recorded = sent + queued + every loss (all 0 here)
+    assert control.counter("events_recorded") == 16
+    first.close()
+    second.close()
+
+
 def test_r68_401_stops_delivery_for_good(names: StoreNames) -> None:
     control = ControlBlock(bytearray(SIZE))
     control.initialize()

@@ -90,6 +90,13 @@ W_EVENTS_TOO_LARGE: Final = 24
 W_EVENTS_RECORDED: Final = 25
 W_EVENTS_NO_SPACE: Final = 26
 W_EVENTS_MALFORMED: Final = 27
+# Words 28-35 hold the name (NAME_OFFSET). The event counts of rings that
+# were drained and removed, summed over every leader so far: a successor
+# adds its live rings to these (EventPump.totals), exactly.
+W_RETIRED_RECORDED: Final = 36
+W_RETIRED_DROPPED: Final = 37
+W_RETIRED_NO_SPACE: Final = 38
+W_RETIRED_TOO_LARGE: Final = 39
 NAMESPACE_OFFSET: Final = 512
 NAMESPACE_SIZE: Final = 64
 ERROR_OFFSET: Final = 576
@@ -109,6 +116,10 @@ COUNTERS: Final = {
     "events_recorded": W_EVENTS_RECORDED,
     "events_no_space": W_EVENTS_NO_SPACE,
     "events_malformed": W_EVENTS_MALFORMED,
+    "retired_recorded": W_RETIRED_RECORDED,
+    "retired_dropped": W_RETIRED_DROPPED,
+    "retired_no_space": W_RETIRED_NO_SPACE,
+    "retired_too_large": W_RETIRED_TOO_LARGE,
 }
 
 

@@ -17,7 +17,7 @@ from typing import Final
 
 from .._core.snapshot import LAYOUT as SNAPSHOT_LAYOUT
 
-CONTROL_LAYOUT: Final = 1  # control.py: the control block page
+CONTROL_LAYOUT: Final = 2  # control.py: the control block page (2: the retired rings' event counts)
 RING_LAYOUT: Final = 2  # ring.py: an event ring's header, and the records in it (_core.records)
 REGISTRY_LAYOUT: Final = 1  # registry.py: the table of claimed rings
 

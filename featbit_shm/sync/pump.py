@@ -79,6 +79,10 @@ from ..shm.control import (
     W_EVENTS_REFUSED,
     W_EVENTS_SENT,
     W_EVENTS_TOO_LARGE,
+    W_RETIRED_DROPPED,
+    W_RETIRED_NO_SPACE,
+    W_RETIRED_RECORDED,
+    W_RETIRED_TOO_LARGE,
     ControlBlock,
 )
 from ..shm.names import StoreNames
@@ -117,6 +121,13 @@ Post = Callable[[bytes], "Reply | int | None"]
 
 # Ring words summed into the store's counters (producer and consumer words).
 _RING_TOTALS = {"written": W_WRITTEN, "dropped": W_DROPPED, "no_space": W_NOSPACE, "too_large": W_TOO_LARGE, "consumed": W_CONSUMED}
+# Control-block words with the counts of removed rings, by counter.
+_RETIRED_WORDS = {
+    "recorded": W_RETIRED_RECORDED,
+    "dropped": W_RETIRED_DROPPED,
+    "no_space": W_RETIRED_NO_SPACE,
+    "too_large": W_RETIRED_TOO_LARGE,
+}
 
 
 def _reply(value: Reply | int | None) -> Reply:
@@ -210,7 +221,12 @@ class EventPump:
         self.refused = control.counter("events_refused") if control is not None else 0
         self.malformed = control.counter("events_malformed") if control is not None else 0
         self._reclaimed = dict.fromkeys(_RING_TOTALS, 0)  # ring words of rings removed meanwhile
-        self._bases: dict[str, int] | None = None  # a previous leader's totals, beside the live rings
+        # The counts of rings that earlier leaders drained and removed (exact:
+        # each kept them in the control block as it removed a ring); the rings
+        # still here are counted from their own words.
+        self._retired_before = {
+            name: control.counter(f"retired_{name}") if control is not None else 0 for name in _RETIRED_WORDS
+        }
         self.stopped = False  # delivery stopped by a terminal 4xx (R-68)
 
     # ------------------------------------------------------------------ one cycle
@@ -482,8 +498,20 @@ class EventPump:
             self._forget(ring_id)
         unlink_object(self.names.ring(ring_id), RING, self.names.access)
         self.registry.release(slot, ring_id)
+        self._publish_retired()  # at once: a successor must not count this ring as lost, nor twice
 
     # ------------------------------------------------------------------ counters
+
+    def _retired(self) -> dict[str, int]:
+        """The counts of every ring removed from the store, by any leader."""
+        gone = self._reclaimed
+        here = {
+            "recorded": gone["written"] + gone["dropped"] + gone["too_large"],
+            "dropped": gone["dropped"],
+            "no_space": gone["no_space"],
+            "too_large": gone["too_large"],
+        }
+        return {name: self._retired_before[name] + here[name] for name in _RETIRED_WORDS}
 
     def totals(self) -> dict[str, int]:
         """Every counter of the store's events (what status shows)."""
@@ -491,35 +519,24 @@ class EventPump:
         for ring in self._rings.values():
             for name, word in _RING_TOTALS.items():
                 live[name] += int(ring.words[word])
-        ring_sums = {name: self._reclaimed[name] + live[name] for name in _RING_TOTALS}
-        if self._bases is None:
-            # A previous leader's totals: what the block says, beyond the rings now here.
-            block = self._control
-            previous = {
-                "dropped": block.counter("events_dropped") if block else 0,
-                "no_space": block.counter("events_no_space") if block else 0,
-                "too_large": block.counter("events_too_large") if block else 0,
-                "recorded": block.counter("events_recorded") if block else 0,
-            }
-            recorded_here = ring_sums["written"] + ring_sums["dropped"] + ring_sums["too_large"]
-            self._bases = {
-                "dropped": max(0, previous["dropped"] - ring_sums["dropped"]),
-                "no_space": max(0, previous["no_space"] - ring_sums["no_space"]),
-                "too_large": max(0, previous["too_large"] - ring_sums["too_large"]),
-                "recorded": max(0, previous["recorded"] - recorded_here),
-            }
-        bases = self._bases
+        retired = self._retired()
         return {
-            "recorded": bases["recorded"] + ring_sums["written"] + ring_sums["dropped"] + ring_sums["too_large"],
+            "recorded": retired["recorded"] + live["written"] + live["dropped"] + live["too_large"],
             "sent": self.sent,
             "queued": max(0, live["written"] - live["consumed"]),
-            "dropped": bases["dropped"] + ring_sums["dropped"],
-            "no_space": bases["no_space"] + ring_sums["no_space"],
-            "too_large": bases["too_large"] + ring_sums["too_large"],
+            "dropped": retired["dropped"] + live["dropped"],
+            "no_space": retired["no_space"] + live["no_space"],
+            "too_large": retired["too_large"] + live["too_large"],
             "refused": self.refused,
             "malformed": self.malformed,
             "failed": self.failed,
         }
+
+    def _publish_retired(self) -> None:
+        block = self._control
+        if block is not None:
+            for name, value in self._retired().items():
+                block.set_word(_RETIRED_WORDS[name], value)
 
     def _publish_counters(self) -> None:
         block = self._control
@@ -539,6 +556,7 @@ class EventPump:
         ):
             block.set_word(word, totals[name])
         block.set_word(W_DELIVERY_STOPPED, 1 if self.stopped else 0)
+        self._publish_retired()
 
     # ------------------------------------------------------------------ thread
 
