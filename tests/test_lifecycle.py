@@ -265,6 +265,31 @@ def test_release_store_removes_a_store_only_when_nobody_leads_or_uses_it() -> No
 
 
 @pytest.mark.subprocess
+def test_a_sync_process_a_worker_started_for_its_server_exits_once_no_client_is_left(
+    server: FeatBitStandIn, namespace: str
+) -> None:
+    """A helper's run: an app configured by set_config() under the hooks, a new
+    configuration and a SIGHUP. The workers' sync processes for the old
+    configuration kept their websockets, with no client, until the master
+    exited: one started for a server (FEATBIT_SHM_OWNER_PID) had no idle timeout."""
+    worker = subprocess.run(
+        [sys.executable, "-c", SCRIPT, server.secret, server.event_url, server.streaming_url, namespace],
+        env={
+            **os.environ,
+            "FEATBIT_SHM_OWNER_PID": str(os.getpid()),  # the "master": alive throughout
+            "FEATBIT_SHM_AUTOSTART": "1",
+            "FEATBIT_SHM_IDLE_TIMEOUT": "1",
+        },
+        capture_output=True, text=True, timeout=60,
+    )
+    assert worker.returncode == 0 and worker.stdout.split()[0] != "default", worker.stderr  # it had data
+    # The worker has exited (a reload replaced it, with another configuration).
+    assert eventually(lambda: processes_of(namespace) == [], timeout=60)
+    names = StoreNames.for_env(server.secret, namespace)
+    assert eventually(lambda: names.all_objects() == [], timeout=15)  # and it removed the store as its last user
+
+
+@pytest.mark.subprocess
 def test_a_publish_error_never_ends_the_sync_process_and_is_retried(tmp_path: Path) -> None:
     # Any exception while publishing (a full /dev/shm, a permission error)
     # killed the leader and then its standby. Now: logged, counted, retried.
