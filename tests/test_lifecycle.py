@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -287,6 +288,30 @@ def test_a_sync_process_a_worker_started_for_its_server_exits_once_no_client_is_
     assert eventually(lambda: processes_of(namespace) == [], timeout=60)
     names = StoreNames.for_env(server.secret, namespace)
     assert eventually(lambda: names.all_objects() == [], timeout=15)  # and it removed the store as its last user
+
+
+@pytest.mark.subprocess
+def test_a_client_that_gets_no_data_says_what_its_sync_process_last_failed_on(
+    namespace: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper's run: a script with a wrong URL logged only "its sync process
+    has not published yet"; the reason (connection refused) was in the
+    sync process's status, not in the script's log."""
+    from featbit_shm import Config, FBClient
+    from featbit_shm.testing.server import DEFAULT_SECRET
+
+    with socket.socket() as sock:  # bound, then closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("FEATBIT_SHM_AUTOSTART", "1")
+    monkeypatch.setenv("FEATBIT_SHM_IDLE_TIMEOUT", "1")
+    monkeypatch.delenv("FEATBIT_SHM_OWNER_PID", raising=False)
+    url = f"http://127.0.0.1:{port}"
+    with caplog.at_level(logging.WARNING, logger="featbit_shm"):
+        client = FBClient(Config(DEFAULT_SECRET, url, url.replace("http", "ws"), namespace=namespace), start_wait=4)
+        client.stop()
+    assert not client.initialize
+    assert "has not published yet; its last error:" in caplog.text and f"127.0.0.1:{port}" in caplog.text, caplog.text
 
 
 @pytest.mark.subprocess

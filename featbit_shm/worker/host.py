@@ -38,6 +38,7 @@ from typing import Any
 from .._core.evaluator import evaluate
 from .._core.records import EvalEncoder
 from .._core.user import make_user
+from .._runtime.environment import env_int
 from .._runtime.notices import warn_limited
 from ..shm.control import SyncState
 from ..shm.names import StoreNames
@@ -262,13 +263,21 @@ def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
     if start_wait > 0 and (reader.current() is None or reader.generation == 0):
         if reader.state() is SyncState.OFF:
             why = "its sync process stopped (state OFF: rejected by FeatBit, or shut down)"
+        elif reader.control is None and env_int("FEATBIT_SHM_OWNER_PID"):
+            why = (
+                "no sync process serves this client's configuration: the server started one for its own (the "
+                "FEATBIT_* variables, or a preloaded app's set_config()), and this client's Config differs from "
+                "it; a worker starts one for this Config within seconds. Configure in one place: the variables "
+                "alone, or set_config() in an app the server preloads"
+            )
         elif reader.control is None:
             why = (
                 "no sync process runs for it (start one with the gunicorn hooks or `featbit-shm sync`, of this "
                 "featbit_shm release: a sync process of a release with other shared-memory formats serves another store)"
             )
         else:
-            why = "its sync process has not published yet"
+            error = reader.control.last_error()
+            why = "its sync process has not published yet" + (f"; its last error: {error[1]}" if error else "")
         log.warning(
             "featbit_shm: no flag data after %.1f s for store %s: %s; evaluations return defaults "
             "(ClientNotReady) until data arrives",
