@@ -80,7 +80,7 @@ VARIABLES: Final[dict[str, Variable]] = {
         Variable("FEATBIT_START_WAIT", "float", 5.0, "gunicorn hooks", "seconds when_ready waits for the first snapshot"),
         Variable("FEATBIT_LOG_LEVEL", "str", "INFO", "sync", "log level of the sync process (DEBUG, INFO, WARNING, ...)"),
         Variable("FEATBIT_SHM_PURE_PYTHON", "bool", False, "client", "1: never use the optional C fast path of evaluation events"),
-        Variable("FEATBIT_DATA_SYNC", "str", "auto", "sync", "streaming (the websocket), polling (GET latest-all every FEATBIT_POLLING_INTERVAL), or auto: the websocket, polling after 3 attempts in a row bring no data, back when it works"),
+        Variable("FEATBIT_DATA_SYNC", "str", "auto", "sync", "streaming (the websocket), polling (GET latest-all every FEATBIT_POLLING_INTERVAL), or auto: the websocket, polling after 3 attempts in a row bring no data, back when it works (tried every 6 polls, and as soon as FeatBit answers after an outage)"),
         Variable("FEATBIT_POLLING_INTERVAL", "float", 10.0, "sync", "seconds between two polls (polling mode, and auto's fallback)"),
         Variable("FEATBIT_REJECTED_RETRY_INTERVAL", "float", 300.0, "sync", "after FeatBit rejects the client (4003, or 401/403 when polling) the state is OFF and the sync is retried this often; 0: never (R-18)"),
         Variable("FEATBIT_SHM_WARM_START", "str", "auto", "sync", "keep the last good data on disk and serve it when FeatBit is unreachable at start: 1, 0, or auto (on when FEATBIT_SHM_STATE_DIR or a private home directory is there)"),
