@@ -26,7 +26,7 @@ from typing import Any
 from ._core.errors import ConfigError, SharedMemoryError
 from ._runtime.environment import env_bool, env_given, env_str
 from ._runtime.processes import pid_alive
-from .shm.control import W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, SyncState
+from .shm.control import SOURCES, W_FLAGS, W_LAST_PUBLISH, W_SEGMENTS, W_SOURCE, SyncState
 from .shm.names import PREFIX, SHM_DIR, StoreNames
 from .shm.objects import audit, map_readonly
 from .shm.reader import find_control, generation_bytes
@@ -68,6 +68,8 @@ def read_status(names: StoreNames, now: float | None = None) -> dict[str, Any]:
         "root_bytes": pointer.length if pointer else None,
         "last_publish_age_s": round(now - float(block.d[W_LAST_PUBLISH]), 3) if block.d[W_LAST_PUBLISH] else None,
     }
+    source = int(block.q[W_SOURCE])
+    status["data_source"] = SOURCES[source] if 0 <= source < len(SOURCES) else "unknown"
     for name in ("publishes", "publish_errors", "reconnects"):
         status[name] = block.counter(name)
     # Events: recorded = delivered + waiting + lost (by reason); waiting is exact.

@@ -85,10 +85,12 @@ def test_auto_falls_back_to_polling_when_websockets_are_blocked_and_returns_when
         reader = env.reader()
         assert eventually(lambda: env.leader_ready(reader), timeout=30)  # through polling
         assert server.polls >= 1 and server.connections_accepted == 0
+        assert eventually(lambda: read_status(env.names)["data_source"] == "polling", timeout=10)  # status says so
         server.update_flag(banner("v2", 2_000))
         assert eventually(lambda: value_of(env) == "v2", timeout=15)
         server.refuse_websockets = False  # the proxy lets websockets through again
         assert eventually(lambda: server.open_connections == 1, timeout=30)  # probed every 6 polls: back to streaming
+        assert eventually(lambda: read_status(env.names)["data_source"] == "streaming", timeout=10)
         polls = server.polls
         server.update_flag(banner("v3", 3_000))
         assert eventually(lambda: value_of(env) == "v3", timeout=10)

@@ -49,7 +49,7 @@ from .._runtime import redaction
 from .._runtime.environment import env_str
 from .._runtime.notices import warn_limited
 from .._runtime.processes import is_sync_process, pid_alive
-from ..shm.control import W_CONFIG, SyncState
+from ..shm.control import SOURCES, W_CONFIG, W_SOURCE, SyncState
 from ..shm.locks import remove_lock_files
 from ..shm.names import StoreNames
 from ..shm.reader import find_control
@@ -107,6 +107,7 @@ class SyncProcess:
         self._last_error = LastErrorHandler(self)
         self._orphan_noted = False
         self._owner_gone = False  # the owner died: serve what is left, start no standby
+        self._data_source: FileSource | StreamSource | PollingSource | AutoSource | None = None
         self._warm: WarmStart | None = None  # the warm-start file of this store (None: off here)
         self._warm_data: DataSet | None = None  # read at start, published if FeatBit stays silent
         self._serving_warm = False  # the published data came from the file: the cursor stays 0
@@ -209,7 +210,7 @@ class SyncProcess:
             logging.getLogger("featbit_shm").addHandler(self._last_error)
             if self._spawn_standby:
                 self._start_standby()
-            source = self._source()
+            source = self._data_source = self._source()
             self.writer.heartbeat()
             self._start_heartbeat()
             self._start_events()
@@ -443,6 +444,17 @@ class SyncProcess:
         if warm is not None and self.state is SyncState.OK and not self._serving_warm and warm.save_due(self.dataset, now):
             warm.save(self.dataset, now)
         self._keep_standby(now)
+        if self.writer is not None:
+            self.writer.control.set_word(W_SOURCE, SOURCES.index(self._source_mode()))
+
+    def _source_mode(self) -> str:
+        """How the leader gets data now (status: an auto mode that fell back to polling says so)."""
+        source = self._data_source
+        if isinstance(source, AutoSource):
+            return source.mode
+        if isinstance(source, FileSource):
+            return "file"
+        return "polling" if isinstance(source, PollingSource) else "streaming"
 
     def _watch_owner(self) -> None:
         owner = self.settings.owner_pid
