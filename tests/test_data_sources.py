@@ -150,11 +150,19 @@ def test_auto_streams_again_as_soon_as_featbit_is_back_after_an_outage() -> None
             assert run.received > 0
 
 
-def test_auto_tries_a_refusing_proxy_only_at_its_probe_interval() -> None:
+def test_auto_tries_a_refusing_proxy_only_at_its_probe_interval_even_when_polls_flap() -> None:
+    """A review finding: polls alternating failure and success (a bad node
+    behind a load balancer) brought a websocket attempt and an immediate
+    poll after every success, about ten times the requests."""
     with FeatBitStandIn(flags=[banner("v1", 1_000)]) as server:
         server.refuse_websockets = True  # a proxy: it answers, with 403
         with AutoRun(server.streaming_url, server.streaming_url) as run:
-            assert eventually(lambda: run.polling.polls >= 8, timeout=30)
+            assert eventually(lambda: run.polling.polls >= 2, timeout=30)
+            for _ in range(3):  # fail one poll, then let the next succeed
+                failures, polls = run.polling.failures, run.polling.polls
+                server.fail_polling(502)
+                assert eventually(lambda f=failures: run.polling.failures > f, timeout=30)  # type: ignore[misc]
+                assert eventually(lambda p=polls: run.polling.polls > p + 1, timeout=30)  # type: ignore[misc]
         assert run.auto.mode == "polling" and run.sessions == 3 and server.websockets_refused == 3
 
 

@@ -500,9 +500,9 @@ class PollingSource:
     ) -> None:
         """Poll until ``stop`` (or the monotonic time ``until``).
 
-        With ``end_on_recovery``, also return right after a valid answer
-        that follows a failure (``failing``: the run starts after one):
-        FeatBit is back after an outage, and the auto mode tries its
+        With ``end_on_recovery``, also return right after the first valid
+        answer that follows a failure (``failing``: the run starts after
+        one): FeatBit is back after an outage, and the auto mode tries its
         websocket at once instead of polling until its next probe."""
         while not stop.is_set() and (until is None or time.monotonic() < until):
             status, body, wait = self.poll()
@@ -557,11 +557,12 @@ class AutoSource:
     with a websocket attempt every ``probe_interval`` seconds to return.
 
     An outage looks the same at first: a FeatBit restart of more than a few
-    seconds refuses three websockets in a row. So a websocket is also tried
-    as soon as a poll succeeds after failing, or after websocket attempts
-    that reached no server: a proxy that refuses websockets is tried once
-    more, and a FeatBit that is back is streamed from again within a poll
-    interval, not a probe interval.
+    seconds refuses three websockets in a row. So when the fallback came
+    from attempts that reached no server at all, the first poll that
+    succeeds tries the websocket at once: a FeatBit that is back is
+    streamed from again within a poll interval, not a probe interval. Only
+    that first one: polls that flap between failure and success (a bad
+    node behind a load balancer) never bring a websocket attempt per poll.
     """
 
     def __init__(self, stream: StreamSource, polling: PollingSource, *, fallback_after: int = 3, probe_interval: float = 60.0) -> None:
@@ -585,10 +586,10 @@ class AutoSource:
             give_up = self.fallback_after if self.mode == "streaming" else 1
             if self.stream.run(streamed, on_state, tick, stop, give_up_after=give_up):
                 return  # stopped (or a final 4003)
-            # Falling back because no server answered: FeatBit is down, so a
-            # poll that succeeds means it is back (not after a probe: a
-            # websocket endpoint that stays down would then be tried on
-            # every poll).
+            # Falling back because no server answered: FeatBit is down, so
+            # the first poll that succeeds means it is back. Not after a
+            # probe, and not for a proxy's refusal: a websocket endpoint that
+            # stays down, or flapping polls, would bring an attempt per poll.
             outage = self.mode == "streaming" and self.stream.unreachable
             if self.mode == "streaming":
                 self.switches += 1
@@ -598,7 +599,7 @@ class AutoSource:
             self.mode = "polling"
             self.polling.run(
                 on_data, on_state, tick, stop,
-                until=time.monotonic() + self.probe_interval, end_on_recovery=True, failing=outage,
+                until=time.monotonic() + self.probe_interval, end_on_recovery=outage, failing=outage,
             )
 
 
