@@ -152,11 +152,11 @@ class FBClient:
         the store. It is configured by this client's Config over the process
         environment. Under a server that owns its sync processes
         (``FEATBIT_SHM_OWNER_PID``, set by the gunicorn hooks) it belongs to
-        that server -- and none is started once the server is gone. Either
-        way it exits once no client has been alive for
-        ``FEATBIT_SHM_IDLE_TIMEOUT`` (default 30 s): a server whose workers
-        moved to another store (a new ``set_config()`` and a reload) must not
-        keep the old store's websocket until it exits."""
+        that server, which may build its clients lazily (none registered
+        for a while after a reload is normal), so it runs as long as the
+        server -- and none is started once the server is gone; otherwise it
+        exits once no client has been alive for ``FEATBIT_SHM_IDLE_TIMEOUT``
+        (default 30 s)."""
         from .sync import SyncSettings, start_detached
 
         env = {**os.environ, **self._config.to_env()}
@@ -165,9 +165,10 @@ class FBClient:
             if not pid_alive(owner):
                 return None  # the server is gone, and its workers with it
             env["FEATBIT_SHM_OWNER_PID"] = str(owner)
+            env["FEATBIT_SHM_IDLE_TIMEOUT"] = ""
         else:
             env["FEATBIT_SHM_OWNER_PID"] = ""
-        env["FEATBIT_SHM_IDLE_TIMEOUT"] = format_number(env_float("FEATBIT_SHM_IDLE_TIMEOUT") or host.AUTOSTART_IDLE_TIMEOUT_S)
+            env["FEATBIT_SHM_IDLE_TIMEOUT"] = format_number(env_float("FEATBIT_SHM_IDLE_TIMEOUT") or host.AUTOSTART_IDLE_TIMEOUT_S)
         return start_detached(SyncSettings.from_env(env))
 
     def _use_memory(self, dataset: DataSet) -> None:

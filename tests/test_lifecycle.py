@@ -266,31 +266,6 @@ def test_release_store_removes_a_store_only_when_nobody_leads_or_uses_it() -> No
 
 
 @pytest.mark.subprocess
-def test_a_sync_process_a_worker_started_for_its_server_exits_once_no_client_is_left(
-    server: FeatBitStandIn, namespace: str
-) -> None:
-    """A helper's run: an app configured by set_config() under the hooks, a new
-    configuration and a SIGHUP. The workers' sync processes for the old
-    configuration kept their websockets, with no client, until the master
-    exited: one started for a server (FEATBIT_SHM_OWNER_PID) had no idle timeout."""
-    worker = subprocess.run(
-        [sys.executable, "-c", SCRIPT, server.secret, server.event_url, server.streaming_url, namespace],
-        env={
-            **os.environ,
-            "FEATBIT_SHM_OWNER_PID": str(os.getpid()),  # the "master": alive throughout
-            "FEATBIT_SHM_AUTOSTART": "1",
-            "FEATBIT_SHM_IDLE_TIMEOUT": "1",
-        },
-        capture_output=True, text=True, timeout=60,
-    )
-    assert worker.returncode == 0 and worker.stdout.split()[0] != "default", worker.stderr  # it had data
-    # The worker has exited (a reload replaced it, with another configuration).
-    assert eventually(lambda: processes_of(namespace) == [], timeout=60)
-    names = StoreNames.for_env(server.secret, namespace)
-    assert eventually(lambda: names.all_objects() == [], timeout=15)  # and it removed the store as its last user
-
-
-@pytest.mark.subprocess
 def test_a_client_that_gets_no_data_says_what_its_sync_process_last_failed_on(
     namespace: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,6 +287,40 @@ def test_a_client_that_gets_no_data_says_what_its_sync_process_last_failed_on(
         client.stop()
     assert not client.initialize
     assert "has not published yet; its last error:" in caplog.text and f"127.0.0.1:{port}" in caplog.text, caplog.text
+
+
+@pytest.mark.subprocess
+def test_a_worker_whose_config_differs_from_its_servers_is_told_so_only_with_evidence(
+    server: FeatBitStandIn, namespace: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the hooks, a worker whose set_config() names another store than
+    the server's FEATBIT_* variables is told the two differ -- only when the
+    server's own store is served (a review finding: without that check it
+    blamed the configuration for any missing sync process)."""
+    from featbit_shm import Config, FBClient
+    from featbit_shm.sync import SyncSettings, spawn_sync_process
+
+    monkeypatch.setenv("FEATBIT_SHM_OWNER_PID", str(os.getpid()))
+    monkeypatch.setenv("FEATBIT_SHM_AUTOSTART", "0")  # as under the hooks
+    monkeypatch.setenv("FEATBIT_ENV_SECRET", server.secret)
+    monkeypatch.setenv("FEATBIT_NAMESPACE", namespace)
+    other = Config(server.secret, server.event_url, server.streaming_url, namespace=f"{namespace}-app")
+    differs = "no sync process serves this client's configuration"
+    with caplog.at_level(logging.WARNING, logger="featbit_shm"):
+        FBClient(other, start_wait=0.2).stop()
+    assert differs not in caplog.text and "no sync process runs for it" in caplog.text  # no evidence yet
+    caplog.clear()
+    settings = SyncSettings(env_secret=server.secret, streaming_url=server.streaming_url, event_url=server.event_url, namespace=namespace)
+    proc = spawn_sync_process(settings, owner_pid=os.getpid())  # the server's own, for its variables
+    try:
+        assert eventually(lambda: SnapshotReader(StoreNames.for_env(server.secret, namespace)).current() is not None, timeout=30)
+        with caplog.at_level(logging.WARNING, logger="featbit_shm"):
+            FBClient(other, start_wait=0.2).stop()
+        assert differs in caplog.text
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    remove_objects(StoreNames.for_env(server.secret, f"{namespace}-app").all_objects(), StoreNames.for_env(server.secret, namespace).access)
 
 
 @pytest.mark.subprocess

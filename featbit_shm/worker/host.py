@@ -38,11 +38,11 @@ from typing import Any
 from .._core.evaluator import evaluate
 from .._core.records import EvalEncoder
 from .._core.user import make_user
-from .._runtime.environment import env_int
+from .._runtime.environment import env_bool, env_int, env_str
 from .._runtime.notices import warn_limited
 from ..shm.control import SyncState
 from ..shm.names import StoreNames
-from ..shm.reader import SnapshotReader
+from ..shm.reader import SnapshotReader, find_control
 from ..shm.registry import Registry
 from .recorder import EventRecorder
 
@@ -240,6 +240,21 @@ def config_difference(pid: int, mine: dict[str, str]) -> str:
     return "; ".join(diffs) or "the same FEATBIT_* variables, another fingerprint"
 
 
+def _server_serves_another_store(names: StoreNames) -> bool:
+    """Under a server integration (FEATBIT_SHM_OWNER_PID), does a sync
+    process serve the store the server's FEATBIT_* variables name, while
+    this client's Config names another? Then the two configurations differ;
+    without that evidence nothing is said about them."""
+    if not env_int("FEATBIT_SHM_OWNER_PID"):
+        return False
+    offline = env_bool("FEATBIT_OFFLINE")
+    secret = "" if offline else env_str("FEATBIT_ENV_SECRET")
+    if not secret and not offline:
+        return False
+    theirs = StoreNames.for_env(secret or "", env_str("FEATBIT_NAMESPACE") or "default", names.access)
+    return theirs.tag != names.tag and find_control(theirs)[0] is not None
+
+
 def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
     """Block up to ``start_wait`` for a published snapshot (R-22..R-24).
 
@@ -263,7 +278,7 @@ def wait_ready(reader: SnapshotReader, start_wait: float) -> None:
     if start_wait > 0 and (reader.current() is None or reader.generation == 0):
         if reader.state() is SyncState.OFF:
             why = "its sync process stopped (state OFF: rejected by FeatBit, or shut down)"
-        elif reader.control is None and env_int("FEATBIT_SHM_OWNER_PID"):
+        elif reader.control is None and _server_serves_another_store(reader.names):
             why = (
                 "no sync process serves this client's configuration: the server started one for its own (the "
                 "FEATBIT_* variables, or a preloaded app's set_config()), and this client's Config differs from "
