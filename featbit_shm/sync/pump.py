@@ -498,7 +498,11 @@ class EventPump:
             self._forget(ring_id)
         unlink_object(self.names.ring(ring_id), RING, self.names.access)
         self.registry.release(slot, ring_id)
-        self._publish_retired()  # at once: a successor must not count this ring as lost, nor twice
+        # At once. A leader killed between the unlink and this write leaves a
+        # successor without this ring's counts (recorded then reads low by
+        # them); written before the unlink, the ring would be counted twice
+        # instead. Undercounting by a window of two syscalls was chosen.
+        self._publish_retired()
 
     # ------------------------------------------------------------------ counters
 
