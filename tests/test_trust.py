@@ -32,7 +32,7 @@ from featbit_shm import Config, FBClient, ReasonKind
 from featbit_shm._core.dataset import DataSet
 from featbit_shm._core.wire import parse_data_sync
 from featbit_shm._runtime import redaction
-from featbit_shm.shm import locks, trust
+from featbit_shm.shm import locks, objects, trust
 from featbit_shm.shm.names import StoreNames
 from featbit_shm.shm.objects import remove_objects
 from featbit_shm.shm.reader import SnapshotReader
@@ -155,6 +155,43 @@ def test_squatted_generation_ring_and_registry_names_are_skipped_and_left_alone(
         ring.close()
         registry.close()
     assert squatted <= set(victim.owned_by(attacker.pw_uid))  # nothing of the attacker's was removed
+
+
+def test_a_0600_squat_at_the_next_generation_name_is_skipped_by_a_non_root_victim(
+    attacker: pwd.struct_passwd, victim: Victim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attacker review: another account's 0600 file at the next snapshot
+    name. A non-root victim's open of it fails with EACCES, which was not
+    taken for a foreign object: every publish failed, status OK. Root is never
+    refused an open, so the non-root victim's kernel answer is emulated."""
+    real_open = os.open
+
+    def open_as_non_root(path: str, flags: int, *args: int) -> int:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        exclusive = flags & os.O_CREAT and flags & os.O_EXCL  # EEXIST comes first, as from the kernel
+        if st is not None and not exclusive and st.st_uid != os.geteuid() and not st.st_mode & 0o077:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(objects.os, "open", open_as_non_root)
+    names = victim.names
+    reader = SnapshotReader(names, retry_interval=0.0)
+    with SnapshotWriter(names) as writer:
+        first = writer.publish(dataset("one"))
+
+        def squat() -> None:
+            for name in (names.root(first + 1), names.chunk(first + 1)):
+                os.close(real_open("/dev/shm" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+
+        as_account(attacker, squat)
+        second = writer.publish(dataset("two"))  # raised PermissionError before
+        assert second > first + 1
+        view = reader.current()
+        assert view is not None and view.generation == second
+    assert len(victim.owned_by(attacker.pw_uid)) == 2  # left alone
 
 
 def test_a_squatted_lock_directory_and_planted_links_are_refused(

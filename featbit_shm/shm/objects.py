@@ -78,9 +78,14 @@ def open_object(name: str, kind: str, access: StoreAccess, *, writable: bool = F
     try:
         fd = os.open(path_of(name), flags)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symbolic link where an object should be
+        if exc.errno in (errno.ELOOP, errno.EACCES, errno.EPERM):
+            # A symbolic link where an object should be, or an object this
+            # account may not open: another account's 0600 file, squatting a
+            # name (root is never refused, so only a non-root store meets it).
+            # Either way not this store's: the check raises Untrusted, and
+            # the caller skips the name as it skips any other foreign object.
             st = os.lstat(path_of(name))
-            access.check(name, kind, st)  # raises: not a regular file
+            access.check(name, kind, st)
         raise
     try:
         access.check(name, kind, os.fstat(fd))
