@@ -220,11 +220,10 @@ class EventPump:
         self.failed = control.counter("events_failed") if control is not None else 0
         self.refused = control.counter("events_refused") if control is not None else 0
         self.malformed = control.counter("events_malformed") if control is not None else 0
-        self._reclaimed = dict.fromkeys(_RING_TOTALS, 0)  # ring words of rings removed meanwhile
-        # The counts of rings that earlier leaders drained and removed (exact:
-        # each kept them in the control block as it removed a ring); the rings
+        # The counts of every ring removed from the store, by any leader (exact:
+        # each keeps them in the control block as it removes a ring); the rings
         # still here are counted from their own words.
-        self._retired_before = {
+        self._retired = {
             name: control.counter(f"retired_{name}") if control is not None else 0 for name in _RETIRED_WORDS
         }
         self.stopped = False  # delivery stopped by a terminal 4xx (R-68)
@@ -489,8 +488,11 @@ class EventPump:
     def _forget(self, ring_id: int) -> None:
         """Stop using a ring (reclaimed, or gone from the registry): keep its totals."""
         ring = self._rings.pop(ring_id)
-        for name, word in _RING_TOTALS.items():
-            self._reclaimed[name] += int(ring.words[word])
+        dropped, too_large = int(ring.words[W_DROPPED]), int(ring.words[W_TOO_LARGE])
+        self._retired["recorded"] += int(ring.words[W_WRITTEN]) + dropped + too_large
+        self._retired["dropped"] += dropped
+        self._retired["no_space"] += int(ring.words[W_NOSPACE])
+        self._retired["too_large"] += too_large
         ring.close()
 
     def _reclaim(self, slot: int, ring_id: int) -> None:
@@ -506,24 +508,13 @@ class EventPump:
 
     # ------------------------------------------------------------------ counters
 
-    def _retired(self) -> dict[str, int]:
-        """The counts of every ring removed from the store, by any leader."""
-        gone = self._reclaimed
-        here = {
-            "recorded": gone["written"] + gone["dropped"] + gone["too_large"],
-            "dropped": gone["dropped"],
-            "no_space": gone["no_space"],
-            "too_large": gone["too_large"],
-        }
-        return {name: self._retired_before[name] + here[name] for name in _RETIRED_WORDS}
-
     def totals(self) -> dict[str, int]:
         """Every counter of the store's events (what status shows)."""
         live = dict.fromkeys(_RING_TOTALS, 0)
         for ring in self._rings.values():
             for name, word in _RING_TOTALS.items():
                 live[name] += int(ring.words[word])
-        retired = self._retired()
+        retired = self._retired
         return {
             "recorded": retired["recorded"] + live["written"] + live["dropped"] + live["too_large"],
             "sent": self.sent,
@@ -539,7 +530,7 @@ class EventPump:
     def _publish_retired(self) -> None:
         block = self._control
         if block is not None:
-            for name, value in self._retired().items():
+            for name, value in self._retired.items():
                 block.set_word(_RETIRED_WORDS[name], value)
 
     def _publish_counters(self) -> None:

@@ -248,10 +248,11 @@ def _server_serves_another_store(names: StoreNames) -> bool:
     if not env_int("FEATBIT_SHM_OWNER_PID"):
         return False
     offline = env_bool("FEATBIT_OFFLINE")
-    secret = "" if offline else env_str("FEATBIT_ENV_SECRET")
-    if not secret and not offline:
-        return False
-    theirs = StoreNames.for_env(secret or "", env_str("FEATBIT_NAMESPACE") or "default", names.access)
+    secret = env_str("FEATBIT_ENV_SECRET")
+    if not (offline or secret):
+        return False  # the variables name no store
+    # Offline stores are named without a secret (SyncSettings.store_secret).
+    theirs = StoreNames.for_env("" if offline else secret, env_str("FEATBIT_NAMESPACE") or "default", names.access)
     return theirs.tag != names.tag and find_control(theirs)[0] is not None
 
 
